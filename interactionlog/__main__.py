@@ -1,0 +1,5 @@
+"""`python -m interactionlog` runs the command line."""
+
+from .cli import main
+
+main()

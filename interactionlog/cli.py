@@ -1,0 +1,240 @@
+"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish.
+
+Commands are thin: they load Settings (flags and INTERACTIONLOG_* variables), call one module, and turn
+expected failures into a one-line message and an exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Iterator
+from typing import IO, Any, TypeVar
+
+import click
+import psycopg
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from . import dlq, status
+from .daemon import run_worker
+from .errors import (
+    ConfigurationError,
+    InteractionlogError,
+    InvalidRecordError,
+    PublishError,
+    RecordTooLargeError,
+)
+from .logs import configure_logging
+from .model import Interaction, describe_validation_error
+from .publish import Publisher, encode_fields
+from .settings import Settings, load_settings, redact_url, settings_options
+from .store import migrate as apply_migrations
+from .streams import connect
+
+_T = TypeVar("_T")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+REDIS_OPTIONS = ("redis_url", "stream", "dead_letter_stream", "redis_timeout_s")
+LOG_OPTIONS = ("log_format", "log_level")
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    try:
+        settings = load_settings(values)
+    except ConfigurationError as error:
+        raise click.UsageError(str(error)) from None
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _run(awaitable: Awaitable[_T], settings: Settings) -> _T:
+    """Run a coroutine, turning an unreachable dependency into a one-line error naming it (without secrets)."""
+    try:
+        return asyncio.run(awaitable)  # type: ignore[arg-type]
+    except RedisError as error:
+        click.echo(f"error: Redis at {redact_url(settings.redis_url)}: {error}", err=True)
+    except psycopg.Error as error:
+        click.echo(f"error: PostgreSQL at {redact_url(settings.database_url)}: {error}", err=True)
+    except InteractionlogError as error:
+        click.echo(f"error: {error}", err=True)
+    raise SystemExit(EXIT_FAILED)
+
+
+def _redis(settings: Settings) -> Any:
+    return connect(
+        settings.redis_url,
+        socket_timeout_s=settings.redis_timeout_s,
+        connect_timeout_s=settings.redis_timeout_s,
+        max_connections=4,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="interactionlog")
+def main() -> None:
+    """Record MCP server interactions: Redis stream -> worker pool -> PostgreSQL, exactly once."""
+
+
+@main.command()
+@settings_options("database_url", *LOG_OPTIONS)
+def migrate(**values: Any) -> None:
+    """Create or upgrade the interaction_logs table (idempotent; safe to run from several places)."""
+    settings = _settings(values)
+    applied = _run(apply_migrations(settings.database_url), settings)
+    if applied:
+        for migration in applied:
+            click.echo(f"applied migration {migration.version}: {migration.description}")
+    else:
+        click.echo("schema is up to date")
+
+
+@main.command()
+@settings_options(*Settings.model_fields)
+def worker(**values: Any) -> None:
+    """Consume the stream and store every entry in PostgreSQL. Stops cleanly on SIGTERM or SIGINT."""
+    settings = _settings(values)
+    raise SystemExit(asyncio.run(run_worker(settings)))
+
+
+@main.command(name="status")
+@settings_options(*REDIS_OPTIONS)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def status_command(as_json: bool, **values: Any) -> None:
+    """Show stream length, each group's lag, pending entries and oldest pending age, and dead letters."""
+    settings = _settings(values)
+
+    async def collect() -> status.PipelineStatus:
+        redis = _redis(settings)
+        try:
+            return await status.collect_status(redis, settings.stream, settings.dead_letters)
+        finally:
+            await redis.aclose()
+
+    snapshot = _run(collect(), settings)
+    click.echo(json.dumps(snapshot.to_dict(), indent=2) if as_json else status.render_status(snapshot))
+
+
+@main.group(name="dlq")
+def dlq_group() -> None:
+    """Inspect and replay dead letters (entries that could not be stored, with the reason)."""
+
+
+@dlq_group.command(name="list")
+@settings_options(*REDIS_OPTIONS)
+@click.option("--count", default=20, show_default=True, type=click.IntRange(min=1), help="How many, oldest first.")
+@click.option("--reason", default=None, help="Only dead letters of this error_type (e.g. invalid_record).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines for machines.")
+def dlq_list(count: int, reason: str | None, as_json: bool, **values: Any) -> None:
+    """List dead letters, oldest first, with why each failed."""
+    settings = _settings(values)
+
+    async def fetch() -> list[dlq.DeadLetterView]:
+        redis = _redis(settings)
+        try:
+            return await dlq.list_dead_letters(redis, settings.dead_letters, count=count, reason=reason)
+        finally:
+            await redis.aclose()
+
+    for view in _run(fetch(), settings):
+        if as_json:
+            click.echo(json.dumps({"id": view.id, **view.fields}))
+        else:
+            fields = view.fields
+            click.echo(
+                f"{view.id} source {fields.get('source_id', '?')} [{fields.get('error_type', '?')}] "
+                f"after {fields.get('deliveries', '?')} deliveries: {fields.get('error', '')}"
+            )
+
+
+@dlq_group.command(name="replay")
+@settings_options(*REDIS_OPTIONS, "stream_maxlen")
+@click.argument("ids", nargs=-1)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Replay the oldest COUNT dead letters.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--reason", default=None, help="Only dead letters of this error_type.")
+def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason: str | None, **values: Any) -> None:
+    """Put dead letters back on the main stream (as originally published) and remove them from the DLQ.
+
+    Name dead-letter IDS, or choose with --count N or --all (optionally narrowed by --reason).
+    """
+    if not ids and count is None and not replay_all:
+        raise click.UsageError("say which dead letters to replay: IDS, --count N or --all")
+    settings = _settings(values)
+
+    async def replay() -> list[tuple[str, str]]:
+        redis = _redis(settings)
+        try:
+            return await dlq.replay_dead_letters(
+                redis,
+                dead_letter_stream=settings.dead_letters,
+                stream=settings.stream,
+                maxlen=settings.stream_maxlen,
+                count=None if replay_all else count,
+                ids=ids,
+                reason=reason,
+            )
+        finally:
+            await redis.aclose()
+
+    replayed = _run(replay(), settings)
+    for old_id, new_id in replayed:
+        click.echo(f"replayed {old_id} as {new_id}")
+    click.echo(f"replayed {len(replayed)} dead letter(s) onto {settings.stream}", err=True)
+
+
+@main.command()
+@settings_options("redis_url", "stream", "stream_maxlen", "max_record_bytes", "redis_timeout_s", *LOG_OPTIONS)
+@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.option(
+    "--chunk-size", default=500, show_default=True, type=click.IntRange(min=1), help="Records per round trip."
+)
+def publish(source: IO[str], chunk_size: int, **values: Any) -> None:
+    """Publish JSON lines (one record per line) from SOURCE or standard input.
+
+    A bad line is reported with its number and skipped; the others are published. Exits 1 if any was rejected.
+    """
+    settings = _settings(values)
+    publisher = Publisher.from_url(
+        settings.redis_url,
+        stream=settings.stream,
+        maxlen=settings.stream_maxlen,
+        max_record_bytes=settings.max_record_bytes,
+        timeout_s=settings.redis_timeout_s,
+    )
+    published = rejected = 0
+    chunk: list[dict[bytes, bytes]] = []
+    try:
+        for number, fields in _read_json_lines(source, settings.max_record_bytes):
+            if isinstance(fields, str):
+                click.echo(f"line {number}: {fields}", err=True)
+                rejected += 1
+                continue
+            chunk.append(fields)
+            if len(chunk) >= chunk_size:
+                published += len(publisher.publish_encoded(chunk))
+                chunk.clear()
+        published += len(publisher.publish_encoded(chunk))
+    except PublishError as error:
+        click.echo(f"error: {error} ({published} published before it)", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    finally:
+        publisher.close()
+    click.echo(f"published {published} record(s) to {settings.stream}, rejected {rejected}", err=True)
+    if rejected:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _read_json_lines(source: IO[str], max_record_bytes: int) -> Iterator[tuple[int, dict[bytes, bytes] | str]]:
+    """Yield (line number, encoded entry fields) or (line number, what is wrong); blank lines are skipped."""
+    for number, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, encode_fields(Interaction.model_validate_json(line), max_record_bytes)
+        except ValidationError as error:
+            yield number, describe_validation_error(error)
+        except (InvalidRecordError, RecordTooLargeError) as error:
+            yield number, str(error)

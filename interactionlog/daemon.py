@@ -1,0 +1,145 @@
+"""Builds the worker from settings, runs the consumer pool, and owns start-up and shutdown order.
+
+Lifecycle (read top to bottom in `run_worker`): connect lazily (Redis or PostgreSQL may still be starting),
+ensure the group exists, start `concurrency` consumers, wait for SIGTERM/SIGINT, then shut down in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+
+import structlog
+from prometheus_client import start_http_server
+
+from .errors import TransientError
+from .metrics import WorkerMetrics
+from .retry import Backoff, OutageLog
+from .settings import Settings, redact_url
+from .store import Store
+from .streams import StreamGroup, connect
+from .worker import Consumer, ConsumerOptions
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_SHUTDOWN_TIMED_OUT = 1
+
+
+def consumer_options(settings: Settings) -> ConsumerOptions:
+    """The per-consumer knobs out of the settings."""
+    return ConsumerOptions(
+        batch_size=settings.batch_size,
+        block_ms=settings.block_ms,
+        claim_idle_ms=settings.claim_idle_ms,
+        claim_interval_ms=settings.claim_interval_ms,
+        max_deliveries=settings.max_deliveries,
+        max_record_bytes=settings.max_record_bytes,
+        retry_max_backoff_s=settings.retry_max_backoff_s,
+    )
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    stopping: asyncio.Event | None = None,
+    on_started: Callable[[WorkerMetrics], None] | None = None,
+) -> int:
+    """Run consumers until `stopping` is set (by SIGTERM/SIGINT when not given); returns the exit code."""
+    stopping = stopping or _stop_on_signals()
+    log.info(
+        "worker_starting",
+        redis_url=redact_url(settings.redis_url),
+        database_url=redact_url(settings.database_url),
+        stream=settings.stream,
+        group=settings.group,
+        concurrency=settings.concurrency,
+        batch_size=settings.batch_size,
+    )
+    # Each consumer holds one connection in its blocking read and may need one more to settle a batch.
+    redis = connect(
+        settings.redis_url,
+        socket_timeout_s=settings.redis_socket_timeout_s,
+        connect_timeout_s=settings.redis_timeout_s,
+        max_connections=2 * settings.concurrency + 2,
+    )
+    streams = StreamGroup(redis, stream=settings.stream, group=settings.group, dead_letters=settings.dead_letters)
+    store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
+    metrics = WorkerMetrics.create(settings.stream, settings.group)
+    metrics_server = None
+    if settings.metrics_port:
+        metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)
+        log.info("metrics_serving", host=settings.metrics_host, port=settings.metrics_port)
+    outages = OutageLog()
+    exit_code = EXIT_OK
+    try:
+        if await _ensure_group(streams, outages, stopping, settings.retry_max_backoff_s):
+            consumers = [
+                Consumer(
+                    f"{settings.consumer_prefix}-{index}",
+                    streams=streams,
+                    store=store,
+                    metrics=metrics,
+                    outages=outages,
+                    stopping=stopping,
+                    options=consumer_options(settings),
+                )
+                for index in range(settings.concurrency)
+            ]
+            tasks = [asyncio.create_task(consumer.run(), name=consumer.name) for consumer in consumers]
+            if on_started:
+                on_started(metrics)
+            await stopping.wait()
+            log.info("worker_draining", timeout_s=settings.shutdown_timeout_s)
+            # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
+            # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
+            # claimed by another worker, so cancelling loses nothing; it only delays those entries.
+            _, unfinished = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_s)
+            if unfinished:
+                exit_code = EXIT_SHUTDOWN_TIMED_OUT
+                log.error("shutdown_timed_out", consumers=sorted(task.get_name() for task in unfinished))
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
+    finally:
+        # Then the sinks, in reverse order of need: PostgreSQL, Redis, and last the metrics endpoint, so a
+        # scrape during the drain still sees the final counts.
+        await store.close()
+        await redis.aclose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+    log.info("worker_stopped", exit_code=exit_code)
+    return exit_code
+
+
+async def _ensure_group(streams: StreamGroup, outages: OutageLog, stopping: asyncio.Event, max_s: float) -> bool:
+    """Create the group, waiting out a Redis that is not up yet; False when stopped before that."""
+    backoff = Backoff(max_s=max_s)
+    while not stopping.is_set():
+        try:
+            await streams.ensure_group()
+        except TransientError as error:
+            outages.failed(error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=backoff.next_delay())
+            continue
+        outages.succeeded("redis")
+        return True
+    return False
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT: stop reading, finish the batch in flight, exit."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop(name: str) -> None:
+        log.info("shutdown_requested", signal=name)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+    return stopping

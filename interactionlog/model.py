@@ -1,0 +1,221 @@
+"""The `Interaction` record, its wire encoding, and the validation shared by publishers and workers.
+
+Wire format (one stream entry per record): ``XADD <stream> MAXLEN ~ <cap> * v 1 data <JSON object>``.
+The publisher and the worker validate with the same model, so whatever a publisher accepts a worker stores,
+and whatever a worker would dead-letter a publisher refuses up front.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from .errors import InvalidRecordError, PermanentEntryError
+
+WIRE_VERSION = b"1"
+VERSION_FIELD = b"v"
+DATA_FIELD = b"data"
+
+# Columns are TEXT with B-tree indexes; the caps keep one runaway value from bloating the index.
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+Identifier = Annotated[str, Field(min_length=1, max_length=100)]
+
+# JSON escapes U+0000 as \u0000, preceded by an even number of backslashes (an odd count means the
+# backslash itself was escaped and the text is a literal "\u0000"). PostgreSQL refuses U+0000 in both
+# TEXT and JSONB, so a record carrying it could never be stored.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _new_interaction_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ClientInfo(BaseModel):
+    """The MCP client that made the request, as announced in its `initialize` call."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: ShortText | None = None
+    version: ShortText | None = None
+
+
+class Interaction(BaseModel):
+    """One interaction an MCP server served: a tool call, a resource read, a prompt fetch, ...
+
+    ``(mcp_id, interaction_id)`` identifies a record: publishing it twice stores it once.
+    Unknown fields are refused rather than dropped, so a typo (``tool_name`` for ``tool``) is caught at
+    publish time instead of silently losing the value.
+    """
+
+    # Strict: a string is not coerced into a number or a boolean, so stored values are what was sent.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    mcp_id: Identifier
+    interaction_id: Identifier = Field(default_factory=_new_interaction_id)
+    # Lax on purpose: ISO 8601 strings are how JSON and most publishers spell time.
+    timestamp: Annotated[AwareDatetime, Field(strict=False)] = Field(default_factory=_utc_now)
+    method: ShortText | None = None
+    tool: ShortText | None = None
+    session_id: ShortText | None = None
+    request_id: Annotated[str, Field(max_length=200)] | int | None = None
+    request: JsonValue = None
+    response: JsonValue = None
+    is_error: bool | None = None
+    error: JsonValue = None
+    duration_ms: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    trace_id: Annotated[str, Field(max_length=64)] | None = None
+    span_id: Annotated[str, Field(max_length=32)] | None = None
+    client: ClientInfo | None = None
+    metadata: dict[str, JsonValue] | None = None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, naming the field, what is wrong, and the offending value."""
+    problems = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) or "record"
+        value = repr(item.get("input"))
+        if len(value) > 60:
+            value = value[:57] + "..."
+        problems.append(f"field '{field}': {item['msg']} (got {value})")
+    return "; ".join(problems)
+
+
+def validate_record(record: Interaction | dict[str, Any]) -> Interaction:
+    """Return `record` as a validated `Interaction`, or raise `InvalidRecordError` naming the fields."""
+    if isinstance(record, Interaction):
+        return record
+    try:
+        return Interaction.model_validate(record)
+    except ValidationError as error:
+        raise InvalidRecordError(f"invalid interaction record: {describe_validation_error(error)}") from error
+
+
+def encode_record(record: Interaction) -> str:
+    """The record's JSON as stored in the `data` field of the stream entry and the `data` column."""
+    encoded = record.model_dump_json(exclude_none=True)
+    if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
+        raise InvalidRecordError(
+            f"invalid interaction record: {_locate_nul(record)} contains the NUL character U+0000, which "
+            "PostgreSQL cannot store in TEXT or JSONB; remove it or encode the value (base64, hex)"
+        )
+    return encoded
+
+
+def _locate_nul(record: Interaction) -> str:
+    """Name the first field holding U+0000; only called on the rare error path, so it may walk the record."""
+
+    def walk(value: object, path: str) -> str | None:
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        if isinstance(value, str):
+            return path if "\x00" in value else None
+        if isinstance(value, dict):
+            for key, item in value.items():
+                found = walk(key, path) or walk(item, f"{path}.{key}")
+                if found:
+                    return found
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                found = walk(item, f"{path}.{index}")
+                if found:
+                    return found
+        return None
+
+    for name in Interaction.model_fields:
+        found = walk(getattr(record, name), name)
+        if found:
+            return f"field '{found}'"
+    return "the record"
+
+
+class StoredRow(NamedTuple):
+    """A validated entry, shaped as one row of the `interaction_logs` table."""
+
+    mcp_id: str
+    interaction_id: str
+    timestamp: datetime
+    method: str | None
+    tool: str | None
+    session_id: str | None
+    is_error: bool | None
+    duration_ms: float | None
+    trace_id: str | None
+    data: str
+    stream_entry_id: str
+
+
+def entry_id_time(entry_id: str) -> datetime:
+    """When Redis accepted the entry: the millisecond part of its id."""
+    return datetime.fromtimestamp(int(entry_id.partition("-")[0]) / 1000, UTC)
+
+
+def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int) -> StoredRow:
+    """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
+
+    A record sent without `interaction_id` or `timestamp` (a plain XADD from another language) gets them
+    from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once.
+    """
+    version = fields.get(VERSION_FIELD)
+    data = fields.get(DATA_FIELD)
+    if version is None or data is None:
+        names = sorted(name.decode("utf-8", "replace") for name in fields)
+        raise PermanentEntryError(
+            "not_wire_format",
+            f"entry has fields {names}, expected 'v' and 'data'; publish with "
+            "XADD <stream> MAXLEN ~ <cap> * v 1 data <JSON object>",
+        )
+    if version != WIRE_VERSION:
+        raise PermanentEntryError(
+            "unsupported_version",
+            f"wire version {version.decode('utf-8', 'replace')!r} is not supported by this worker "
+            f"(it reads version {WIRE_VERSION.decode()}); upgrade the worker or publish with v 1",
+        )
+    if len(data) > max_record_bytes:
+        raise PermanentEntryError(
+            "too_large",
+            f"data is {len(data)} bytes, over the {max_record_bytes}-byte cap (max_record_bytes); "
+            "shrink the record or raise the cap on publishers and workers alike",
+        )
+    try:
+        record = Interaction.model_validate_json(data)
+    except ValidationError as error:
+        kinds = {(item["type"], bool(item["loc"])) for item in error.errors()}
+        if ("json_invalid", False) in kinds:
+            raise PermanentEntryError(
+                "invalid_json", f"data is not valid JSON: {describe_validation_error(error)}"
+            ) from error
+        if ("model_type", False) in kinds:
+            raise PermanentEntryError(
+                "not_json_object", "data is JSON but not a JSON object; send one object per record"
+            ) from error
+        raise PermanentEntryError("invalid_record", describe_validation_error(error)) from error
+    missing = {"interaction_id", "timestamp"} - record.model_fields_set
+    if missing:
+        defaults: dict[str, Any] = {"interaction_id": entry_id, "timestamp": entry_id_time(entry_id)}
+        record = record.model_copy(update={name: defaults[name] for name in missing})
+    try:
+        encoded = encode_record(record)
+    except InvalidRecordError as error:
+        raise PermanentEntryError("unstorable_value", str(error)) from error
+    return StoredRow(
+        record.mcp_id,
+        record.interaction_id,
+        record.timestamp,
+        record.method,
+        record.tool,
+        record.session_id,
+        record.is_error,
+        record.duration_ms,
+        record.trace_id,
+        encoded,
+        entry_id,
+    )

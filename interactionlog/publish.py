@@ -1,0 +1,199 @@
+"""The publish helpers MCP servers call: validate a record, XADD it to the capped stream.
+
+Everything a helper raises is a `PublishError`: `InvalidRecordError` and `RecordTooLargeError` before anything
+is sent (the record would be dead-lettered anyway), `PublishUnavailableError` when Redis cannot be reached
+within the bounded wait. A record is never dropped silently: it is either in the stream or the call raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
+
+from .errors import PublishError, PublishUnavailableError, RecordTooLargeError
+from .model import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+
+DEFAULT_URL = "redis://localhost:6379/0"
+DEFAULT_STREAM = "interactions"
+DEFAULT_MAXLEN = 1_000_000
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024
+DEFAULT_TIMEOUT_S = 1.0
+
+Record = Interaction | Mapping[str, Any]
+
+
+def encode_fields(record: Record, max_record_bytes: int) -> dict[bytes, bytes]:
+    """The stream entry's fields for `record`, after validating it and checking its size."""
+    interaction = validate_record(record if isinstance(record, Interaction) else dict(record))
+    data = encode_record(interaction).encode()
+    if len(data) > max_record_bytes:
+        raise RecordTooLargeError(
+            f"record {interaction.interaction_id!r} of {interaction.mcp_id!r} encodes to {len(data)} bytes, over "
+            f"the {max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
+        )
+    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+
+
+def _publish_failed(error: RedisError, stream: str) -> PublishError:
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        return PublishUnavailableError(f"Redis is unreachable, record not published to {stream!r}: {error}")
+    return PublishError(f"Redis refused the record for stream {stream!r}: {error}")
+
+
+class _PublisherBase:
+    def __init__(
+        self,
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_MAXLEN,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        self.stream = stream
+        self.maxlen = maxlen
+        self.max_record_bytes = max_record_bytes
+
+    @staticmethod
+    def _client_options(timeout_s: float) -> dict[str, Any]:
+        # One quick retry covers a pooled connection that went stale (Redis restarted); the total wait stays
+        # bounded by about 2 x timeout_s. A retried XADD can add an entry twice; the sink stores it once.
+        return {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+
+
+class Publisher(_PublisherBase):
+    """Publishes interactions from synchronous code. Thread-safe: redis-py pools its connections."""
+
+    def __init__(self, client: redis.Redis, **options: Any) -> None:
+        super().__init__(**options)
+        self._redis = client
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_MAXLEN,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> Publisher:
+        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs)."""
+        client = redis.Redis.from_url(
+            url, retry=SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **cls._client_options(timeout_s)
+        )
+        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes)
+
+    def publish(self, record: Record) -> str:
+        """Validate and XADD one record; returns its stream entry id."""
+        fields = encode_fields(record, self.max_record_bytes)
+        try:
+            entry_id = self._redis.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        except RedisError as error:
+            raise _publish_failed(error, self.stream) from error
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    def publish_many(self, records: Iterable[Record]) -> list[str]:
+        """Validate every record first, then XADD them all in one pipelined round trip.
+
+        Validation is all-or-nothing: if any record is invalid, none is sent.
+        """
+        return self.publish_encoded([encode_fields(record, self.max_record_bytes) for record in records])
+
+    def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
+        """XADD entries already built by `encode_fields`, pipelined; for callers that validate line by line."""
+        if not entries:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for fields in entries:
+            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        try:
+            ids = pipe.execute()
+        except RedisError as error:
+            raise _publish_failed(error, self.stream) from error
+        return [entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id) for entry_id in ids]
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._redis.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class AsyncPublisher(_PublisherBase):
+    """Publishes interactions from asyncio code; same validation, errors and wire format as `Publisher`."""
+
+    def __init__(self, client: aioredis.Redis, **options: Any) -> None:
+        super().__init__(**options)
+        self._redis = client
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_MAXLEN,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> AsyncPublisher:
+        """An asyncio publisher for the Redis at `url`."""
+        client = aioredis.Redis.from_url(
+            url, retry=AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **cls._client_options(timeout_s)
+        )
+        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes)
+
+    async def publish(self, record: Record) -> str:
+        """Validate and XADD one record; returns its stream entry id."""
+        fields = encode_fields(record, self.max_record_bytes)
+        try:
+            entry_id = await self._redis.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        except RedisError as error:
+            raise _publish_failed(error, self.stream) from error
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def publish_many(self, records: Iterable[Record]) -> list[str]:
+        """Validate every record first, then XADD them all in one pipelined round trip."""
+        encoded = [encode_fields(record, self.max_record_bytes) for record in records]
+        if not encoded:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for fields in encoded:
+            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        try:
+            ids = await pipe.execute()
+        except RedisError as error:
+            raise _publish_failed(error, self.stream) from error
+        return [entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id) for entry_id in ids]
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,196 @@
+"""One frozen settings object, validated once at start-up; every field is a flag and an environment variable.
+
+The click options of each command are generated from the fields below (`--batch-size`,
+`INTERACTIONLOG_BATCH_SIZE`), so a setting is declared once, with its default, bounds and help text.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import click
+import psycopg.conninfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from redis.connection import parse_url
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "INTERACTIONLOG_"
+
+
+def _default_consumer_prefix() -> str:
+    # host and pid make a consumer recognisable in XINFO CONSUMERS and unique per process.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseModel):
+    """Everything the worker and the operator commands need, validated together."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (redis://, rediss:// or unix://).")
+    database_url: str = Field(
+        "postgresql://localhost:5432/",
+        description="PostgreSQL URL or conninfo; libpq defaults and PG* variables fill in what it omits.",
+    )
+    stream: str = Field("interactions", min_length=1, description="Stream the publishers XADD to.")
+    group: str = Field("interactionlog", min_length=1, description="Consumer group the workers read in.")
+    dead_letter_stream: str = Field("", description="Dead-letter stream; empty means '<stream>:dlq'.")
+    stream_maxlen: int = Field(
+        1_000_000, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
+    )
+    max_record_bytes: int = Field(256 * 1024, ge=1024, description="Largest encoded record accepted.")
+    batch_size: int = Field(500, ge=1, le=100_000, description="Entries read and stored per batch.")
+    concurrency: int = Field(4, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
+    block_ms: int = Field(1000, ge=1, le=60_000, description="How long one XREADGROUP waits for new entries.")
+    redis_timeout_s: float = Field(
+        5.0, gt=0, description="Redis connect timeout, and the socket timeout on top of block_ms."
+    )
+    claim_idle_ms: int = Field(
+        30_000, ge=100, description="A pending entry idle this long is claimed from its (crashed) consumer."
+    )
+    claim_interval_ms: int = Field(5_000, ge=100, description="How often each consumer runs the XAUTOCLAIM sweep.")
+    max_deliveries: int = Field(
+        5, ge=1, description="An entry delivered more often than this is dead-lettered as a poison entry."
+    )
+    retry_max_backoff_s: float = Field(
+        10.0, gt=0, description="Longest wait between retries while Redis or PostgreSQL is away."
+    )
+    shutdown_timeout_s: float = Field(
+        25.0, gt=0, description="On SIGTERM, how long to finish the batch in flight before giving up."
+    )
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port for /metrics; 0 disables it.")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")  # noqa: S104
+    consumer_prefix: str = Field(
+        default_factory=_default_consumer_prefix, min_length=1, description="Consumer name prefix [host-pid]."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON otherwise."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        try:
+            parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves this helper untyped
+        except ValueError as error:
+            raise ValueError(f"not a Redis URL ({error}); use redis://[[user]:password@]host:port/db") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError as error:
+            raise ValueError(f"not a PostgreSQL URL or conninfo ({error})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self) -> Settings:
+        if self.claim_idle_ms <= self.block_ms:
+            raise ValueError(
+                f"claim_idle_ms ({self.claim_idle_ms}) must exceed block_ms ({self.block_ms}), or live "
+                "consumers would have their entries claimed while they wait"
+            )
+        return self
+
+    @property
+    def dead_letters(self) -> str:
+        """The dead-letter stream's key."""
+        return self.dead_letter_stream or f"{self.stream}:dlq"
+
+    @property
+    def redis_socket_timeout_s(self) -> float:
+        """Socket timeout for Redis: always longer than a blocking read, so BLOCK never looks like a hang."""
+        return self.block_ms / 1000 + self.redis_timeout_s
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', safe for logs, errors and status output."""
+    if "://" not in url:  # a PostgreSQL key=value conninfo
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            return "<unparseable conninfo>"
+        if "password" in params:
+            params["password"] = "***"  # noqa: S105
+        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if has_password else netloc
+    query = urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a settings field: `batch_size` -> `--batch-size`."""
+    return "--" + field.replace("_", "-")
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: `batch_size` -> `INTERACTIONLOG_BATCH_SIZE`."""
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(values: dict[str, Any]) -> Settings:
+    """Validate `values` (from click) into Settings, or raise ConfigurationError naming flag and variable."""
+    try:
+        return Settings(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            if item["loc"]:
+                field = str(item["loc"][0])
+                where = f"{flag_name(field)} / {env_name(field)}"
+                value = "***" if field.endswith("_url") else repr(item["input"])
+                problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')} (got {value})")
+            else:
+                problems.append(item["msg"].removeprefix("Value error, "))
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_CLICK_TYPES: dict[Any, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
+
+
+def settings_options(*fields: str) -> Callable[[_F], _F]:
+    """Click options for the named settings fields; values arrive as keyword arguments of the same names."""
+
+    def decorate(command: _F) -> _F:
+        for field in reversed(fields):
+            info = Settings.model_fields[field]
+            annotation = info.annotation
+            choices = getattr(annotation, "__args__", None)
+            kind = click.Choice(list(choices)) if choices else _CLICK_TYPES[annotation]
+            command = click.option(
+                flag_name(field),
+                field,
+                type=kind,
+                envvar=env_name(field),
+                default=None,  # None means "the Settings default", so defaults live in one place
+                show_envvar=True,
+                help=f"{info.description} [default: {_describe_default(field)}]",
+            )(command)
+        return command
+
+    return decorate
+
+
+def _describe_default(field: str) -> str:
+    info = Settings.model_fields[field]
+    if info.default_factory is not None:
+        return "host-pid" if field == "consumer_prefix" else "computed"
+    default = info.default
+    return repr(default) if default == "" else str(default)

@@ -1,0 +1,216 @@
+"""The Redis Streams adapter: group creation, reads, claims, delivery counts, acks and dead letters.
+
+Every call translates Redis's failures into the worker's vocabulary: a lost connection or a timeout becomes
+`RedisUnavailableError`; a missing group (NOGROUP: the group or the whole stream was deleted) is recreated at id 0
+and the read returns nothing, so the worker carries on instead of dying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import RedisUnavailableError
+
+log = structlog.get_logger(__name__)
+
+# Names the worker adds to a dead letter. An original field with one of these names is kept under
+# "original.<name>" so nothing the publisher sent is overwritten; replay restores it.
+DEAD_LETTER_FIELDS = frozenset(
+    {b"error", b"error_type", b"source_id", b"deliveries", b"group", b"consumer", b"failed_at", b"stream"}
+)
+ORIGINAL_PREFIX = b"original."
+
+_T = TypeVar("_T")
+
+
+def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int) -> aioredis.Redis:
+    """A Redis client for workers and operator commands.
+
+    Client-side retries are off: a blocking XREADGROUP re-issued behind our back could deliver entries we
+    never see. The worker owns retrying, and re-reads its own pending entries after any connection loss.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
+        health_check_interval=30,
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as delivered to a consumer; `fields` is empty when it was deleted while pending."""
+
+    id: str
+    fields: dict[bytes, bytes]
+
+    @property
+    def deleted(self) -> bool:
+        """XADD needs at least one field, so an empty entry is one XDELed or trimmed while pending."""
+        return not self.fields
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An entry that can never be stored, with the reason a person needs to act on it."""
+
+    entry: Entry
+    reason: str
+    error: str
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class ClaimPage:
+    """One XAUTOCLAIM step: entries now owned by us, ids deleted while pending, and where to continue."""
+
+    next_cursor: str
+    entries: list[Entry]
+    deleted_ids: list[str]
+
+
+def _is_nogroup(error: ResponseError) -> bool:
+    return str(error).startswith("NOGROUP")
+
+
+def _decode_id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _entries(raw: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Entry]:
+    return [Entry(_decode_id(entry_id), fields or {}) for entry_id, fields in raw]
+
+
+class StreamGroup:
+    """One stream read through one consumer group, plus its dead-letter stream."""
+
+    def __init__(self, redis: aioredis.Redis, *, stream: str, group: str, dead_letters: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.dead_letters = dead_letters
+
+    async def ensure_group(self) -> bool:
+        """Create the group at id 0 (creating the stream too) unless it exists; True when it was created.
+
+        Id 0, not $: entries published before the first worker ever started are still stored.
+        """
+        try:
+            await self._call(self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
+        except ResponseError as error:
+            if "BUSYGROUP" in str(error):
+                return False
+            raise
+        log.info("group_created", stream=self.stream, group=self.group)
+        return True
+
+    async def read(self, consumer: str, *, count: int, block_ms: int | None, pending: bool) -> list[Entry]:
+        """XREADGROUP: our own pending entries from id 0 when `pending`, else new ones (`>`)."""
+        start = "0" if pending else ">"
+        reply = await self._with_group(
+            lambda: self.redis.xreadgroup(
+                self.group, consumer, {self.stream: start}, count=count, block=None if pending else block_ms
+            )
+        )
+        if not reply:
+            return []
+        # RESP2 reply: [[stream, [(id, fields), ...]]]; we read a single stream.
+        return _entries(cast(Any, reply)[0][1])
+
+    async def claim(self, consumer: str, *, min_idle_ms: int, cursor: str, count: int) -> ClaimPage:
+        """One XAUTOCLAIM step; Redis drops deleted entries from the pending list and reports their ids."""
+        reply = await self._with_group(
+            lambda: self.redis.xautoclaim(self.stream, self.group, consumer, min_idle_ms, cursor, count=count)
+        )
+        if not reply:
+            return ClaimPage("0-0", [], [])
+        deleted = [_decode_id(entry_id) for entry_id in reply[2]] if len(reply) > 2 else []
+        return ClaimPage(_decode_id(reply[0]), _entries(reply[1]), deleted)
+
+    async def delivery_counts(self, consumer: str, entries: Sequence[Entry]) -> dict[str, int]:
+        """How often each of `entries` (pending for `consumer`) has been delivered."""
+        if not entries:
+            return {}
+        rows = await self._with_group(
+            lambda: self.redis.xpending_range(
+                self.stream,
+                self.group,
+                entries[0].id,
+                entries[-1].id,
+                len(entries) * 2,
+                consumername=consumer,
+            )
+        )
+        return {_decode_id(cast(bytes, row["message_id"])): int(row["times_delivered"]) for row in rows or []}
+
+    async def settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> None:
+        """Dead-letter and acknowledge in one MULTI/EXEC, so an entry is never acked without its dead letter."""
+        if not ack_ids and not dead_letters:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        failed_at = datetime.now(UTC).isoformat()
+        for letter in dead_letters:
+            pipe.xadd(self.dead_letters, self._dead_letter_fields(letter, consumer, failed_at))
+        ids = [*ack_ids, *(letter.entry.id for letter in dead_letters)]
+        if ids:
+            pipe.xack(self.stream, self.group, *ids)
+        await self._call(pipe.execute())
+
+    def _dead_letter_fields(self, letter: DeadLetter, consumer: str, failed_at: str) -> dict[Any, Any]:
+        fields: dict[bytes, bytes | str] = {
+            (ORIGINAL_PREFIX + name if name in DEAD_LETTER_FIELDS or name.startswith(ORIGINAL_PREFIX) else name): value
+            for name, value in letter.entry.fields.items()
+        }
+        fields.update(
+            {
+                b"error": letter.error,
+                b"error_type": letter.reason,
+                b"source_id": letter.entry.id,
+                b"stream": self.stream,
+                b"deliveries": str(letter.deliveries),
+                b"group": self.group,
+                b"consumer": consumer,
+                b"failed_at": failed_at,
+            }
+        )
+        return fields
+
+    async def _with_group(self, command: Callable[[], Awaitable[_T]]) -> _T | None:
+        """Run a group command; when the group has vanished, recreate it and return None (nothing read)."""
+        try:
+            return await self._call(command())
+        except ResponseError as error:
+            if not _is_nogroup(error):
+                raise
+        log.warning("group_missing_recreating", stream=self.stream, group=self.group)
+        await self.ensure_group()
+        return None
+
+    @staticmethod
+    async def _call(awaitable: Awaitable[_T]) -> _T:
+        try:
+            return await awaitable
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
+
+
+def original_fields(dead_letter_fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The fields the publisher originally sent, recovered from a dead letter (used by replay)."""
+    return {
+        (name.removeprefix(ORIGINAL_PREFIX) if name.startswith(ORIGINAL_PREFIX) else name): value
+        for name, value in dead_letter_fields.items()
+        if name not in DEAD_LETTER_FIELDS
+    }
