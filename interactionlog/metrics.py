@@ -29,6 +29,7 @@ class WorkerMetrics:
     reclaimed: Counter
     acked_after_deletion: Counter
     transient_errors: Counter
+    lost_to_trimming: Counter
     batch_size: Histogram
     persist_seconds: Histogram
     end_to_end_seconds: Histogram
@@ -62,6 +63,10 @@ class WorkerMetrics:
             ),
             transient_errors=counter(
                 "transient_errors", "Failures of Redis or PostgreSQL that were retried.", ("component",)
+            ),
+            lost_to_trimming=counter(
+                "entries_lost_to_trimming",
+                "Entries removed by the MAXLEN guard rail before the group read them: data lost, never silent.",
             ),
             batch_size=histogram("batch_size_entries", "Entries per batch handled.", _BATCH_BUCKETS),
             persist_seconds=histogram(
