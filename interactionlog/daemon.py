@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 
 import structlog
 from prometheus_client import start_http_server
+from redis.exceptions import RedisError
 
 from .errors import TransientError
+from .housekeeping import Housekeeper
 from .metrics import WorkerMetrics
 from .retry import Backoff, OutageLog
 from .settings import Settings, redact_url
@@ -23,6 +26,9 @@ from .streams import StreamGroup, connect
 from .worker import Consumer, ConsumerOptions
 
 log = structlog.get_logger(__name__)
+
+# Read here rather than in Settings on purpose: it is a test-only hook and must not appear as a flag.
+CRASH_HOOK_VARIABLE = "INTERACTIONLOG_TEST_CRASH_AT"
 
 EXIT_OK = 0
 EXIT_SHUTDOWN_TIMED_OUT = 1
@@ -38,6 +44,7 @@ def consumer_options(settings: Settings) -> ConsumerOptions:
         max_deliveries=settings.max_deliveries,
         max_record_bytes=settings.max_record_bytes,
         retry_max_backoff_s=settings.retry_max_backoff_s,
+        crash_at=os.environ.get(CRASH_HOOK_VARIABLE) or None,
     )
 
 
@@ -89,6 +96,15 @@ async def run_worker(
                 for index in range(settings.concurrency)
             ]
             tasks = [asyncio.create_task(consumer.run(), name=consumer.name) for consumer in consumers]
+            housekeeper = Housekeeper(
+                redis,
+                stream=settings.stream,
+                consumer_idle_ms=settings.consumer_idle_timeout_ms,
+                own_prefix=settings.consumer_prefix,
+            )
+            chores = asyncio.create_task(
+                _keep_house(housekeeper, metrics, stopping, settings.housekeeping_interval_ms / 1000)
+            )
             if on_started:
                 on_started(metrics)
             await stopping.wait()
@@ -96,7 +112,7 @@ async def run_worker(
             # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
             # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
             # claimed by another worker, so cancelling loses nothing; it only delays those entries.
-            _, unfinished = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_s)
+            _, unfinished = await asyncio.wait([*tasks, chores], timeout=settings.shutdown_timeout_s)
             if unfinished:
                 exit_code = EXIT_SHUTDOWN_TIMED_OUT
                 log.error("shutdown_timed_out", consumers=sorted(task.get_name() for task in unfinished))
@@ -129,6 +145,27 @@ async def _ensure_group(streams: StreamGroup, outages: OutageLog, stopping: asyn
         outages.succeeded("redis")
         return True
     return False
+
+
+async def _keep_house(
+    housekeeper: Housekeeper, metrics: WorkerMetrics, stopping: asyncio.Event, interval_s: float
+) -> None:
+    """Run the housekeeping chores every `interval_s` until stopped; a failed round is retried next time."""
+    labels = metrics.labels()
+    while not stopping.is_set():
+        try:
+            report = await housekeeper.run_once()
+        except RedisError as error:
+            log.debug("housekeeping_failed", error=str(error))  # the consumers log the outage itself
+        except Exception:
+            log.exception("housekeeping_crashed")
+        else:
+            for group, lost in report.lost.items():
+                metrics.lost_to_trimming.labels(stream=labels["stream"], group=group).inc(lost)
+            if report.trimmed:
+                log.debug("stream_trimmed", entries=report.trimmed)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=interval_s)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -84,3 +84,72 @@ class WorkerMetrics:
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""
         return {"stream": self.stream, "group": self.group}
+
+
+@dataclass(frozen=True)
+class GaugeSpec:
+    """A gauge read from Redis on an interval (by `observe.StreamGauges`), not updated by the consumers."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+    @property
+    def full_name(self) -> str:
+        """The exported name, with the namespace."""
+        return f"{NAMESPACE}_{self.name}"
+
+
+# Meanings and label names follow redis_exporter (its redis_stream_* family); words follow Redis (entries).
+# Per-consumer series stay few: the housekeeping chore deletes departed consumers from the group.
+STREAM_LENGTH = GaugeSpec("stream_length", "Entries in the stream (XLEN).", ("stream",))
+DEAD_LETTER_LENGTH = GaugeSpec(
+    "dead_letter_stream_length", "Entries in the dead-letter stream of `stream` (XLEN of <stream>:dlq).", ("stream",)
+)
+GROUP_LAG = GaugeSpec(
+    "stream_group_lag",
+    "Entries not yet delivered to the group. Absent while Redis cannot tell (see ..._lag_known), never 0 then.",
+    LABELS,
+)
+GROUP_LAG_KNOWN = GaugeSpec(
+    "stream_group_lag_known", "1 when Redis reports the group's lag, 0 when it reports it as unknown (NULL).", LABELS
+)
+GROUP_PENDING = GaugeSpec(
+    "stream_group_pending_entries", "Entries delivered to the group's consumers and not yet acknowledged.", LABELS
+)
+GROUP_OLDEST_PENDING_AGE = GaugeSpec(
+    "stream_group_oldest_pending_age_seconds",
+    "Seconds since Redis added the group's oldest pending entry; 0 when nothing is pending.",
+    LABELS,
+)
+GROUP_CONSUMERS = GaugeSpec("stream_group_consumers", "Consumers the group lists (XINFO CONSUMERS).", LABELS)
+GROUP_ACTIVE_CONSUMERS = GaugeSpec(
+    "stream_group_active_consumers",
+    "Consumers that talked to Redis within claim_idle_ms; the others are stuck or gone.",
+    LABELS,
+)
+CONSUMER_IDLE = GaugeSpec(
+    "stream_group_consumer_idle_seconds", "Seconds since the consumer last talked to Redis.", (*LABELS, "consumer")
+)
+CONSUMER_PENDING = GaugeSpec(
+    "stream_group_consumer_pending_entries", "Entries the consumer holds unacknowledged.", (*LABELS, "consumer")
+)
+COLLECTED_AT = GaugeSpec(
+    "stream_collected_timestamp_seconds",
+    "When these gauges were last read from Redis (Unix time); they are dropped once too old to trust.",
+    ("stream",),
+)
+
+STREAM_GAUGES = (
+    STREAM_LENGTH,
+    DEAD_LETTER_LENGTH,
+    GROUP_LAG,
+    GROUP_LAG_KNOWN,
+    GROUP_PENDING,
+    GROUP_OLDEST_PENDING_AGE,
+    GROUP_CONSUMERS,
+    GROUP_ACTIVE_CONSUMERS,
+    CONSUMER_IDLE,
+    CONSUMER_PENDING,
+    COLLECTED_AT,
+)

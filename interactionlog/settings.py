@@ -57,6 +57,14 @@ class Settings(BaseModel):
     max_deliveries: int = Field(
         5, ge=1, description="An entry delivered more often than this is dead-lettered as a poison entry."
     )
+    housekeeping_interval_ms: int = Field(
+        10_000,
+        ge=100,
+        description="How often to trim acknowledged entries, count trim losses, drop departed consumers.",
+    )
+    consumer_idle_timeout_ms: int = Field(
+        600_000, ge=1_000, description="A consumer with nothing pending and idle this long is deleted from the group."
+    )
     retry_max_backoff_s: float = Field(
         10.0, gt=0, description="Longest wait between retries while Redis or PostgreSQL is away."
     )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +44,10 @@ class ConsumerOptions:
     max_deliveries: int = 5
     max_record_bytes: int = 256 * 1024
     retry_max_backoff_s: float = 10.0
+    # Fault-injection hook for the test suites only: SIGKILL this process at a named point of the first
+    # batch that reaches it ("after_read": entries delivered, nothing stored; "after_commit": rows committed,
+    # nothing acknowledged). Set through INTERACTIONLOG_TEST_CRASH_AT; never set in production.
+    crash_at: str | None = None
 
 
 @dataclass
@@ -164,6 +170,7 @@ class Consumer:
             except PermanentEntryError as error:
                 dead.append(DeadLetter(entry, error.reason, str(error), delivered))
 
+        self._maybe_crash("after_read")
         started = time.perf_counter()
         result = await self._persist(rows)
         persist_s = time.perf_counter() - started
@@ -174,6 +181,8 @@ class Consumer:
         refused_ids = {row.stream_entry_id for row, _ in result.refused}
         ack_ids = [row.stream_entry_id for row in rows if row.stream_entry_id not in refused_ids] + deleted_ids
 
+        if rows:
+            self._maybe_crash("after_commit")
         await self._settle(ack_ids, dead)
         outcome.persisted, outcome.duplicates = result.inserted, result.duplicates
         outcome.dead_lettered, outcome.deleted = len(dead), len(deleted_ids)
@@ -249,6 +258,11 @@ class Consumer:
             f"{self.options.max_deliveries}): it repeatedly crashed or stalled the consumer that held it; "
             "inspect it, then `interactionlog dlq replay` it once fixed"
         )
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.options.crash_at == point:
+            log.warning("test_crash_injected", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _failed(self, error: TransientError, **context: object) -> None:
         self.metrics.transient_errors.labels(**self._labels, component=error.component).inc()

@@ -1,0 +1,198 @@
+"""Keeping the stream and its group tidy without ever dropping unprocessed data.
+
+Three periodic chores, run by each worker process on a timer:
+
+- **Safe trimming.** Workers XTRIM by MINID below the oldest entry any group on the stream still needs
+  (its oldest pending entry, or the first entry after its last-delivered id), so only entries every group has
+  acknowledged are removed. The publishers' approximate MAXLEN stays as a memory guard rail only.
+- **Accounting for guard-rail losses.** When a backlog outgrows MAXLEN, Redis trims entries no group has read.
+  Redis 7.0 keeps counting them in the group's lag (entries-added minus entries-read), so the loss is
+  `lag - entries actually present after last-delivered-id`. That figure is recorded per group in a Redis hash
+  with a compare-and-set, so exactly one replica counts each lost entry, and it is logged at error level.
+- **Consumer hygiene.** Consumers with no pending entries that have been idle past a threshold are deleted
+  (departed processes; every process gets new consumer names). The check and the XGROUP DELCONSUMER run in one
+  Lua script, so a consumer that just received entries is never deleted with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ResponseError
+
+log = structlog.get_logger(__name__)
+
+# Measures and records, atomically (so a concurrent trim or read cannot skew it), how many entries of the
+# stream were trimmed before the group read them. Redis 7.0 counts them in the group's lag for good, so
+# lost = lag - (entries still present after last-delivered-id). Returns {newly counted, total}.
+_ACCOUNT_LOSS = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function greater(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+local info
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local fields = {}
+  for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+  if fields['name'] == ARGV[1] then info = fields end
+end
+if not info or not info['lag'] then return {0, -1} end
+local lag = tonumber(info['lag'])
+local last = info['last-delivered-id']
+local present = 0
+local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #head > 0 then
+  if greater(head[1][1], last) then
+    present = redis.call('XLEN', KEYS[1])
+  elseif lag > tonumber(ARGV[2]) then
+    return {0, -1}
+  else
+    present = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', lag + 1)
+  end
+end
+local total = lag - present
+local recorded = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if total > recorded then
+  redis.call('HSET', KEYS[2], ARGV[1], total)
+  return {total - recorded, total}
+end
+return {0, total}
+"""
+
+# A large unread backlog that starts before the stream's head is counted on a later round rather than scanned.
+MAX_LOSS_SCAN = 10_000
+
+# Deletes the consumer only if, at this instant, it holds nothing and has been idle long enough.
+_DELETE_IF_DEPARTED = """
+local consumers = redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+for _, consumer in ipairs(consumers) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] == ARGV[2] then
+    if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+"""
+
+
+@dataclass
+class HousekeepingReport:
+    """What one round did."""
+
+    trimmed: int = 0
+    lost: dict[str, int] = field(default_factory=dict)
+    deleted_consumers: list[str] = field(default_factory=list)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest id greater than `entry_id`."""
+    ms, seq = _parse_id(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def loss_key(stream: str) -> str:
+    """The Redis hash holding, per group, how many entries of `stream` were trimmed before it read them."""
+    return f"{stream}:interactionlog:lost"
+
+
+class Housekeeper:
+    """One stream's chores; safe to run from every replica at once."""
+
+    def __init__(self, redis: aioredis.Redis, *, stream: str, consumer_idle_ms: int, own_prefix: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.consumer_idle_ms = consumer_idle_ms
+        self.own_prefix = own_prefix
+        self._measure_loss = redis.register_script(_ACCOUNT_LOSS)
+        self._delete_if_departed = redis.register_script(_DELETE_IF_DEPARTED)
+
+    async def run_once(self) -> HousekeepingReport:
+        """Account losses first (trimming must not hide them), then trim, then remove departed consumers."""
+        report = HousekeepingReport()
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError as error:
+            if "no such key" in str(error).lower():
+                return report
+            raise
+        if not groups:
+            return report  # nobody reads this stream yet: everything in it is still unprocessed
+        safe_bounds = []
+        for group in groups:
+            name = _text(group["name"])
+            lost = await self._account_loss(name)
+            if lost:
+                report.lost[name] = lost
+            safe_bounds.append(await self._safe_bound(name, _text(group["last-delivered-id"])))
+            report.deleted_consumers += await self._remove_departed(name)
+        report.trimmed = await self._trim_below(min(safe_bounds, key=_parse_id))
+        return report
+
+    async def _safe_bound(self, group: str, last_delivered: str) -> str:
+        """Everything below this id has been delivered to and acknowledged by `group`."""
+        summary = await self.redis.xpending(self.stream, group)
+        if summary and summary.get("min"):
+            return min(_text(summary["min"]), next_id(last_delivered), key=_parse_id)
+        return next_id(last_delivered)
+
+    async def _trim_below(self, min_id: str) -> int:
+        # `~` lets Redis remove only whole macro nodes: cheaper, and it can only ever keep more than asked.
+        return int(await self.redis.xtrim(self.stream, minid=min_id, approximate=True))
+
+    async def _account_loss(self, group: str) -> int:
+        """Record entries trimmed before `group` read them; returns how many are newly counted by this call."""
+        newly, total = await self._measure_loss(keys=[self.stream, loss_key(self.stream)], args=[group, MAX_LOSS_SCAN])
+        if newly:
+            log.error(
+                "entries_lost_to_trimming",
+                stream=self.stream,
+                group=group,
+                lost=int(newly),
+                lost_total=int(total),
+                hint="the backlog outgrew the stream's MAXLEN cap: add workers or raise --stream-maxlen",
+            )
+        return int(newly)
+
+    async def _remove_departed(self, group: str) -> list[str]:
+        deleted = []
+        for consumer in await self.redis.xinfo_consumers(self.stream, group):
+            name = _text(consumer["name"])
+            if (
+                name.startswith(self.own_prefix)
+                or int(consumer["pending"])
+                or int(consumer["idle"]) < self.consumer_idle_ms
+            ):
+                continue
+            if await self._delete_if_departed(keys=[self.stream], args=[group, name, self.consumer_idle_ms]):
+                deleted.append(name)
+        if deleted:
+            log.info("departed_consumers_deleted", group=group, consumers=deleted)
+        return deleted
+
+
+async def recorded_losses(redis: aioredis.Redis, stream: str) -> dict[str, int]:
+    """Per group, how many entries of `stream` were trimmed unread, as recorded so far."""
+    raw = await redis.hgetall(loss_key(stream))
+    return {_text(name): int(value) for name, value in raw.items()}
