@@ -156,6 +156,14 @@ class StreamGroup:
         )
         return {_decode_id(cast(bytes, row["message_id"])): int(row["times_delivered"]) for row in rows or []}
 
+    async def touch(self, consumer: str, ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer holds (XCLAIM JUSTID: no delivery is counted), so the
+        sweeps of other consumers leave a batch alone while its holder is alive and retrying it."""
+        if ids:
+            await self._with_group(
+                lambda: self.redis.xclaim(self.stream, self.group, consumer, 0, list(ids), justid=True)
+            )
+
     async def settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> None:
         """Dead-letter and acknowledge in one MULTI/EXEC, so an entry is never acked without its dead letter."""
         if not ack_ids and not dead_letters:

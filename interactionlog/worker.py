@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -158,6 +159,28 @@ class Consumer:
         deliveries = (
             {} if source == "new" else await self.streams.delivery_counts(self.name, live)
         )  # a fresh read is a first delivery; only redeliveries cost an XPENDING
+        rows, dead = self._triage(live, deliveries)
+        async with self._holding([entry.id for entry in live]):
+            self._maybe_crash("after_read")
+            started = time.perf_counter()
+            result = await self._persist(rows)
+            persist_s = time.perf_counter() - started
+            by_id = {entry.id: entry for entry in live}
+            for row, why in result.refused:
+                entry = by_id[row.stream_entry_id]
+                dead.append(DeadLetter(entry, "refused_by_database", why, deliveries.get(entry.id, 1)))
+            refused_ids = {row.stream_entry_id for row, _ in result.refused}
+            ack_ids = [row.stream_entry_id for row in rows if row.stream_entry_id not in refused_ids] + deleted_ids
+            if rows:
+                self._maybe_crash("after_commit")
+            await self._settle(ack_ids, dead)
+        outcome.persisted, outcome.duplicates = result.inserted, result.duplicates
+        outcome.dead_lettered, outcome.deleted = len(dead), len(deleted_ids)
+        self._record(outcome, rows, dead, persist_s)
+        return outcome
+
+    def _triage(self, live: list[Entry], deliveries: dict[str, int]) -> tuple[list[StoredRow], list[DeadLetter]]:
+        """Split entries into rows to store and dead letters (poison, or never storable)."""
         rows: list[StoredRow] = []
         dead: list[DeadLetter] = []
         for entry in live:
@@ -169,25 +192,27 @@ class Consumer:
                 rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes))
             except PermanentEntryError as error:
                 dead.append(DeadLetter(entry, error.reason, str(error), delivered))
+        return rows, dead
 
-        self._maybe_crash("after_read")
-        started = time.perf_counter()
-        result = await self._persist(rows)
-        persist_s = time.perf_counter() - started
-        by_id = {entry.id: entry for entry in live}
-        for row, why in result.refused:
-            entry = by_id[row.stream_entry_id]
-            dead.append(DeadLetter(entry, "refused_by_database", why, deliveries.get(entry.id, 1)))
-        refused_ids = {row.stream_entry_id for row, _ in result.refused}
-        ack_ids = [row.stream_entry_id for row in rows if row.stream_entry_id not in refused_ids] + deleted_ids
+    @contextlib.asynccontextmanager
+    async def _holding(self, ids: list[str]) -> AsyncIterator[None]:
+        """Heartbeat the batch's entries while it is in hand. Without this, a batch retried through a long
+        PostgreSQL outage would look abandoned: other consumers would claim it again and again, and each claim
+        counts as a delivery, until max_deliveries dead-lettered perfectly good entries."""
+        heartbeat = asyncio.create_task(self._heartbeat(ids))
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
 
-        if rows:
-            self._maybe_crash("after_commit")
-        await self._settle(ack_ids, dead)
-        outcome.persisted, outcome.duplicates = result.inserted, result.duplicates
-        outcome.dead_lettered, outcome.deleted = len(dead), len(deleted_ids)
-        self._record(outcome, rows, dead, persist_s)
-        return outcome
+    async def _heartbeat(self, ids: list[str]) -> None:
+        interval_s = self.options.claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TransientError):  # Redis away: then nobody can claim them either
+                await self.streams.touch(self.name, ids)
 
     async def _persist(self, rows: list[StoredRow]) -> PersistResult:
         """Persist, retrying through outages for as long as it takes (the daemon's shutdown timeout is the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -232,6 +233,30 @@ def test_postgres_outage_acknowledges_nothing_and_stores_everything_after(
     log_text = worker.log_text()
     assert log_text.count('"dependency_unavailable"') == 1, "an outage is logged once, not per retry"
     assert '"dependency_recovered"' in log_text
+
+
+@pytest.mark.fault
+def test_a_long_outage_does_not_turn_held_batches_into_poison(
+    redis_url: str, own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Batches held through an outage several times longer than claim_idle_ms are heartbeated, not claimed
+    round and round by idle consumers of other workers, so none reaches max_deliveries and is dead-lettered."""
+    database_url = own_postgres.create_database("long_outage")
+    migrate(database_url)
+    client = redis.Redis.from_url(redis_url)
+    own_postgres.stop()
+    publish(redis_url, range(40))
+    flags = {"batch_size": "10", "concurrency": "4", "max_deliveries": "2"}
+    with (
+        running_worker(redis_url, database_url, tmp_path, **flags),
+        running_worker(redis_url, database_url, tmp_path, **flags),
+    ):
+        wait_until(lambda: group_pending(client) == 40, what="every entry held by some consumer")
+        time.sleep(6)  # keep PostgreSQL away for 4x claim_idle_ms while idle consumers sweep
+        own_postgres.start()
+        wait_until(lambda: group_pending(client) == 0, timeout_s=60, what="drained after the outage")
+    assert client.xlen(f"{STREAM}:dlq") == 0, "no healthy entry was dead-lettered as poison"
+    assert_stored_exactly_once(database_url, range(40))
 
 
 @pytest.mark.fault
