@@ -97,11 +97,21 @@ def _entries(raw: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Ent
 class StreamGroup:
     """One stream read through one consumer group, plus its dead-letter stream."""
 
-    def __init__(self, redis: aioredis.Redis, *, stream: str, group: str, dead_letters: str) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        stream: str,
+        group: str,
+        dead_letters: str,
+        on_recreated: Callable[[bool], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
         self.dead_letters = dead_letters
+        # Called with whether the stream itself was gone, each time a vanished group is recreated.
+        self.on_recreated = on_recreated
 
     async def ensure_group(self) -> bool:
         """Create the group at id 0 (creating the stream too) unless it exists; True when it was created.
@@ -203,8 +213,21 @@ class StreamGroup:
         except ResponseError as error:
             if not _is_nogroup(error):
                 raise
-        log.warning("group_missing_recreating", stream=self.stream, group=self.group)
-        await self.ensure_group()
+        stream_existed = bool(await self._call(self.redis.exists(self.stream)))
+        if not await self.ensure_group():
+            return None  # another consumer recreated it first, and reported it
+        # Error level: whatever the group had not yet stored when it vanished may be lost, and someone should
+        # know. The stream gone too means Redis restarted without persistence (or the key was deleted).
+        log.error(
+            "group_missing_recreated",
+            stream=self.stream,
+            group=self.group,
+            stream_existed=stream_existed,
+            hint="entries not yet stored when the group vanished may be lost; "
+            + ("was the group deleted?" if stream_existed else "did Redis restart without AOF persistence?"),
+        )
+        if self.on_recreated:
+            self.on_recreated(stream_existed)
         return None
 
     @staticmethod

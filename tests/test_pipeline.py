@@ -287,7 +287,7 @@ def test_a_deleted_group_is_recreated_and_nothing_is_lost(redis_url: str, databa
         wait_until(lambda: count_rows(database_url) == 20, what="records after the group was destroyed")
         assert worker.process.poll() is None, "the worker is still running"
     assert_stored_exactly_once(database_url, range(20))
-    assert "group_missing_recreating" in worker.log_text()
+    assert "group_missing_recreated" in worker.log_text()
 
 
 def test_status_and_dead_letter_commands(redis_url: str, database_url: str, tmp_path: Path) -> None:
