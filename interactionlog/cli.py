@@ -36,6 +36,7 @@ _T = TypeVar("_T")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_CHECK_FAILED = 3  # `status` thresholds exceeded: distinct from 1 (could not check) and 2 (usage)
 
 REDIS_OPTIONS = ("redis_url", "stream", "dead_letter_stream", "redis_timeout_s")
 LOG_OPTIONS = ("log_format", "log_level")
@@ -100,10 +101,34 @@ def worker(**values: Any) -> None:
 
 
 @main.command(name="status")
-@settings_options(*REDIS_OPTIONS)
+@settings_options(*REDIS_OPTIONS, "group")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-def status_command(as_json: bool, **values: Any) -> None:
-    """Show stream length, each group's lag, pending entries and oldest pending age, and dead letters."""
+@click.option("--max-lag", type=click.IntRange(min=0), help="Fail when the group's lag exceeds this many entries.")
+@click.option(
+    "--max-pending-age-s",
+    type=click.FloatRange(min=0),
+    help="Fail when the group's oldest pending entry is older than this, in seconds.",
+)
+@click.option("--max-dead-letters", type=click.IntRange(min=0), help="Fail when the dead-letter stream holds more.")
+@click.option(
+    "--fail-on-unknown-lag",
+    is_flag=True,
+    help="Fail when Redis reports the group's lag as unknown; otherwise --max-lag only warns then.",
+)
+def status_command(
+    as_json: bool,
+    max_lag: int | None,
+    max_pending_age_s: float | None,
+    max_dead_letters: int | None,
+    fail_on_unknown_lag: bool,
+    **values: Any,
+) -> None:
+    """Show stream length, each group's lag, pending entries and oldest pending age, and dead letters.
+
+    Given thresholds, it is a check for cron or CI: the output is unchanged, each exceeded threshold is named
+    on stderr, and the exit status is 3 (1 when Redis cannot be reached). Lag and pending age are checked for
+    --group; a missing group fails those checks.
+    """
     settings = _settings(values)
 
     async def collect() -> status.PipelineStatus:
@@ -115,6 +140,60 @@ def status_command(as_json: bool, **values: Any) -> None:
 
     snapshot = _run(collect(), settings)
     click.echo(json.dumps(snapshot.to_dict(), indent=2) if as_json else status.render_status(snapshot))
+    problems, warnings = _threshold_problems(
+        snapshot,
+        settings.group,
+        max_lag=max_lag,
+        max_pending_age_s=max_pending_age_s,
+        max_dead_letters=max_dead_letters,
+        fail_on_unknown_lag=fail_on_unknown_lag,
+    )
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for problem in problems:
+        click.echo(f"check failed: {problem}", err=True)
+    if problems:
+        raise SystemExit(EXIT_CHECK_FAILED)
+
+
+def _threshold_problems(
+    snapshot: status.PipelineStatus,
+    group_name: str,
+    *,
+    max_lag: int | None,
+    max_pending_age_s: float | None,
+    max_dead_letters: int | None,
+    fail_on_unknown_lag: bool,
+) -> tuple[list[str], list[str]]:
+    """(exceeded thresholds, warnings) for `status`; an unknown lag fails only with --fail-on-unknown-lag."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if max_dead_letters is not None and snapshot.dead_letters > max_dead_letters:
+        problems.append(
+            f"{snapshot.dead_letters} dead letters in {snapshot.dead_letter_stream} exceed --max-dead-letters "
+            f"{max_dead_letters}: see `interactionlog dlq list`"
+        )
+    if max_lag is None and max_pending_age_s is None and not fail_on_unknown_lag:
+        return problems, warnings
+    group = next((g for g in snapshot.groups if g.name == group_name), None)
+    if group is None:
+        problems.append(f"no group {group_name} on stream {snapshot.stream}: no worker has started on it")
+        return problems, warnings
+    if group.lag is None:
+        unknown = f"group {group_name}: Redis reports the lag as unknown (an entry not yet read was deleted)"
+        if fail_on_unknown_lag:
+            problems.append(unknown)
+        elif max_lag is not None:
+            warnings.append(f"{unknown}; --max-lag not checked (--fail-on-unknown-lag makes this fail)")
+    elif max_lag is not None and group.lag > max_lag:
+        problems.append(f"group {group_name}: lag {group.lag} exceeds --max-lag {max_lag}")
+    age_s = group.oldest_pending_age_s
+    if max_pending_age_s is not None and age_s is not None and age_s > max_pending_age_s:
+        problems.append(
+            f"group {group_name}: oldest pending entry {group.oldest_pending_id} is {age_s:.1f}s old, "
+            f"over --max-pending-age-s {max_pending_age_s:g}"
+        )
+    return problems, warnings
 
 
 @main.group(name="dlq")

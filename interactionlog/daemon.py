@@ -13,12 +13,12 @@ import signal
 from collections.abc import Callable
 
 import structlog
-from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from .errors import TransientError
 from .housekeeping import Housekeeper
 from .metrics import WorkerMetrics
+from .observe import Observer
 from .retry import Backoff, OutageLog
 from .settings import Settings, redact_url
 from .store import Store
@@ -75,10 +75,8 @@ async def run_worker(
     streams = StreamGroup(redis, stream=settings.stream, group=settings.group, dead_letters=settings.dead_letters)
     store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
     metrics = WorkerMetrics.create(settings.stream, settings.group)
-    metrics_server = None
-    if settings.metrics_port:
-        metrics_server, _ = start_http_server(settings.metrics_port, settings.metrics_host, metrics.registry)
-        log.info("metrics_serving", host=settings.metrics_host, port=settings.metrics_port)
+    # /metrics, /livez, /readyz and the stream gauges; up before the group exists, so probes answer meanwhile.
+    observer = await Observer.start(settings, metrics, store, stopping) if settings.metrics_port else None
     outages = OutageLog()
     exit_code = EXIT_OK
     try:
@@ -124,9 +122,8 @@ async def run_worker(
         # scrape during the drain still sees the final counts.
         await store.close()
         await redis.aclose()
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+        if observer is not None:
+            await observer.stop()
     log.info("worker_stopped", exit_code=exit_code)
     return exit_code
 

@@ -123,16 +123,25 @@ GROUP_OLDEST_PENDING_AGE = GaugeSpec(
     LABELS,
 )
 GROUP_CONSUMERS = GaugeSpec("stream_group_consumers", "Consumers the group lists (XINFO CONSUMERS).", LABELS)
+# Redis 7.2+ resets a consumer's idle time on every read attempt; 7.0 only when it receives or claims entries,
+# so on 7.0 a healthy consumer of a quiet stream looks idle. With a backlog (lag > 0) both mean the same.
 GROUP_ACTIVE_CONSUMERS = GaugeSpec(
     "stream_group_active_consumers",
-    "Consumers that talked to Redis within claim_idle_ms; the others are stuck or gone.",
+    "Consumers idle for less than claim_idle_ms (Redis's idle); with lag > 0, 0 means nothing consumes.",
     LABELS,
 )
 CONSUMER_IDLE = GaugeSpec(
-    "stream_group_consumer_idle_seconds", "Seconds since the consumer last talked to Redis.", (*LABELS, "consumer")
+    "stream_group_consumer_idle_seconds",
+    "The consumer's idle time as XINFO CONSUMERS reports it.",
+    (*LABELS, "consumer"),
 )
 CONSUMER_PENDING = GaugeSpec(
     "stream_group_consumer_pending_entries", "Entries the consumer holds unacknowledged.", (*LABELS, "consumer")
+)
+GROUP_LOST_TO_TRIMMING = GaugeSpec(
+    "stream_group_lost_to_trimming_entries",
+    "Entries trimmed before the group read them, all time, as housekeeping recorded them in Redis (never resets).",
+    LABELS,
 )
 COLLECTED_AT = GaugeSpec(
     "stream_collected_timestamp_seconds",
@@ -151,5 +160,6 @@ STREAM_GAUGES = (
     GROUP_ACTIVE_CONSUMERS,
     CONSUMER_IDLE,
     CONSUMER_PENDING,
+    GROUP_LOST_TO_TRIMMING,
     COLLECTED_AT,
 )

@@ -73,6 +73,9 @@ class Settings(BaseModel):
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port for /metrics; 0 disables it.")
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")  # noqa: S104
+    metrics_interval_s: float = Field(
+        15.0, ge=0.1, description="How often the stream gauges are refreshed (one replica reads Redis per interval)."
+    )
     consumer_prefix: str = Field(
         default_factory=_default_consumer_prefix, min_length=1, description="Consumer name prefix [host-pid]."
     )

@@ -1,0 +1,488 @@
+"""deploy/ and compose.yaml, checked without a container engine: the manifests agree with the worker (its
+settings, endpoints, metrics and shutdown timeout), the alert rules pass promtool and their unit tests, and every
+metric the alerts and the dashboard name is one a running worker exports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from interactionlog import observe
+from interactionlog.metrics import WorkerMetrics
+from interactionlog.observe import GaugeCollector, Health, MetricsServer, StreamGauges
+from interactionlog.settings import Settings, env_name
+from interactionlog.store import Store
+
+from .test_observe import DLQ, GROUP, STREAM, build_backlog, http_get
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+MONITORING = DEPLOY / "monitoring"
+ALERTS = MONITORING / "alerts.yaml"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "interactionlog.json"
+COMPOSE = ROOT / "compose.yaml"
+
+# Metrics that rules may name although the worker does not export them, with who does.
+EXTERNAL_METRICS = {"keda_scaler_active": "the KEDA operator (scaler active 0/1)"}
+
+# Beyond the shutdown timeout, a stopping worker closes PostgreSQL, Redis and the metrics port.
+CLOSE_MARGIN_S = 5
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "gauge": ("",),
+}
+
+
+def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
+    with path.open() as handle:
+        return [document for document in yaml.safe_load_all(handle) if document]
+
+
+def kustomization() -> dict[str, Any]:
+    (document,) = load_yaml_documents(DEPLOY / "kustomization.yaml")
+    return document
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    """Every resource the kustomization lists, keyed by kind (one of each)."""
+    found: dict[str, dict[str, Any]] = {}
+    for resource in kustomization()["resources"]:
+        for document in load_yaml_documents(DEPLOY / resource):
+            assert document["kind"] not in found, f"two {document['kind']}s: the tests expect one of each"
+            found[document["kind"]] = document
+    return found
+
+
+def settings_env() -> dict[str, str]:
+    """The variables of the generated settings ConfigMap."""
+    (generator,) = (g for g in kustomization()["configMapGenerator"] if g["name"] == "interactionlog-settings")
+    variables = {}
+    for env_file in generator["envs"]:
+        for line in (DEPLOY / env_file).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, _, value = line.partition("=")
+                variables[name] = value
+    return variables
+
+
+def setting(variables: dict[str, str], field: str) -> Any:
+    """The value a worker would use for `field`, given these environment variables."""
+    default = Settings.model_fields[field].default
+    return type(default)(variables[env_name(field)]) if env_name(field) in variables else default
+
+
+def worker_container() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
+    return container
+
+
+def seconds(duration: str) -> float:
+    """A compose duration such as '40s' or '1m30s' in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts, f"not a duration: {duration}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+# PromQL keywords and the clauses whose parentheses hold label names, not metrics.
+_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
+_LABEL_LISTS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (identifiers that are not functions, keywords or labels)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = _LABEL_LISTS.sub("", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if text[match.end() :].lstrip().startswith("(") or match.group().lower() in _KEYWORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (document,) = load_yaml_documents(ALERTS)
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the dashboard: panel targets and the metric of each variable query."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            match = re.fullmatch(r"label_values\((.*),\s*\w+\)", variable["definition"])
+            assert match, f"variable {variable['name']}: expected label_values(<selector>, <label>)"
+            queries.append(match.group(1))
+    return queries
+
+
+@pytest.fixture
+def exported(redis_url: str, database_url: str) -> set[str]:
+    """Every sample name a worker's /metrics can carry, read from a real scrape of the real exporter (the worker's
+    registry plus the stream gauges, refreshed from a real Redis backlog), expanded by metric type so counters
+    and histograms count before their first observation."""
+    build_backlog(redis.Redis.from_url(redis_url))
+
+    async def scrape() -> str:
+        client = aioredis.Redis.from_url(redis_url)
+        store = await Store.open(database_url, max_connections=1)
+        metrics = WorkerMetrics.create(STREAM, GROUP)
+        gauges = StreamGauges(STREAM, active_idle_s=30, stale_after_s=60)
+        metrics.registry.register(gauges)
+        collector = GaugeCollector(client, gauges, stream=STREAM, dead_letters=DLQ, owner="test", interval_s=5)
+        gauges.snapshot = await collector.refresh()
+        health = Health(client, store, stream=STREAM, group=GROUP, stopping=asyncio.Event())
+        server = MetricsServer("127.0.0.1", 0, metrics.registry, health)
+        try:
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/metrics")
+            assert status == 200
+            return body
+        finally:
+            await asyncio.to_thread(server.close)
+            await store.close()
+            await client.aclose()
+
+    names: set[str] = set()
+    for family in text_string_to_metric_families(asyncio.run(scrape())):
+        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+        names.update(sample.name for sample in family.samples)
+    assert "interactionlog_stream_group_lag" in names
+    return names
+
+
+def test_every_metric_the_alerts_name_is_exported(exported: set[str]) -> None:
+    """Each alert selects at least one worker metric, and every metric it names is exported (or is KEDA's)."""
+    for rule in alert_rules():
+        names = metric_names(rule["expr"])
+        assert names & exported, f"{rule['alert']} selects no worker metric: {sorted(names)}"
+        unknown = names - exported - EXTERNAL_METRICS.keys()
+        assert not unknown, f"{rule['alert']} names metrics no worker exports: {sorted(unknown)}"
+
+
+def test_every_metric_the_dashboard_names_is_exported(exported: set[str]) -> None:
+    """Each dashboard query selects worker metrics only, so no panel stays empty for a typo."""
+    for query in dashboard_queries():
+        names = metric_names(query)
+        assert names, f"no metric in {query}"
+        assert names <= exported, f"{query} names metrics no worker exports: {sorted(names - exported)}"
+
+
+def test_the_metric_name_parser_sees_through_promql() -> None:
+    """Functions, keywords, label lists, matchers and ranges are not mistaken for metric names."""
+    expr = (
+        'histogram_quantile(0.95, sum by (le, group) (rate(a_bucket{stream=~"$stream"}[$__rate_interval])))'
+        ' > on (stream) group_left () max without (pod) (b) unless absent(c{x="y"}) or time() - d offset 5m'
+    )
+    assert metric_names(expr) == {"a_bucket", "b", "c", "d"}
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool not found: install Debian's `prometheus` package (apt-get install --no-install-recommends "
+            "prometheus), as .ci/run does; the alert rules must be checked"
+        )
+    return path
+
+
+def run_promtool(*arguments: str | Path, cwd: Path | None = None) -> str:
+    result = subprocess.run([promtool(), *map(str, arguments)], capture_output=True, text=True, cwd=cwd, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_alert_rules_pass_promtool_check() -> None:
+    """`promtool check rules` accepts alerts.yaml: valid PromQL, templates and durations."""
+    assert "SUCCESS" in run_promtool("check", "rules", ALERTS)
+
+
+def test_alert_rules_pass_their_promtool_unit_tests(tmp_path: Path) -> None:
+    """The cases of alerts.test.yaml hold: each alert fires when and only as it should, once per stream and group."""
+    (rules,) = load_yaml_documents(ALERTS)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)  # promtool compares annotations verbatim; the cases test firing
+    (tmp_path / "alerts.yaml").write_text(yaml.safe_dump(rules))
+    shutil.copy(MONITORING / "alerts.test.yaml", tmp_path / "alerts.test.yaml")
+    assert "SUCCESS" in run_promtool("test", "rules", "alerts.test.yaml", cwd=tmp_path)
+
+
+def test_compose_prometheus_config_passes_promtool_check(tmp_path: Path) -> None:
+    """prometheus.yml is valid, with its rule file pointed at the real alerts.yaml."""
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    config["rule_files"] = [str(ALERTS)]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    run_promtool("check", "config", tmp_path / "prometheus.yml")
+
+
+def test_the_prometheusrule_carries_exactly_the_alert_rules() -> None:
+    """The Operator's PrometheusRule and the plain rule file hold the same groups, so the two never drift."""
+    (rules,) = load_yaml_documents(ALERTS)
+    assert manifests()["PrometheusRule"]["spec"] == rules
+
+
+def test_the_termination_grace_period_outlasts_the_shutdown_timeout() -> None:
+    """Kubernetes waits longer than the worker's own drain (shutdown timeout plus closing), so SIGKILL never
+    interrupts a clean shutdown."""
+    spec = manifests()["Deployment"]["spec"]["template"]["spec"]
+    shutdown_timeout_s = setting(settings_env(), "shutdown_timeout_s")
+    assert spec["terminationGracePeriodSeconds"] >= shutdown_timeout_s + CLOSE_MARGIN_S
+
+
+@pytest.fixture
+def served_paths(redis_url: str, database_url: str) -> dict[str, int]:
+    """The status a real metrics server answers for each probe path of the Deployment."""
+    container = worker_container()
+    paths = {container[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
+
+    async def probe_all() -> dict[str, int]:
+        client = aioredis.Redis.from_url(redis_url)
+        store = await Store.open(database_url, max_connections=1)
+        health = Health(client, store, stream=STREAM, group=GROUP, stopping=asyncio.Event())
+        server = MetricsServer("127.0.0.1", 0, WorkerMetrics.create(STREAM, GROUP).registry, health)
+        try:
+            return {path: (await asyncio.to_thread(http_get, server.port, path))[0] for path in paths}
+        finally:
+            await asyncio.to_thread(server.close)
+            await store.close()
+            await client.aclose()
+
+    return asyncio.run(probe_all())
+
+
+def test_probes_point_at_endpoints_the_worker_serves(served_paths: dict[str, int]) -> None:
+    """Every probe path is served by the metrics server (never 404), on the port the worker listens on."""
+    assert all(status != 404 for status in served_paths.values()), served_paths
+    container = worker_container()
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    metrics_port = setting(settings_env(), "metrics_port")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert ports[container[probe]["httpGet"]["port"]] == metrics_port
+    assert container["readinessProbe"]["timeoutSeconds"] > observe.READY_TIMEOUT_S
+
+
+def test_pods_run_as_the_images_non_root_user() -> None:
+    """Worker and migration pods refuse root, with the uid the Dockerfile creates, and drop every capability."""
+    uid = dockerfile_user()
+    for kind in ("Deployment", "Job"):
+        pod = manifests()[kind]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == uid
+        for container in pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_urls_come_from_the_secret_and_every_variable_is_a_setting() -> None:
+    """The Redis and PostgreSQL URLs (with passwords) are secretKeyRefs to keys the example Secret documents, and
+    every INTERACTIONLOG_ variable the manifests set names a real setting (a typo would be silently ignored)."""
+    (example,) = load_yaml_documents(DEPLOY / "kubernetes" / "secret.example.yaml")
+    documented_keys = set(example["stringData"])
+    known = {env_name(field) for field in Settings.model_fields}
+    for kind in ("Deployment", "Job"):
+        (container,) = manifests()[kind]["spec"]["template"]["spec"]["containers"]
+        env = {item["name"]: item for item in container["env"]}
+        assert env["INTERACTIONLOG_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] in documented_keys
+        for item in env.values():
+            assert "://" not in item.get("value", ""), f"{item['name']} holds a URL literally"
+            if "secretKeyRef" in item.get("valueFrom", {}):
+                assert item["valueFrom"]["secretKeyRef"]["key"] in documented_keys
+        assert {name for name in env if name.startswith("INTERACTIONLOG_")} <= known
+    assert worker_container()["env"][0]["valueFrom"]["secretKeyRef"]["key"] in documented_keys
+    assert {name for name in settings_env() if name.startswith("INTERACTIONLOG_")} <= known
+
+
+def test_keda_scales_the_worker_on_lag_and_pending_of_its_group() -> None:
+    """The ScaledObject targets the worker Deployment, watches the stream and group the workers consume, and has a
+    lag trigger active from the first entry plus a pending trigger, with zero as the floor."""
+    resources = manifests()
+    scaled = resources["ScaledObject"]
+    variables = settings_env()
+    assert scaled["spec"]["scaleTargetRef"]["name"] == resources["Deployment"]["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] == 0
+    triggers = scaled["spec"]["triggers"]
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        metadata = trigger["metadata"]
+        assert metadata["stream"] == setting(variables, "stream")
+        assert metadata["consumerGroup"] == setting(variables, "group")
+        assert metadata["addressFromEnv"] in variables, "KEDA resolves the address from the worker's environment"
+        assert trigger["authenticationRef"]["name"] == resources["TriggerAuthentication"]["metadata"]["name"]
+    (lag,) = (t["metadata"] for t in triggers if "lagCount" in t["metadata"])
+    assert lag["activationLagCount"] == "0"
+    assert any("pendingEntriesCount" in t["metadata"] for t in triggers)
+    (example,) = load_yaml_documents(DEPLOY / "kubernetes" / "secret.example.yaml")
+    for reference in resources["TriggerAuthentication"]["spec"]["secretTargetRef"]:
+        assert reference["key"] in example["stringData"]
+
+
+def test_service_servicemonitor_and_pdb_select_the_worker_pods() -> None:
+    """The Service selects the worker pods on the metrics port, the ServiceMonitor scrapes that Service's port at
+    /metrics, and the PodDisruptionBudget covers the same pods."""
+    resources = manifests()
+    pod_labels = resources["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    service = resources["Service"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] in {p["name"] for p in worker_container()["ports"]}
+    monitor = resources["ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (port["name"], "/metrics")
+    assert resources["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_the_migration_job_runs_migrate() -> None:
+    """The Job runs `interactionlog migrate` once to completion, retried on failure."""
+    pod = manifests()["Job"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"]
+    assert pod["restartPolicy"] in {"OnFailure", "Never"}
+
+
+def test_kustomize_builds_the_manifests() -> None:
+    """`kubectl kustomize deploy/` renders, with the settings ConfigMap's hashed name wired into the Deployment."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed; the manifests are still checked file by file above")
+    result = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    rendered = {doc["kind"] + "/" + doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(result.stdout)}
+    (settings_map,) = (name for name in rendered if name.startswith("ConfigMap/interactionlog-settings-"))
+    container = rendered["Deployment/interactionlog-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"][0]["configMapRef"]["name"] == settings_map.removeprefix("ConfigMap/")
+    assert json.loads(rendered["ConfigMap/interactionlog-dashboard"]["data"]["interactionlog.json"])["uid"]
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions per stage, as (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        instruction, _, arguments = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction.upper(), arguments.strip()))
+    return stages
+
+
+def dockerfile_user() -> int:
+    (user,) = [arguments for instruction, arguments in dockerfile_stages()[-1] if instruction == "USER"]
+    return int(user.partition(":")[0])
+
+
+def test_the_image_runs_the_worker_as_non_root_by_default() -> None:
+    """The final stage switches to a numeric non-root uid and runs `interactionlog worker` unless told otherwise."""
+    final = dict(dockerfile_stages()[-1])
+    assert dockerfile_user() > 0
+    assert json.loads(final["ENTRYPOINT"]) == ["interactionlog"]
+    assert json.loads(final["CMD"]) == ["worker"]
+    assert int(final["EXPOSE"]) == Settings.model_fields["metrics_port"].default
+
+
+def test_the_image_build_context_holds_what_the_dockerfile_copies() -> None:
+    """Every source the build stage COPYs exists and is re-included by deploy/Dockerfile.dockerignore."""
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for instruction, arguments in dockerfile_stages()[0]:
+        if instruction == "COPY":
+            *sources, _ = arguments.split()
+            for source in sources:
+                assert (ROOT / source).exists(), source
+                assert source.rstrip("/") in included, f"{source} is excluded from the build context"
+
+
+def compose() -> dict[str, Any]:
+    (document,) = load_yaml_documents(COMPOSE)
+    return document
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """A compose service's bind mounts of repository files: container path -> host path."""
+    mounts = {}
+    for volume in service["volumes"]:
+        host, container, *_ = volume.split(":")
+        if host.startswith("./"):
+            mounts[container] = ROOT / host
+    return mounts
+
+
+def test_compose_runs_redis_with_aof_and_two_workers_after_the_migration() -> None:
+    """Redis keeps an append-only file; two worker replicas start once the migrate one-shot has succeeded, and are
+    given longer to stop than their shutdown timeout."""
+    services = compose()["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["restart"] == "no"
+    worker = services["worker"]
+    assert worker["command"] == ["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert seconds(worker["stop_grace_period"]) >= setting(worker["environment"], "shutdown_timeout_s") + CLOSE_MARGIN_S
+    port = setting(worker["environment"], "metrics_port")
+    assert f"127.0.0.1:{port}/readyz" in " ".join(worker["healthcheck"]["test"])
+
+
+def test_compose_prometheus_scrapes_the_workers_with_the_alert_rules_loaded() -> None:
+    """Prometheus mounts alerts.yaml where prometheus.yml loads rules from, and scrapes the worker service on the
+    metrics port."""
+    services = compose()["services"]
+    mounts = bind_mounts(services["prometheus"])
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    (rule_file,) = config["rule_files"]
+    assert mounts[rule_file].samefile(ALERTS)
+    (job,) = config["scrape_configs"]
+    (dns,) = job["dns_sd_configs"]
+    assert dns["names"] == ["worker"]
+    assert dns["port"] == setting(services["worker"]["environment"], "metrics_port")
+
+
+def test_compose_grafana_provisions_the_dashboard_and_prometheus() -> None:
+    """Grafana mounts the provisioning files and the dashboard directory its provider reads, with Prometheus as
+    the data source."""
+    mounts = bind_mounts(compose()["services"]["grafana"])
+    provisioning = mounts["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "interactionlog.yaml").read_text())["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert (dashboards / DASHBOARD.name).samefile(DASHBOARD)
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())["datasources"]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+
+
+def test_the_dashboard_is_well_formed() -> None:
+    """Unique panel ids, every query on the data-source variable, and filtered by the stream and group variables."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert {"datasource", "stream", "group"} <= variables
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert '$stream"' in target["expr"], f"{panel['title']}: not filtered by $stream"
