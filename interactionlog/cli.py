@@ -97,7 +97,12 @@ def migrate(**values: Any) -> None:
 def worker(**values: Any) -> None:
     """Consume the stream and store every entry in PostgreSQL. Stops cleanly on SIGTERM or SIGINT."""
     settings = _settings(values)
-    raise SystemExit(asyncio.run(run_worker(settings)))
+    try:
+        exit_code = asyncio.run(run_worker(settings))
+    except ConfigurationError as error:  # found only once running, e.g. the metrics port is taken
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    raise SystemExit(exit_code)
 
 
 @main.command(name="status")

@@ -75,11 +75,13 @@ async def run_worker(
     streams = StreamGroup(redis, stream=settings.stream, group=settings.group, dead_letters=settings.dead_letters)
     store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
     metrics = WorkerMetrics.create(settings.stream, settings.group)
-    # /metrics, /livez, /readyz and the stream gauges; up before the group exists, so probes answer meanwhile.
-    observer = await Observer.start(settings, metrics, store, stopping) if settings.metrics_port else None
     outages = OutageLog()
     exit_code = EXIT_OK
+    observer = None
     try:
+        # /metrics, /livez, /readyz and the stream gauges; up before the group exists, so probes answer meanwhile.
+        # Inside the try: if the port is taken, the pool and the client opened above must still be closed.
+        observer = await Observer.start(settings, metrics, store, stopping) if settings.metrics_port else None
         if await _ensure_group(streams, outages, stopping, settings.retry_max_backoff_s):
             consumers = [
                 Consumer(

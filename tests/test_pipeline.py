@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -339,3 +340,22 @@ def test_passwords_never_appear_in_worker_output(tmp_path: Path) -> None:
     assert "worker_starting" in output
     assert "***" in output
     assert "s3cret" not in output
+
+
+def test_a_taken_metrics_port_stops_the_worker_with_a_clear_message(tmp_path: Path) -> None:
+    """A worker whose metrics port is in use exits 2 at once, naming the port, without a traceback or a hang."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        worker = WorkerProcess(
+            "redis://127.0.0.1:1/0",
+            "postgresql://127.0.0.1:1/db",
+            tmp_path,
+            metrics_port=port,
+            metrics_host="127.0.0.1",
+        )
+        assert worker.wait(timeout_s=20) == 2
+    output = worker.log_text()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in output
+    assert "Traceback" not in output
