@@ -72,9 +72,17 @@ async def run_worker(
         connect_timeout_s=settings.redis_timeout_s,
         max_connections=2 * settings.concurrency + 2,
     )
-    streams = StreamGroup(redis, stream=settings.stream, group=settings.group, dead_letters=settings.dead_letters)
-    store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
     metrics = WorkerMetrics.create(settings.stream, settings.group)
+    streams = StreamGroup(
+        redis,
+        stream=settings.stream,
+        group=settings.group,
+        dead_letters=settings.dead_letters,
+        on_recreated=lambda stream_existed: metrics.groups_recreated.labels(
+            **metrics.labels(), stream_vanished=str(not stream_existed).lower()
+        ).inc(),
+    )
+    store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
     outages = OutageLog()
     exit_code = EXIT_OK
     observer = None

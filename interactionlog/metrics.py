@@ -30,6 +30,7 @@ class WorkerMetrics:
     acked_after_deletion: Counter
     transient_errors: Counter
     lost_to_trimming: Counter
+    groups_recreated: Counter
     batch_size: Histogram
     persist_seconds: Histogram
     end_to_end_seconds: Histogram
@@ -67,6 +68,12 @@ class WorkerMetrics:
             lost_to_trimming=counter(
                 "entries_lost_to_trimming",
                 "Entries removed by the MAXLEN guard rail before the group read them: data lost, never silent.",
+            ),
+            groups_recreated=counter(
+                "group_recreated",
+                "Times the consumer group vanished and was recreated; stream_vanished=true means the stream went "
+                "too (Redis restarted without persistence): entries not yet stored then are lost.",
+                ("stream_vanished",),
             ),
             batch_size=histogram("batch_size_entries", "Entries per batch handled.", _BATCH_BUCKETS),
             persist_seconds=histogram(

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -29,7 +30,7 @@ from .pipeline import (
     stream_entries,
     wait_until,
 )
-from .servers import PostgresServer
+from .servers import PostgresServer, free_port
 
 STREAM, GROUP = "interactions", "interactionlog"
 
@@ -277,18 +278,25 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits_zero(redis_url: str, dat
 
 
 def test_a_deleted_group_is_recreated_and_nothing_is_lost(redis_url: str, database_url: str, tmp_path: Path) -> None:
-    """XGROUP DESTROY under a running worker: it recreates the group at 0 and keeps storing records."""
+    """XGROUP DESTROY under a running worker: it recreates the group at 0, keeps storing records, and counts the
+    recreation in its metrics, marked as a group (not the whole stream) having vanished."""
     migrate(database_url)
     client = redis.Redis.from_url(redis_url)
     publish(redis_url, range(10))
-    with running_worker(redis_url, database_url, tmp_path) as worker:
+    port = free_port()
+    with running_worker(redis_url, database_url, tmp_path, metrics_port=str(port), metrics_host="127.0.0.1") as worker:
         wait_until(lambda: count_rows(database_url) == 10, what="first records")
         client.xgroup_destroy(STREAM, GROUP)
         publish(redis_url, range(10, 20))
         wait_until(lambda: count_rows(database_url) == 20, what="records after the group was destroyed")
         assert worker.process.poll() is None, "the worker is still running"
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert_stored_exactly_once(database_url, range(20))
     assert "group_missing_recreated" in worker.log_text()
+    assert (
+        'interactionlog_group_recreated_total{group="interactionlog",stream="interactions",stream_vanished="false"} 1.0'
+        in metrics
+    )
 
 
 def test_status_and_dead_letter_commands(redis_url: str, database_url: str, tmp_path: Path) -> None:
