@@ -7,12 +7,16 @@ and whatever a worker would dead-letter a publisher refuses up front.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidRecordError, PermanentEntryError
 
@@ -28,6 +32,11 @@ Identifier = Annotated[str, Field(min_length=1, max_length=100)]
 # backslash itself was escaped and the text is a literal "\u0000"). PostgreSQL refuses U+0000 in both
 # TEXT and JSONB, so a record carrying it could never be stored.
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+# Python (and the worker's JSON parser) refuse to parse integers longer than this many digits.
+MAX_INT_DIGITS = 4300
+_HUGE_INT = 10**MAX_INT_DIGITS
+_LONG_DIGITS = re.compile(rf"\d{{{MAX_INT_DIGITS + 1},}}")
 
 
 def _new_interaction_id() -> str:
@@ -56,7 +65,10 @@ class Interaction(BaseModel):
     """
 
     # Strict: a string is not coerced into a number or a boolean, so stored values are what was sent.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Non-finite numbers (NaN, Infinity, or 1e400, which overflows to infinity) are written as JSON's
+    # non-standard tokens rather than as null, so that encode_record can refuse them instead of storing a
+    # silently different value.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, ser_json_inf_nan="constants")
 
     mcp_id: Identifier
     interaction_id: Identifier = Field(default_factory=_new_interaction_id)
@@ -101,23 +113,82 @@ def validate_record(record: Interaction | dict[str, Any]) -> Interaction:
 
 def encode_record(record: Interaction) -> str:
     """The record's JSON as stored in the `data` field of the stream entry and the `data` column."""
-    encoded = record.model_dump_json(exclude_none=True)
+    try:
+        encoded = record.model_dump_json(exclude_none=True)
+    except PydanticSerializationError as error:  # lone surrogates: text that is not encodable Unicode
+        raise InvalidRecordError(
+            f"invalid interaction record: {_locate(record, _holds_surrogate)} is not valid Unicode text (a lone "
+            f"surrogate, typically from bytes decoded with 'surrogateescape'): {error}"
+        ) from None
+    # pydantic raises for a lone surrogate in a value but silently writes U+FFFD for one in a dict key.
+    if "\ufffd" in encoded and (where := _locate(record, _holds_surrogate)) != "the record":
+        raise InvalidRecordError(
+            f"invalid interaction record: {where} has a key that is not valid Unicode text (a lone surrogate)"
+        )
     if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
         raise InvalidRecordError(
-            f"invalid interaction record: {_locate_nul(record)} contains the NUL character U+0000, which "
-            "PostgreSQL cannot store in TEXT or JSONB; remove it or encode the value (base64, hex)"
+            f"invalid interaction record: {_locate(record, _holds_nul)} contains the NUL character U+0000, "
+            "which PostgreSQL cannot store in TEXT or JSONB; remove it or encode the value (base64, hex)"
         )
+    suspicious = "NaN" in encoded or "Infinity" in encoded
+    if suspicious or (len(encoded) > MAX_INT_DIGITS and _LONG_DIGITS.search(encoded)):
+        problem = _json_problem(encoded)
+        if problem == "non_finite":
+            raise InvalidRecordError(
+                f"invalid interaction record: {_locate(record, _is_non_finite)} is NaN or infinite (or a number "
+                "too large for a double, such as 1e400), which JSON cannot carry; send null or a string instead"
+            )
+        if problem == "huge_int":
+            raise InvalidRecordError(
+                f"invalid interaction record: {_locate(record, _is_huge_int)} is an integer of more than "
+                f"{MAX_INT_DIGITS} digits, which JSON parsers refuse; send it as a string"
+            )
     return encoded
 
 
-def _locate_nul(record: Interaction) -> str:
-    """Name the first field holding U+0000; only called on the rare error path, so it may walk the record."""
+def _json_problem(encoded: str) -> str | None:
+    """The precise, rare path: does the JSON hold NaN/Infinity tokens or an integer too long to parse back?"""
+
+    def refuse(token: str) -> None:
+        raise _NonFiniteError(token)
+
+    try:
+        json.loads(encoded, parse_constant=refuse)
+    except _NonFiniteError:
+        return "non_finite"
+    except ValueError:  # Python's int max-str-digits guard, the same limit the worker's parser applies
+        return "huge_int"
+    return None
+
+
+class _NonFiniteError(ValueError):
+    pass
+
+
+def _holds_surrogate(value: object) -> bool:
+    return isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value)
+
+
+def _is_huge_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _HUGE_INT
+
+
+def _holds_nul(value: object) -> bool:
+    return isinstance(value, str) and "\x00" in value
+
+
+def _is_non_finite(value: object) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _locate(record: Interaction, offending: Callable[[object], bool]) -> str:
+    """Name the first field holding an offending value; only on the rare error path, so it may walk the record."""
 
     def walk(value: object, path: str) -> str | None:
         if isinstance(value, BaseModel):
             value = value.model_dump()
-        if isinstance(value, str):
-            return path if "\x00" in value else None
+        if offending(value):
+            return path
         if isinstance(value, dict):
             for key, item in value.items():
                 found = walk(key, path) or walk(item, f"{path}.{key}")

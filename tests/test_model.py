@@ -117,3 +117,20 @@ def test_decode_rejects_bad_entries_with_a_reason(fields: dict[bytes, bytes], re
         decode_entry(ENTRY_ID, fields, 10_000)
     assert caught.value.reason == reason
     assert str(caught.value)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_numbers_are_refused_not_turned_into_null(number: str) -> None:
+    """NaN, Infinity and overflowing numbers cannot be stored as sent, so they are refused naming the field."""
+    data = f'{{"mcp_id": "a", "metadata": {{"x": [1, {number}]}}}}'.encode()
+    with pytest.raises(PermanentEntryError, match=r"field 'metadata\.x\.1' is NaN or infinite") as caught:
+        decode_entry(ENTRY_ID, wire(data), 10_000)
+    assert caught.value.reason == "unstorable_value"
+    with pytest.raises(InvalidRecordError, match=r"field 'request\.x'"):
+        encode_record(validate_record({"mcp_id": "a", "request": {"x": float(number)}}))
+
+
+def test_the_words_nan_and_infinity_inside_strings_are_ordinary_text() -> None:
+    """Only the bare JSON tokens are non-finite numbers; the same letters inside a string are kept."""
+    row = decode_entry(ENTRY_ID, wire(b'{"mcp_id": "a", "request": "NaN and Infinity"}'), 10_000)
+    assert '"request":"NaN and Infinity"' in row.data
