@@ -22,7 +22,7 @@ from typing import Literal
 
 import structlog
 
-from .errors import PermanentEntryError, TransientError
+from .errors import DatabaseUnavailableError, PermanentEntryError, TransientError
 from .metrics import WorkerMetrics
 from .model import StoredRow, decode_entry
 from .retry import Backoff, OutageLog
@@ -85,6 +85,7 @@ class Consumer:
         self.stopping = stopping
         self.options = options
         self._labels = metrics.labels()
+        self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
         self._backoff = Backoff(max_s=options.retry_max_backoff_s)
         # Start with our own pending entries: after a restart under the same name they are ours to finish.
         self._read_pending = True
@@ -220,7 +221,7 @@ class Consumer:
         backoff = Backoff(max_s=self.options.retry_max_backoff_s)
         while True:
             try:
-                result = await self.store.persist_batch(rows)
+                result = await self._persist_attempt(rows)
             except TransientError as error:
                 self._failed(error, rows=len(rows))
                 await asyncio.sleep(backoff.next_delay())
@@ -228,6 +229,32 @@ class Consumer:
             if rows:
                 self.outages.succeeded("postgres")
             return result
+
+    async def _persist_attempt(self, rows: list[StoredRow]) -> PersistResult:
+        """One attempt, abandoned if it takes longer than claim_idle_ms.
+
+        A half-open connection (a frozen server, a silent network partition) never fails; it just never
+        answers. The heartbeat keeps other consumers away from a batch in hand, so the holder must give up on
+        such a connection itself. Abandoned, not awaited: cancelling psycopg mid-COPY would wait on the same
+        dead server. The pool hands the retry a fresh connection; a late commit of the abandoned attempt is
+        harmless, the insert being idempotent.
+        """
+        attempt = asyncio.create_task(self.store.persist_batch(rows))
+        done, _ = await asyncio.wait({attempt}, timeout=self.options.claim_idle_ms / 1000)
+        if attempt in done:
+            return attempt.result()
+        attempt.cancel()
+        self._abandoned.add(attempt)
+        attempt.add_done_callback(self._forget_abandoned)
+        raise DatabaseUnavailableError(
+            f"storing a batch of {len(rows)} took longer than claim_idle_ms ({self.options.claim_idle_ms} ms); "
+            "abandoned its connection as hung and retrying on another"
+        )
+
+    def _forget_abandoned(self, attempt: asyncio.Task[PersistResult]) -> None:
+        self._abandoned.discard(attempt)
+        if not attempt.cancelled() and attempt.exception() is not None:
+            log.debug("abandoned_attempt_failed", error=str(attempt.exception()))
 
     async def _settle(self, ack_ids: list[str], dead: list[DeadLetter]) -> None:
         """Dead-letter and XACK, retrying through Redis outages: the rows are committed, so a redelivery after
