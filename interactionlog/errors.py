@@ -56,3 +56,7 @@ class DatabaseUnavailableError(TransientError):
     """PostgreSQL is unreachable, restarting, or cannot take the batch right now."""
 
     component = "postgres"
+
+
+class AttemptAbandonedError(DatabaseUnavailableError):
+    """A persist attempt outlived its allowance (a half-open connection) and was abandoned as hung."""

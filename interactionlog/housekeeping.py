@@ -25,9 +25,15 @@ from redis.exceptions import ResponseError
 
 log = structlog.get_logger(__name__)
 
-# Measures and records, atomically (so a concurrent trim or read cannot skew it), how many entries of the
-# stream were trimmed before the group read them. Redis 7.0 counts them in the group's lag for good, so
-# lost = lag - (entries still present after last-delivered-id). Returns {newly counted, total}.
+# Measures, records and repairs, atomically (a concurrent trim or read cannot skew it), the entries of the
+# stream trimmed before the group read them. Redis 7.0 keeps counting such entries in the group's lag
+# (entries-added minus entries-read) for good, so the discrepancy lag - (entries present after
+# last-delivered-id) is the loss since the last round. Each round then resets entries-read to the truth with
+# XGROUP SETID ... ENTRIESREAD, so the reported lag is again what is left to read, and the next round measures
+# only new losses (HINCRBY, which also keeps counting correctly after the group is recreated).
+# One false source remains: Redis 7.0 reloads entries-read from the last AOF rewrite on restart, inflating the
+# lag. A changed run_id says Redis restarted, and that round repairs the lag without counting a loss.
+# Returns {newly counted, discrepancy, restarted (0/1)}; {0, -1, 0} when nothing could be measured.
 _ACCOUNT_LOSS = """
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -38,34 +44,52 @@ local function greater(a, b)
   local bms, bseq = parse(b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
-local info
-for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local fields = {}
-  for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
-  if fields['name'] == ARGV[1] then info = fields end
+local function fields(flat)
+  local result = {}
+  for i = 1, #flat, 2 do result[flat[i]] = flat[i + 1] end
+  return result
 end
-if not info or not info['lag'] then return {0, -1} end
+local group, max_scan, run_id = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local info
+for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local candidate = fields(raw)
+  if candidate['name'] == group then info = candidate end
+end
+if not info or not info['lag'] then return {0, -1, 0} end
 local lag = tonumber(info['lag'])
 local last = info['last-delivered-id']
+local length = redis.call('XLEN', KEYS[1])
 local present = 0
 local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #head > 0 then
   if greater(head[1][1], last) then
-    present = redis.call('XLEN', KEYS[1])
-  elseif lag > tonumber(ARGV[2]) then
-    return {0, -1}
+    present = length
   else
-    present = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', lag + 1)
+    local after = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', max_scan + 1)
+    if after <= max_scan then
+      present = after
+    else
+      local upto = #redis.call('XRANGE', KEYS[1], '-', last, 'COUNT', max_scan + 1)
+      if upto > max_scan then return {0, -1, 0} end
+      present = length - upto
+    end
   end
 end
-local total = lag - present
-local recorded = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if total > recorded then
-  redis.call('HSET', KEYS[2], ARGV[1], total)
-  return {total - recorded, total}
-end
-return {0, total}
+local run_key = 'run_id:' .. group
+local previous_run = redis.call('HGET', KEYS[2], run_key)
+redis.call('HSET', KEYS[2], run_key, run_id)
+local restarted = previous_run and previous_run ~= run_id
+local discrepancy = lag - present
+if discrepancy <= 0 then return {0, discrepancy, restarted and 1 or 0} end
+local added = tonumber(fields(redis.call('XINFO', 'STREAM', KEYS[1]))['entries-added'])
+redis.call('XGROUP', 'SETID', KEYS[1], group, last, 'ENTRIESREAD', added - present)
+if restarted then return {0, discrepancy, 1} end
+redis.call('HINCRBY', KEYS[2], group, discrepancy)
+return {discrepancy, discrepancy, 0}
 """
+
+# Fields of the loss hash that remember the Redis run id a group was last measured under, not losses.
+RUN_ID_FIELD_PREFIX = "run_id:"
 
 # A large unread backlog that starts before the stream's head is counted on a later round rather than scanned.
 MAX_LOSS_SCAN = 10_000
@@ -139,10 +163,11 @@ class Housekeeper:
             raise
         if not groups:
             return report  # nobody reads this stream yet: everything in it is still unprocessed
+        run_id = _text((await self.redis.info("server"))["run_id"])
         safe_bounds = []
         for group in groups:
             name = _text(group["name"])
-            lost = await self._account_loss(name)
+            lost = await self._account_loss(name, run_id)
             if lost:
                 report.lost[name] = lost
             safe_bounds.append(await self._safe_bound(name, _text(group["last-delivered-id"])))
@@ -161,16 +186,25 @@ class Housekeeper:
         # `~` lets Redis remove only whole macro nodes: cheaper, and it can only ever keep more than asked.
         return int(await self.redis.xtrim(self.stream, minid=min_id, approximate=True))
 
-    async def _account_loss(self, group: str) -> int:
+    async def _account_loss(self, group: str, run_id: str) -> int:
         """Record entries trimmed before `group` read them; returns how many are newly counted by this call."""
-        newly, total = await self._measure_loss(keys=[self.stream, loss_key(self.stream)], args=[group, MAX_LOSS_SCAN])
+        newly, discrepancy, restarted = await self._measure_loss(
+            keys=[self.stream, loss_key(self.stream)], args=[group, MAX_LOSS_SCAN, run_id]
+        )
+        if restarted and int(discrepancy) > 0:
+            log.warning(
+                "lag_resynchronised_after_redis_restart",
+                stream=self.stream,
+                group=group,
+                phantom_lag=int(discrepancy),
+                hint="Redis 7.0 reloads a group's read counter from its last AOF rewrite; not counted as a loss",
+            )
         if newly:
             log.error(
                 "entries_lost_to_trimming",
                 stream=self.stream,
                 group=group,
                 lost=int(newly),
-                lost_total=int(total),
                 hint="the backlog outgrew the stream's MAXLEN cap: add workers or raise --stream-maxlen",
             )
         return int(newly)
@@ -195,4 +229,6 @@ class Housekeeper:
 async def recorded_losses(redis: aioredis.Redis, stream: str) -> dict[str, int]:
     """Per group, how many entries of `stream` were trimmed unread, as recorded so far."""
     raw = await redis.hgetall(loss_key(stream))
-    return {_text(name): int(value) for name, value in raw.items()}
+    return {
+        _text(name): int(value) for name, value in raw.items() if not _text(name).startswith(RUN_ID_FIELD_PREFIX)
+    }

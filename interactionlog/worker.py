@@ -22,7 +22,7 @@ from typing import Literal
 
 import structlog
 
-from .errors import DatabaseUnavailableError, PermanentEntryError, TransientError
+from .errors import AttemptAbandonedError, PermanentEntryError, TransientError
 from .metrics import WorkerMetrics
 from .model import StoredRow, decode_entry
 from .retry import Backoff, OutageLog
@@ -219,9 +219,16 @@ class Consumer:
         """Persist, retrying through outages for as long as it takes (the daemon's shutdown timeout is the
         only bound): giving up would mean acknowledging nothing and re-reading the same batch anyway."""
         backoff = Backoff(max_s=self.options.retry_max_backoff_s)
+        attempt_timeout_s = self.options.claim_idle_ms / 1000
         while True:
             try:
-                result = await self._persist_attempt(rows)
+                result = await self._persist_attempt(rows, attempt_timeout_s)
+            except AttemptAbandonedError as error:
+                self._failed(error, rows=len(rows))
+                # Each abandonment doubles the next attempt's allowance (up to 32x), so a batch that is merely
+                # slow, not hung, gets through eventually instead of being abandoned forever.
+                attempt_timeout_s = min(attempt_timeout_s * 2, self.options.claim_idle_ms / 1000 * 32)
+                continue
             except TransientError as error:
                 self._failed(error, rows=len(rows))
                 await asyncio.sleep(backoff.next_delay())
@@ -230,8 +237,8 @@ class Consumer:
                 self.outages.succeeded("postgres")
             return result
 
-    async def _persist_attempt(self, rows: list[StoredRow]) -> PersistResult:
-        """One attempt, abandoned if it takes longer than claim_idle_ms.
+    async def _persist_attempt(self, rows: list[StoredRow], timeout_s: float) -> PersistResult:
+        """One attempt, abandoned if it takes longer than `timeout_s` (claim_idle_ms at first).
 
         A half-open connection (a frozen server, a silent network partition) never fails; it just never
         answers. The heartbeat keeps other consumers away from a batch in hand, so the holder must give up on
@@ -240,15 +247,15 @@ class Consumer:
         harmless, the insert being idempotent.
         """
         attempt = asyncio.create_task(self.store.persist_batch(rows))
-        done, _ = await asyncio.wait({attempt}, timeout=self.options.claim_idle_ms / 1000)
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
         if attempt in done:
             return attempt.result()
         attempt.cancel()
         self._abandoned.add(attempt)
         attempt.add_done_callback(self._forget_abandoned)
-        raise DatabaseUnavailableError(
-            f"storing a batch of {len(rows)} took longer than claim_idle_ms ({self.options.claim_idle_ms} ms); "
-            "abandoned its connection as hung and retrying on another"
+        raise AttemptAbandonedError(
+            f"storing a batch of {len(rows)} took longer than {timeout_s:g}s; abandoned its connection as hung "
+            "and retrying on another"
         )
 
     def _forget_abandoned(self, attempt: asyncio.Task[PersistResult]) -> None:
