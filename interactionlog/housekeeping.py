@@ -229,6 +229,4 @@ class Housekeeper:
 async def recorded_losses(redis: aioredis.Redis, stream: str) -> dict[str, int]:
     """Per group, how many entries of `stream` were trimmed unread, as recorded so far."""
     raw = await redis.hgetall(loss_key(stream))
-    return {
-        _text(name): int(value) for name, value in raw.items() if not _text(name).startswith(RUN_ID_FIELD_PREFIX)
-    }
+    return {_text(name): int(value) for name, value in raw.items() if not _text(name).startswith(RUN_ID_FIELD_PREFIX)}
