@@ -18,6 +18,7 @@ import psycopg
 import psycopg.errors
 import structlog
 from psycopg import sql
+from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailableError
@@ -81,8 +82,11 @@ _CREATE_STAGING = """
     ) ON COMMIT DELETE ROWS
 """
 _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS)
-_COPY_TABLE = sql.SQL("COPY interaction_logs ({}) FROM STDIN").format(_COLUMN_LIST)
-_COPY_STAGING = sql.SQL("COPY interaction_logs_staging ({}) FROM STDIN").format(_COLUMN_LIST)
+# Binary COPY: psycopg sends values without text escaping and PostgreSQL reads them without parsing text
+# (timestamps, floats); it needs each column's type up front, in COLUMNS order.
+_COPY_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "bool", "float8", "text", "jsonb", "text")
+_COPY_TABLE = sql.SQL("COPY interaction_logs ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
+_COPY_STAGING = sql.SQL("COPY interaction_logs_staging ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
 _MOVE_STAGING = sql.SQL(
     "INSERT INTO interaction_logs ({cols}) SELECT {cols} FROM interaction_logs_staging "
     "ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
@@ -90,6 +94,14 @@ _MOVE_STAGING = sql.SQL(
 _INSERT_ONE = sql.SQL(
     "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
 ).format(_COLUMN_LIST, sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)))
+
+
+class _JsonTextDumper(JsonbBinaryDumper):
+    """`StoredRow.data` already holds JSON text: send it as JSONB's binary form (version 1, then the text)
+    as it is, where the stock dumper would encode the str once more, as a JSON string."""
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + str(obj).encode()
 
 
 @dataclass
@@ -180,17 +192,14 @@ class Store:
     async def _copy_into_table(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:
         """The fast path, the same work as a bare bulk load: COPY straight into interaction_logs. Any row
         already present makes the whole COPY fail with a unique violation, and nothing of it is kept."""
-        async with conn.transaction(), conn.cursor() as cursor, cursor.copy(_COPY_TABLE) as copy:
-            for row in rows:
-                await copy.write_row(row)
+        async with conn.transaction(), conn.cursor() as cursor:
+            await _copy_rows(cursor, _COPY_TABLE, rows)
         return PersistResult(inserted=len(rows))
 
     @staticmethod
     async def _persist_copy(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:
         async with conn.transaction(), conn.cursor() as cursor:
-            async with cursor.copy(_COPY_STAGING) as copy:
-                for row in rows:
-                    await copy.write_row(row)
+            await _copy_rows(cursor, _COPY_STAGING, rows)
             await cursor.execute(_MOVE_STAGING)
             inserted = max(cursor.rowcount, 0)
         return PersistResult(inserted=inserted, duplicates=len(rows) - inserted)
@@ -215,7 +224,15 @@ class Store:
         return result
 
 
+async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, rows: Sequence[StoredRow]) -> None:
+    async with cursor.copy(statement) as copy:
+        copy.set_types(_COPY_TYPES)
+        for row in rows:
+            await copy.write_row(row)
+
+
 async def _create_staging(conn: psycopg.AsyncConnection[Any]) -> None:
+    conn.adapters.register_dumper(None, _JsonTextDumper)  # by oid only: used where set_types() says jsonb
     await conn.execute(_CREATE_STAGING)
     await conn.commit()
 
