@@ -44,8 +44,8 @@ class Settings(BaseModel):
         1_000_000, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
     )
     max_record_bytes: int = Field(256 * 1024, ge=1024, description="Largest encoded record accepted.")
-    batch_size: int = Field(500, ge=1, le=100_000, description="Entries read and stored per batch.")
-    concurrency: int = Field(4, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
+    batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and stored per batch.")
+    concurrency: int = Field(2, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
     block_ms: int = Field(1000, ge=1, le=60_000, description="How long one XREADGROUP waits for new entries.")
     redis_timeout_s: float = Field(
         5.0, gt=0, description="Redis connect timeout, and the socket timeout on top of block_ms."

@@ -1,0 +1,5 @@
+"""`python -m benchmarks` runs the suite."""
+
+from .run import main
+
+main()

@@ -1,0 +1,117 @@
+"""The publish side: `Publisher.publish` latency, and `publish_many` throughput against plain redis-py XADD.
+
+Every contender starts from the same record dicts, as an MCP server would hold them. interactionlog validates and
+encodes each with pydantic; plain redis-py only `json.dumps` it, which is the floor a publish helper can reach.
+`publish_many` is also timed on `Interaction` objects built beforehand (validation then happens in the caller's
+constructor call, outside the timing), to split validation from the Redis round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from interactionlog.model import Interaction
+from interactionlog.publish import Publisher
+
+from .records import records
+
+STREAM = "bench:publish"
+BATCH = 1000
+
+
+@dataclass(frozen=True)
+class PublishFigures:
+    """Latency of single publishes and throughput of batched and unbatched ones, in records/s."""
+
+    publish_p50_ms: float
+    publish_p99_ms: float
+    publish_rate: float
+    publish_many_rate: float
+    publish_many_models_rate: float
+    xadd_rate: float
+    xadd_pipelined_rate: float
+    records: int
+
+
+def _rate(count: int, run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return count / (time.perf_counter() - started)
+
+
+def _batches(items: Sequence[dict[str, Any]]) -> list[Sequence[dict[str, Any]]]:
+    return [items[start : start + BATCH] for start in range(0, len(items), BATCH)]
+
+
+def measure_publish(redis_url: str, count: int) -> PublishFigures:
+    """Publish `count` records each way onto a scratch stream (deleted between ways, so each starts empty)."""
+    items = list(records(count, seed=7))
+    client = redis.Redis.from_url(redis_url)
+    maxlen = 10 * count
+    publisher = Publisher.from_url(redis_url, stream=STREAM, maxlen=maxlen)
+    try:
+        for item in items[: min(500, count)]:  # warm up connections and pydantic's validators
+            publisher.publish(item)
+        client.delete(STREAM)
+
+        latencies: list[int] = []
+        started = time.perf_counter()
+        for item in items:
+            began = time.perf_counter_ns()
+            publisher.publish(item)
+            latencies.append(time.perf_counter_ns() - began)
+        publish_rate = count / (time.perf_counter() - started)
+        latencies.sort()
+        client.delete(STREAM)
+
+        def many() -> None:
+            for batch in _batches(items):
+                publisher.publish_many(batch)
+
+        publish_many_rate = _rate(count, many)
+        client.delete(STREAM)
+
+        models = [Interaction.model_validate(item) for item in items]
+
+        def many_models() -> None:
+            for start in range(0, count, BATCH):
+                publisher.publish_many(models[start : start + BATCH])
+
+        publish_many_models_rate = _rate(count, many_models)
+        client.delete(STREAM)
+
+        def xadd() -> None:
+            for item in items:
+                client.xadd(STREAM, {"v": "1", "data": json.dumps(item)}, maxlen=maxlen, approximate=True)
+
+        xadd_rate = _rate(count, xadd)
+        client.delete(STREAM)
+
+        def xadd_pipelined() -> None:
+            for batch in _batches(items):
+                pipe = client.pipeline(transaction=False)
+                for item in batch:
+                    pipe.xadd(STREAM, {"v": "1", "data": json.dumps(item)}, maxlen=maxlen, approximate=True)
+                pipe.execute()
+
+        xadd_pipelined_rate = _rate(count, xadd_pipelined)
+        client.delete(STREAM)
+    finally:
+        publisher.close()
+        client.close()
+    return PublishFigures(
+        publish_p50_ms=latencies[len(latencies) // 2] / 1e6,
+        publish_p99_ms=latencies[min(int(len(latencies) * 0.99), len(latencies) - 1)] / 1e6,
+        publish_rate=publish_rate,
+        publish_many_rate=publish_many_rate,
+        publish_many_models_rate=publish_many_models_rate,
+        xadd_rate=xadd_rate,
+        xadd_pipelined_rate=xadd_pipelined_rate,
+        records=count,
+    )
