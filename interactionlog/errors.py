@@ -29,7 +29,7 @@ class RecordTooLargeError(PublishError, ValueError):
 
 
 class PublishUnavailableError(PublishError, ConnectionError):
-    """Redis could not be reached within the publisher's bounded wait; the record was not published."""
+    """Redis did not answer within the publisher's bounded wait; the record may not be in the stream."""
 
 
 class PermanentEntryError(InteractionlogError):

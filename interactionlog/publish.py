@@ -46,7 +46,10 @@ def encode_fields(record: Record, max_record_bytes: int) -> dict[bytes, bytes]:
 
 def _publish_failed(error: RedisError, stream: str) -> PublishError:
     if isinstance(error, RedisConnectionError | RedisTimeoutError):
-        return PublishUnavailableError(f"Redis is unreachable, record not published to {stream!r}: {error}")
+        return PublishUnavailableError(
+            f"Redis is unreachable, record not confirmed on {stream!r} (publish it again with the same "
+            f"interaction_id; it is stored once either way): {error}"
+        )
     return PublishError(f"Redis refused the record for stream {stream!r}: {error}")
 
 

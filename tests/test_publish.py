@@ -83,7 +83,7 @@ def test_unreachable_redis_raises_one_documented_error_quickly() -> None:
     """With Redis down, publish raises PublishUnavailableError within the bounded wait instead of hanging."""
     publisher = Publisher.from_url(f"redis://127.0.0.1:{closed_port()}/0", timeout_s=0.5)
     started = time.monotonic()
-    with pytest.raises(PublishUnavailableError, match="not published"):
+    with pytest.raises(PublishUnavailableError, match="not confirmed"):
         publisher.publish(record(1))
     with pytest.raises(PublishUnavailableError):
         publisher.publish_many([record(2)])
