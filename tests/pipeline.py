@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 import redis
+
+_T = TypeVar("_T")
 
 INTERACTIONLOG = [sys.executable, "-m", "interactionlog"]
 
@@ -30,17 +32,18 @@ FAST_WORKER_FLAGS: dict[str, str] = {
 }
 
 
-def wait_until(
-    condition: Callable[[], Any], *, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = ""
-) -> Any:
-    """Poll `condition` until it returns something truthy, and return that; fail with `what` on timeout."""
+def wait_until(condition: Callable[[], _T], *, timeout_s: float = 30.0, interval_s: float = 0.05, what: str = "") -> _T:
+    """Poll `condition` until it returns something truthy, and return that; fail with `what` on timeout.
+
+    Tests wait on conditions with generous deadlines instead of sleeping, so a slow machine only makes them slower.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what or condition}")
         time.sleep(interval_s)
 
 

@@ -21,6 +21,8 @@ import psycopg
 import redis
 from redis.exceptions import RedisError, ResponseError
 
+from tests.pipeline import wait_until
+
 from .producer import Ledger, Outcome
 
 POLL_S = 0.1
@@ -280,16 +282,6 @@ def judge(
     return verdict
 
 
-def wait_for(condition: Callable[[], _T], *, timeout_s: float, what: str, interval_s: float = POLL_S) -> _T:
-    """Poll `condition` until it returns something truthy and return that; fail naming `what` on timeout.
-
-    Tests wait on conditions with generous deadlines instead of sleeping, so a slow machine only makes them slower.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
+def wait_for(condition: Callable[[], _T], *, timeout_s: float, what: str) -> _T:
+    """`wait_until` at the fault suite's poll interval, with the deadline and its description required."""
+    return wait_until(condition, timeout_s=timeout_s, what=what, interval_s=POLL_S)
