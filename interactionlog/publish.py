@@ -53,6 +53,11 @@ def _publish_failed(error: RedisError, stream: str) -> PublishError:
     return PublishError(f"Redis refused the record for stream {stream!r}: {error}")
 
 
+def _entry_id(raw: bytes | str | int) -> str:
+    """XADD's reply as a string: bytes from a client without decode_responses, str with it."""
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 class _PublisherBase:
     def __init__(
         self,
@@ -66,6 +71,13 @@ class _PublisherBase:
         self.stream = stream
         self.maxlen = maxlen
         self.max_record_bytes = max_record_bytes
+
+    def _queue_xadds(
+        self, pipe: redis.client.Pipeline | aioredis.client.Pipeline, entries: Sequence[dict[bytes, bytes]]
+    ) -> None:
+        """Queue one capped XADD per entry on a sync or asyncio pipeline (queueing itself never awaits)."""
+        for fields in entries:
+            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
 
     @staticmethod
     def _client_options(timeout_s: float) -> dict[str, Any]:
@@ -108,7 +120,7 @@ class Publisher(_PublisherBase):
             entry_id = self._redis.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
         except RedisError as error:
             raise _publish_failed(error, self.stream) from error
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return _entry_id(entry_id)
 
     def publish_many(self, records: Iterable[Record]) -> list[str]:
         """Validate every record first, then XADD them all in one pipelined round trip.
@@ -122,13 +134,12 @@ class Publisher(_PublisherBase):
         if not entries:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        for fields in entries:
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        self._queue_xadds(pipe, entries)
         try:
             ids = pipe.execute()
         except RedisError as error:
             raise _publish_failed(error, self.stream) from error
-        return [entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id) for entry_id in ids]
+        return [_entry_id(entry_id) for entry_id in ids]
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -173,7 +184,7 @@ class AsyncPublisher(_PublisherBase):
             entry_id = await self._redis.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
         except RedisError as error:
             raise _publish_failed(error, self.stream) from error
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return _entry_id(entry_id)
 
     async def publish_many(self, records: Iterable[Record]) -> list[str]:
         """Validate every record first, then XADD them all in one pipelined round trip."""
@@ -181,13 +192,12 @@ class AsyncPublisher(_PublisherBase):
         if not encoded:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        for fields in encoded:
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+        self._queue_xadds(pipe, encoded)
         try:
             ids = await pipe.execute()
         except RedisError as error:
             raise _publish_failed(error, self.stream) from error
-        return [entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id) for entry_id in ids]
+        return [_entry_id(entry_id) for entry_id in ids]
 
     async def close(self) -> None:
         """Close the connection pool."""
