@@ -407,15 +407,21 @@ def test_workers_never_trim_entries_another_group_has_not_read(
     assert_no_worker_crashed(fleet)
 
 
+def warm_up_group(fleet: WorkerFleet, client: redis.Redis, redis_url: str, database_url: str) -> None:
+    """Have a worker create the group and store a few records, then stop it cleanly: the group has read
+    something, so later guard-rail trims cut into entries it has not read."""
+    first = fleet.start()
+    publish(redis_url, "warmup", range(10))
+    wait_for(lambda: settled(client) and rows(database_url, "warmup") == 10, timeout_s=60, what="warm-up stored")
+    assert first.terminate() == 0
+
+
 def test_entries_the_guard_rail_trims_unread_are_counted_logged_and_exported(
     fleet: WorkerFleet, redis_url: str, database_url: str
 ) -> None:
     """Entries the MAXLEN guard rail trims unread are counted exactly, once, in the metric and an error log."""
     client = client_for(redis_url)
-    first = fleet.start()
-    publish(redis_url, "warmup", range(10))
-    wait_for(lambda: rows(database_url, "warmup") == 10 and settled(client), timeout_s=60, what="warm-up stored")
-    assert first.terminate() == 0
+    warm_up_group(fleet, client, redis_url, database_url)
 
     publish(redis_url, "burst", range(1000), maxlen=100)  # no worker running: the cap drops most of them
     worker = fleet.start(metrics=True, housekeeping_interval_ms="200", consumer_idle_timeout_ms="1000")
@@ -436,10 +442,7 @@ def test_a_guard_rail_loss_after_the_group_was_recreated_is_still_counted(
     """A guard-rail loss is counted even after a larger one was counted for an earlier incarnation of the group."""
     # An operator deletes the group and a worker recreates it; the new group's losses start from zero.
     client = client_for(redis_url)
-    first = fleet.start()
-    publish(redis_url, "warmup", range(10))
-    wait_for(lambda: settled(client) and rows(database_url, "warmup") == 10, timeout_s=60, what="warm-up stored")
-    assert first.terminate() == 0
+    warm_up_group(fleet, client, redis_url, database_url)
     publish(redis_url, "big-loss", range(1000), maxlen=100)
     counting = fleet.start(housekeeping_interval_ms="200")
     wait_for(lambda: counting.events("entries_lost_to_trimming"), timeout_s=60, what="the first loss counted")
@@ -466,10 +469,7 @@ def test_after_a_guard_rail_loss_the_reported_lag_is_what_is_left_to_read(
     # `status --max-lag`, the stream_group_lag gauge and KEDA's lag trigger all read XINFO's lag; the lost entries
     # belong in lost-to-trimming, not in a lag that never goes back to 0.
     client = client_for(redis_url)
-    first = fleet.start()
-    publish(redis_url, "warmup", range(10))
-    wait_for(lambda: settled(client) and rows(database_url, "warmup") == 10, timeout_s=60, what="warm-up stored")
-    assert first.terminate() == 0
+    warm_up_group(fleet, client, redis_url, database_url)
     publish(redis_url, "burst", range(1000), maxlen=100)
     worker = fleet.start(housekeeping_interval_ms="200", consumer_idle_timeout_ms="1000")
     wait_for(lambda: worker.events("entries_lost_to_trimming"), timeout_s=60, what="the loss counted")
