@@ -25,8 +25,8 @@ from pathlib import Path
 import psycopg
 import redis
 
-from interactionlog.model import StoredRow
-from interactionlog.store import migrate
+from interactionlog.worker.decode import StoredRow
+from interactionlog.worker.store import migrate
 
 from .records import Prefilled
 from .servers import Servers, checkpoint, cpu_seconds, create_database, drop_database

@@ -19,7 +19,7 @@ from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage
 from psycopg import sql
 
-from interactionlog.model import StoredRow, decode_entry
+from interactionlog.worker.decode import StoredRow, decode_entry
 
 MAX_RECORD_BYTES = 256 * 1024
 

@@ -19,7 +19,7 @@ import redis
 from psycopg import sql
 
 from interactionlog.errors import PermanentEntryError
-from interactionlog.model import StoredRow, decode_entry
+from interactionlog.worker.decode import StoredRow, decode_entry
 
 MAX_RECORD_BYTES = 256 * 1024
 COUNT = 100

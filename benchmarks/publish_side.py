@@ -16,8 +16,8 @@ from typing import Any
 
 import redis
 
-from interactionlog.model import Interaction
-from interactionlog.publish import Publisher
+from interactionlog.client.publisher import Publisher
+from interactionlog.record import Interaction
 
 from .records import records
 

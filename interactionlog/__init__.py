@@ -3,6 +3,7 @@
 Publishers need only `Publisher` (or `AsyncPublisher`) and, optionally, the `Interaction` model.
 """
 
+from .client.publisher import AsyncPublisher, Publisher
 from .errors import (
     InteractionlogError,
     InvalidRecordError,
@@ -10,8 +11,7 @@ from .errors import (
     PublishUnavailableError,
     RecordTooLargeError,
 )
-from .model import ClientInfo, Interaction
-from .publish import AsyncPublisher, Publisher
+from .record import ClientInfo, Interaction
 
 __all__ = [
     "AsyncPublisher",

@@ -16,8 +16,7 @@ import psycopg
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import dlq, status
-from .daemon import run_worker
+from .client.publisher import Publisher, encode_fields
 from .errors import (
     ConfigurationError,
     InteractionlogError,
@@ -26,11 +25,14 @@ from .errors import (
     RecordTooLargeError,
 )
 from .logs import configure_logging
-from .model import Interaction, describe_validation_error
-from .publish import Publisher, encode_fields
-from .settings import Settings, load_settings, redact_url, settings_options
-from .store import migrate as apply_migrations
-from .streams import connect
+from .ops import dlq, status
+from .record import Interaction, describe_validation_error
+from .redact import redact_url
+from .settings import Settings, load_settings, settings_options
+from .worker.daemon import run_worker
+from .worker.state import PipelineStatus, collect_status
+from .worker.store import migrate as apply_migrations
+from .worker.streams import connect
 
 _T = TypeVar("_T")
 
@@ -136,16 +138,16 @@ def status_command(
     """
     settings = _settings(values)
 
-    async def collect() -> status.PipelineStatus:
+    async def collect() -> PipelineStatus:
         redis = _redis(settings)
         try:
-            return await status.collect_status(redis, settings.stream, settings.dead_letters)
+            return await collect_status(redis, settings.stream, settings.dead_letter_stream_key)
         finally:
             await redis.aclose()
 
     snapshot = _run(collect(), settings)
     click.echo(json.dumps(snapshot.to_dict(), indent=2) if as_json else status.render_status(snapshot))
-    problems, warnings = _threshold_problems(
+    problems, warnings = status.threshold_problems(
         snapshot,
         settings.group,
         max_lag=max_lag,
@@ -159,46 +161,6 @@ def status_command(
         click.echo(f"check failed: {problem}", err=True)
     if problems:
         raise SystemExit(EXIT_CHECK_FAILED)
-
-
-def _threshold_problems(
-    snapshot: status.PipelineStatus,
-    group_name: str,
-    *,
-    max_lag: int | None,
-    max_pending_age_s: float | None,
-    max_dead_letters: int | None,
-    fail_on_unknown_lag: bool,
-) -> tuple[list[str], list[str]]:
-    """(exceeded thresholds, warnings) for `status`; an unknown lag fails only with --fail-on-unknown-lag."""
-    problems: list[str] = []
-    warnings: list[str] = []
-    if max_dead_letters is not None and snapshot.dead_letters > max_dead_letters:
-        problems.append(
-            f"{snapshot.dead_letters} dead letters in {snapshot.dead_letter_stream} exceed --max-dead-letters "
-            f"{max_dead_letters}: see `interactionlog dlq list`"
-        )
-    if max_lag is None and max_pending_age_s is None and not fail_on_unknown_lag:
-        return problems, warnings
-    group = next((g for g in snapshot.groups if g.name == group_name), None)
-    if group is None:
-        problems.append(f"no group {group_name} on stream {snapshot.stream}: no worker has started on it")
-        return problems, warnings
-    if group.lag is None:
-        unknown = f"group {group_name}: Redis reports the lag as unknown (an entry not yet read was deleted)"
-        if fail_on_unknown_lag:
-            problems.append(unknown)
-        elif max_lag is not None:
-            warnings.append(f"{unknown}; --max-lag not checked (--fail-on-unknown-lag makes this fail)")
-    elif max_lag is not None and group.lag > max_lag:
-        problems.append(f"group {group_name}: lag {group.lag} exceeds --max-lag {max_lag}")
-    age_s = group.oldest_pending_age_s
-    if max_pending_age_s is not None and age_s is not None and age_s > max_pending_age_s:
-        problems.append(
-            f"group {group_name}: oldest pending entry {group.oldest_pending_id} is {age_s:.1f}s old, "
-            f"over --max-pending-age-s {max_pending_age_s:g}"
-        )
-    return problems, warnings
 
 
 @main.group(name="dlq")
@@ -218,7 +180,7 @@ def dlq_list(count: int, reason: str | None, as_json: bool, **values: Any) -> No
     async def fetch() -> list[dlq.DeadLetterView]:
         redis = _redis(settings)
         try:
-            return await dlq.list_dead_letters(redis, settings.dead_letters, count=count, reason=reason)
+            return await dlq.list_dead_letters(redis, settings.dead_letter_stream_key, count=count, reason=reason)
         finally:
             await redis.aclose()
 
@@ -253,7 +215,7 @@ def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason
         try:
             return await dlq.replay_dead_letters(
                 redis,
-                dead_letter_stream=settings.dead_letters,
+                dead_letter_stream=settings.dead_letter_stream_key,
                 stream=settings.stream,
                 maxlen=settings.stream_maxlen,
                 count=None if replay_all else count,

@@ -6,7 +6,9 @@ Units are base units (seconds); label values stay low-cardinality (no entry or c
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -91,6 +93,34 @@ class WorkerMetrics:
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""
         return {"stream": self.stream, "group": self.group}
+
+    def record_batch(
+        self,
+        *,
+        entries: int,
+        persisted: int,
+        duplicates: int,
+        deleted: int,
+        dead_letter_reasons: Iterable[str],
+        stored_timestamps: Iterable[datetime],
+        persist_s: float | None,
+    ) -> None:
+        """Count one handled batch: `persist_s` is None when it had no row to store; `stored_timestamps` are
+        the records' own times, each observed as end-to-end latency up to now."""
+        labels = self.labels()
+        self.batch_size.labels(**labels).observe(entries)
+        if persist_s is not None:
+            self.persist_seconds.labels(**labels).observe(persist_s)
+            now = datetime.now(UTC)
+            latency = self.end_to_end_seconds.labels(**labels)
+            for timestamp in stored_timestamps:
+                latency.observe(max((now - timestamp).total_seconds(), 0.0))
+        self.persisted.labels(**labels).inc(persisted)
+        self.duplicates.labels(**labels).inc(duplicates)
+        if deleted:
+            self.acked_after_deletion.labels(**labels).inc(deleted)
+        for reason in dead_letter_reasons:
+            self.dead_lettered.labels(**labels, reason=reason).inc()
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,33 @@
-"""Retrying through outages: jittered exponential backoff, and logging an outage once rather than per retry."""
+"""Retrying through outages: jittered backoff, logging an outage once rather than per retry, and the two loop
+shapes every retry in the worker takes (`until_done` for one piece of work, `periodically` for a chore).
+
+Considered and not taken: tenacity and stamina. Both retry a call well, but what the worker needs around the
+call is its own: a wait that a stop event interrupts, one outage log shared by every consumer of a process, no
+attempt limit (giving up would only mean re-reading the same batch), and a hung attempt retried at once. Each
+library would take a wrapper as long as this module to say that.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
-from .errors import TransientError
+from .errors import AttemptAbandonedError, InteractionlogError, TransientError
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+
+class StoppedError(InteractionlogError):
+    """The stop event was set while waiting to retry; the work was not done."""
 
 
 @dataclass
@@ -57,3 +74,68 @@ class OutageLog:
     def is_down(self, component: str) -> bool:
         """Whether the last call to `component` failed."""
         return component in self._since
+
+
+async def sleep_unless_stopped(delay_s: float, stopping: asyncio.Event | None) -> None:
+    """Sleep `delay_s` seconds, waking early when `stopping` is set."""
+    if stopping is None:
+        await asyncio.sleep(delay_s)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=delay_s)
+
+
+async def until_done(
+    attempt: Callable[[], Awaitable[_T]],
+    *,
+    failed: Callable[[TransientError], None],
+    max_backoff_s: float,
+    stopping: asyncio.Event | None = None,
+) -> _T:
+    """Await `attempt()` until it succeeds, calling `failed` with each `TransientError` it raises.
+
+    Waits with full-jitter backoff between attempts, except after an `AttemptAbandonedError` (the attempt
+    already waited its full allowance). Other errors propagate. Raises `StoppedError` once `stopping` is set.
+    """
+    backoff = Backoff(max_s=max_backoff_s)
+    while True:
+        if stopping is not None and stopping.is_set():
+            raise StoppedError("stopped before the work was done")
+        try:
+            return await attempt()
+        except AttemptAbandonedError as error:
+            failed(error)
+        except TransientError as error:
+            failed(error)
+            await sleep_unless_stopped(backoff.next_delay(), stopping)
+
+
+async def periodically(
+    chore: Callable[[], Awaitable[object]],
+    *,
+    interval_s: float,
+    name: str,
+    stopping: asyncio.Event | None = None,
+    expected: tuple[type[BaseException], ...] = (TransientError,),
+) -> None:
+    """Run `chore` every `interval_s` until `stopping` is set (or the task is cancelled).
+
+    An `expected` failure (a dependency away) is logged once per episode at warning level as
+    `<name>_failing`, with `<name>_recovered` when a round succeeds again; anything else is a bug, logged with
+    its traceback as `<name>_crashed`. Either way the next round runs on time.
+    """
+    failing = False
+    while stopping is None or not stopping.is_set():
+        try:
+            await chore()
+        except expected as error:
+            if not failing:
+                log.warning(f"{name}_failing", error=str(error) or type(error).__name__)
+            failing = True
+        except Exception:
+            log.exception(f"{name}_crashed")
+        else:
+            if failing:
+                log.info(f"{name}_recovered")
+            failing = False
+        await sleep_unless_stopped(interval_s, stopping)

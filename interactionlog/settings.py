@@ -10,7 +10,6 @@ import os
 import socket
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import click
 import psycopg.conninfo
@@ -20,6 +19,12 @@ from redis.connection import parse_url
 from .errors import ConfigurationError
 
 ENV_PREFIX = "INTERACTIONLOG_"
+
+# Defaults the publishers share with the worker's settings; Settings below is their one other reader.
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_STREAM = "interactions"
+DEFAULT_STREAM_MAXLEN = 1_000_000
+DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 
 
 def _default_consumer_prefix() -> str:
@@ -32,18 +37,18 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (redis://, rediss:// or unix://).")
+    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis URL (redis://, rediss:// or unix://).")
     database_url: str = Field(
         "postgresql://localhost:5432/",
         description="PostgreSQL URL or conninfo; libpq defaults and PG* variables fill in what it omits.",
     )
-    stream: str = Field("interactions", min_length=1, description="Stream the publishers XADD to.")
+    stream: str = Field(DEFAULT_STREAM, min_length=1, description="Stream the publishers XADD to.")
     group: str = Field("interactionlog", min_length=1, description="Consumer group the workers read in.")
     dead_letter_stream: str = Field("", description="Dead-letter stream; empty means '<stream>:dlq'.")
     stream_maxlen: int = Field(
-        1_000_000, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
+        DEFAULT_STREAM_MAXLEN, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
     )
-    max_record_bytes: int = Field(256 * 1024, ge=1024, description="Largest encoded record accepted.")
+    max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, description="Largest encoded record accepted.")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and stored per batch.")
     concurrency: int = Field(2, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
     block_ms: int = Field(1000, ge=1, le=60_000, description="How long one XREADGROUP waits for new entries.")
@@ -112,36 +117,14 @@ class Settings(BaseModel):
         return self
 
     @property
-    def dead_letters(self) -> str:
-        """The dead-letter stream's key."""
+    def dead_letter_stream_key(self) -> str:
+        """The dead-letter stream's key: `dead_letter_stream`, or `<stream>:dlq` when that is empty."""
         return self.dead_letter_stream or f"{self.stream}:dlq"
 
     @property
     def redis_socket_timeout_s(self) -> float:
         """Socket timeout for Redis: always longer than a blocking read, so BLOCK never looks like a hang."""
         return self.block_ms / 1000 + self.redis_timeout_s
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', safe for logs, errors and status output."""
-    if "://" not in url:  # a PostgreSQL key=value conninfo
-        try:
-            params = psycopg.conninfo.conninfo_to_dict(url)
-        except psycopg.ProgrammingError:
-            return "<unparseable conninfo>"
-        if "password" in params:
-            params["password"] = "***"  # noqa: S105
-        return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hostport}" if has_password else netloc
-    query = urlencode(
-        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def flag_name(field: str) -> str:

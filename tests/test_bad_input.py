@@ -20,10 +20,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from interactionlog import PublishError
+from interactionlog.client.publisher import encode_fields
 from interactionlog.errors import PermanentEntryError
-from interactionlog.model import Interaction, decode_entry
-from interactionlog.publish import DEFAULT_MAX_RECORD_BYTES, encode_fields
-from interactionlog.streams import original_fields
+from interactionlog.record import Interaction
+from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
+from interactionlog.worker.dead_letters import original_fields
+from interactionlog.worker.decode import decode_entry
 from tests.faults.checker import group_state, wait_for
 from tests.faults.scenario import DEAD_LETTERS, GROUP, STREAM, migrate
 from tests.faults.workers import WorkerFleet

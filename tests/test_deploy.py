@@ -18,11 +18,12 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from interactionlog import observe
 from interactionlog.metrics import WorkerMetrics
-from interactionlog.observe import GaugeCollector, Health, MetricsServer, StreamGauges
+from interactionlog.probes import READY_TIMEOUT_S, MetricsServer
 from interactionlog.settings import Settings, env_name
-from interactionlog.store import Store
+from interactionlog.worker.gauges import GaugeCollector, StreamGauges
+from interactionlog.worker.health import Health
+from interactionlog.worker.store import Store
 
 from .test_observe import DLQ, GROUP, STREAM, build_backlog, http_get
 
@@ -148,7 +149,7 @@ def exported(redis_url: str, database_url: str) -> set[str]:
         metrics = WorkerMetrics.create(STREAM, GROUP)
         gauges = StreamGauges(STREAM, active_idle_s=30, stale_after_s=60)
         metrics.registry.register(gauges)
-        collector = GaugeCollector(client, gauges, stream=STREAM, dead_letters=DLQ, owner="test", interval_s=5)
+        collector = GaugeCollector(client, gauges, stream=STREAM, dead_letter_stream=DLQ, owner="test", interval_s=5)
         gauges.snapshot = await collector.refresh()
         health = Health(client, store, stream=STREAM, group=GROUP, stopping=asyncio.Event())
         server = MetricsServer("127.0.0.1", 0, metrics.registry, health)
@@ -280,7 +281,7 @@ def test_probes_point_at_endpoints_the_worker_serves(served_paths: dict[str, int
     metrics_port = setting(settings_env(), "metrics_port")
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert ports[container[probe]["httpGet"]["port"]] == metrics_port
-    assert container["readinessProbe"]["timeoutSeconds"] > observe.READY_TIMEOUT_S
+    assert container["readinessProbe"]["timeoutSeconds"] > READY_TIMEOUT_S
 
 
 def test_pods_run_as_the_images_non_root_user() -> None:

@@ -10,7 +10,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from interactionlog.housekeeping import Housekeeper, HousekeepingReport, next_id, recorded_losses
+from interactionlog.entry_ids import next_id
+from interactionlog.worker.housekeeping import Housekeeper, HousekeepingReport, recorded_losses
 
 from .pipeline import stream_entries
 

@@ -8,7 +8,8 @@ import pytest
 
 from interactionlog import Interaction, InvalidRecordError
 from interactionlog.errors import PermanentEntryError
-from interactionlog.model import decode_entry, encode_record, validate_record
+from interactionlog.record import encode_record, validate_record
+from interactionlog.worker.decode import decode_entry
 
 ENTRY_ID = "1700000000123-4"
 

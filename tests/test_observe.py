@@ -18,21 +18,15 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from interactionlog import observe
+from interactionlog import probes
 from interactionlog.cli import main
-from interactionlog.housekeeping import loss_key
-from interactionlog.observe import (
-    GaugeCollector,
-    Health,
-    MetricsServer,
-    Snapshot,
-    StreamGauges,
-    lease_key,
-    snapshot_key,
-)
-from interactionlog.publish import encode_fields
-from interactionlog.status import collect_status
-from interactionlog.store import Store
+from interactionlog.client.publisher import encode_fields
+from interactionlog.probes import MetricsServer
+from interactionlog.worker.gauges import GaugeCollector, Snapshot, StreamGauges, lease_key, snapshot_key
+from interactionlog.worker.health import Health
+from interactionlog.worker.housekeeping import loss_key
+from interactionlog.worker.state import collect_status
+from interactionlog.worker.store import Store
 
 from .pipeline import migrate, record, running_worker, wait_until
 from .servers import free_port
@@ -177,7 +171,7 @@ def collectors(redis_url: str, count: int, interval_s: float) -> list[GaugeColle
             aioredis.Redis.from_url(redis_url),
             StreamGauges(STREAM, active_idle_s=30, stale_after_s=60),
             stream=STREAM,
-            dead_letters=DLQ,
+            dead_letter_stream=DLQ,
             owner=f"replica-{index}",
             interval_s=interval_s,
         )
@@ -352,7 +346,7 @@ def test_livez_fails_while_the_event_loop_is_blocked(
     redis_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/livez answers 200 while the loop turns and 503 once it has been blocked longer than the threshold."""
-    monkeypatch.setattr(observe, "LIVENESS_STALE_S", 0.5)
+    monkeypatch.setattr(probes, "LIVENESS_STALE_S", 0.5)
 
     def late_livez(port: int) -> int:
         time.sleep(3)  # by now the loop has been blocked for 3 s

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from interactionlog import Publisher
-from interactionlog.daemon import CRASH_HOOK_VARIABLE
+from interactionlog.worker.daemon import CRASH_HOOK_VARIABLE
 
 from .pipeline import (
     INTERACTIONLOG,

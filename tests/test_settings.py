@@ -9,7 +9,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from interactionlog.cli import main
 from interactionlog.errors import ConfigurationError
-from interactionlog.settings import Settings, env_name, flag_name, load_settings, redact_url
+from interactionlog.redact import redact_url
+from interactionlog.settings import Settings, env_name, flag_name, load_settings
 
 
 def test_defaults_point_at_local_redis_and_postgres() -> None:
@@ -17,7 +18,7 @@ def test_defaults_point_at_local_redis_and_postgres() -> None:
     settings = load_settings({})
     assert settings.redis_url == "redis://localhost:6379/0"
     assert "localhost:5432" in settings.database_url
-    assert settings.dead_letters == "interactions:dlq"
+    assert settings.dead_letter_stream_key == "interactions:dlq"
     assert settings.redis_socket_timeout_s > settings.block_ms / 1000
 
 

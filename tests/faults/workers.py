@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interactionlog.daemon import CRASH_HOOK_VARIABLE
+from interactionlog.worker.daemon import CRASH_HOOK_VARIABLE
 from tests.servers import free_port
 
 STOP_TIMEOUT_S = 30.0

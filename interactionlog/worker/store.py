@@ -10,6 +10,7 @@ is retried row by row under savepoints so only the refused rows are dead-lettere
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,8 @@ from psycopg import sql
 from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .errors import DatabaseUnavailableError
-from .model import StoredRow
+from ..errors import AttemptAbandonedError, DatabaseUnavailableError
+from .decode import StoredRow
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +136,7 @@ class Store:
 
     def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
         self._pool = pool
+        self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
 
     @classmethod
     async def open(cls, database_url: str, *, max_connections: int, timeout_s: float = 5.0) -> Store:
@@ -187,6 +189,32 @@ class Store:
                     return await self._persist_row_by_row(conn, rows)
         except (psycopg.Error, PoolTimeout) as error:
             raise DatabaseUnavailableError(f"could not persist batch: {describe_database_error(error)}") from error
+
+    async def persist_batch_within(self, rows: Sequence[StoredRow], timeout_s: float) -> PersistResult:
+        """`persist_batch`, abandoned if it takes longer than `timeout_s`: raises `AttemptAbandonedError` then.
+
+        A half-open connection (a frozen server, a silent network partition) never fails; it just never
+        answers, while the batch's holder keeps other consumers away from it. So the holder must give up on such
+        a connection itself. Abandoned, not awaited: cancelling psycopg mid-COPY would wait on the same dead
+        server. The pool hands the retry a fresh connection; a late commit of the abandoned attempt is
+        harmless, the insert being idempotent.
+        """
+        attempt = asyncio.create_task(self.persist_batch(rows))
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
+        if attempt in done:
+            return attempt.result()
+        attempt.cancel()
+        self._abandoned.add(attempt)
+        attempt.add_done_callback(self._forget_abandoned)
+        raise AttemptAbandonedError(
+            f"storing a batch of {len(rows)} took longer than {timeout_s:g}s; abandoned its connection as hung "
+            "and retrying on another"
+        )
+
+    def _forget_abandoned(self, attempt: asyncio.Task[PersistResult]) -> None:
+        self._abandoned.discard(attempt)
+        if not attempt.cancelled() and attempt.exception() is not None:
+            log.debug("abandoned_attempt_failed", error=str(attempt.exception()))
 
     @staticmethod
     async def _copy_into_table(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:

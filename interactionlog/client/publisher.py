@@ -20,13 +20,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
-from .errors import PublishError, PublishUnavailableError, RecordTooLargeError
-from .model import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+from ..errors import PublishError, PublishUnavailableError, RecordTooLargeError
+from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+from ..replies import text
+from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
 
-DEFAULT_URL = "redis://localhost:6379/0"
-DEFAULT_STREAM = "interactions"
-DEFAULT_MAXLEN = 1_000_000
-DEFAULT_MAX_RECORD_BYTES = 256 * 1024
+# The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
 DEFAULT_TIMEOUT_S = 1.0
 
 Record = Interaction | Mapping[str, Any]
@@ -44,33 +43,31 @@ def encode_fields(record: Record, max_record_bytes: int) -> dict[bytes, bytes]:
     return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
 
 
-def _publish_failed(error: RedisError, stream: str) -> PublishError:
-    if isinstance(error, RedisConnectionError | RedisTimeoutError):
-        return PublishUnavailableError(
-            f"Redis is unreachable, record not confirmed on {stream!r} (publish it again with the same "
-            f"interaction_id; it is stored once either way): {error}"
-        )
-    return PublishError(f"Redis refused the record for stream {stream!r}: {error}")
+class _PublisherCore:
+    """Everything the sync and asyncio publishers share; each adds only the awaiting (or not) of the round trip.
 
+    One path for one record and for many: every publish is a non-transactional pipeline of capped XADDs.
+    """
 
-def _entry_id(raw: bytes | str | int) -> str:
-    """XADD's reply as a string: bytes from a client without decode_responses, str with it."""
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-class _PublisherBase:
     def __init__(
         self,
+        client: Any,
         *,
         stream: str = DEFAULT_STREAM,
-        maxlen: int = DEFAULT_MAXLEN,
+        maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
+        """Publish through `client` (a redis-py client of the twin's kind) to `stream`, capped at about `maxlen`
+        entries, refusing records whose JSON is over `max_record_bytes`; raises ValueError for a bad cap."""
+        self._redis = client
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
         self.stream = stream
         self.maxlen = maxlen
         self.max_record_bytes = max_record_bytes
+
+    def _encode_all(self, records: Iterable[Record]) -> list[dict[bytes, bytes]]:
+        return [encode_fields(record, self.max_record_bytes) for record in records]
 
     def _queue_xadds(
         self, pipe: redis.client.Pipeline | aioredis.client.Pipeline, entries: Sequence[dict[bytes, bytes]]
@@ -79,55 +76,65 @@ class _PublisherBase:
         for fields in entries:
             pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
 
-    @staticmethod
-    def _client_options(timeout_s: float) -> dict[str, Any]:
-        # One quick retry covers a pooled connection that went stale (Redis restarted); the total wait stays
-        # bounded by about 2 x timeout_s. A retried XADD can add an entry twice; the sink stores it once.
-        return {
-            "socket_timeout": timeout_s,
-            "socket_connect_timeout": timeout_s,
-            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
-        }
-
-
-class Publisher(_PublisherBase):
-    """Publishes interactions from synchronous code. Thread-safe: redis-py pools its connections."""
-
-    def __init__(self, client: redis.Redis, **options: Any) -> None:
-        super().__init__(**options)
-        self._redis = client
+    def _failed(self, error: RedisError) -> PublishError:
+        if isinstance(error, RedisConnectionError | RedisTimeoutError):
+            return PublishUnavailableError(
+                f"Redis is unreachable, record not confirmed on {self.stream!r} (publish it again with the same "
+                f"interaction_id; it is stored once either way): {error}"
+            )
+        return PublishError(f"Redis refused the record for stream {self.stream!r}: {error}")
 
     @classmethod
     def from_url(
         cls,
-        url: str = DEFAULT_URL,
+        url: str = DEFAULT_REDIS_URL,
         *,
         stream: str = DEFAULT_STREAM,
-        maxlen: int = DEFAULT_MAXLEN,
+        maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> Publisher:
-        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs)."""
-        client = redis.Redis.from_url(
-            url, retry=SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **cls._client_options(timeout_s)
-        )
+    ) -> Self:
+        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs), waiting
+        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`."""
+        client = cls._connect(url, timeout_s)
         return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes)
+
+    @staticmethod
+    def _connect(url: str, timeout_s: float) -> Any:
+        raise NotImplementedError
+
+
+def _client_options(timeout_s: float) -> dict[str, Any]:
+    # One quick retry covers a pooled connection that went stale (Redis restarted); the total wait stays
+    # bounded by about 2 x timeout_s. A retried XADD can add an entry twice; the sink stores it once.
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+class Publisher(_PublisherCore):
+    """Publishes interactions from synchronous code. Thread-safe: redis-py pools its connections."""
+
+    _redis: redis.Redis
+
+    @staticmethod
+    def _connect(url: str, timeout_s: float) -> redis.Redis:
+        return redis.Redis.from_url(
+            url, retry=SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **_client_options(timeout_s)
+        )
 
     def publish(self, record: Record) -> str:
         """Validate and XADD one record; returns its stream entry id."""
-        fields = encode_fields(record, self.max_record_bytes)
-        try:
-            entry_id = self._redis.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        except RedisError as error:
-            raise _publish_failed(error, self.stream) from error
-        return _entry_id(entry_id)
+        return self.publish_encoded(self._encode_all([record]))[0]
 
     def publish_many(self, records: Iterable[Record]) -> list[str]:
         """Validate every record first, then XADD them all in one pipelined round trip.
 
         Validation is all-or-nothing: if any record is invalid, none is sent.
         """
-        return self.publish_encoded([encode_fields(record, self.max_record_bytes) for record in records])
+        return self.publish_encoded(self._encode_all(records))
 
     def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """XADD entries already built by `encode_fields`, pipelined; for callers that validate line by line."""
@@ -138,8 +145,8 @@ class Publisher(_PublisherBase):
         try:
             ids = pipe.execute()
         except RedisError as error:
-            raise _publish_failed(error, self.stream) from error
-        return [_entry_id(entry_id) for entry_id in ids]
+            raise self._failed(error) from error
+        return [text(entry_id) for entry_id in ids]
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -154,50 +161,36 @@ class Publisher(_PublisherBase):
         self.close()
 
 
-class AsyncPublisher(_PublisherBase):
+class AsyncPublisher(_PublisherCore):
     """Publishes interactions from asyncio code; same validation, errors and wire format as `Publisher`."""
 
-    def __init__(self, client: aioredis.Redis, **options: Any) -> None:
-        super().__init__(**options)
-        self._redis = client
+    _redis: aioredis.Redis
 
-    @classmethod
-    def from_url(
-        cls,
-        url: str = DEFAULT_URL,
-        *,
-        stream: str = DEFAULT_STREAM,
-        maxlen: int = DEFAULT_MAXLEN,
-        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> AsyncPublisher:
-        """An asyncio publisher for the Redis at `url`."""
-        client = aioredis.Redis.from_url(
-            url, retry=AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **cls._client_options(timeout_s)
+    @staticmethod
+    def _connect(url: str, timeout_s: float) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            url, retry=AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **_client_options(timeout_s)
         )
-        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes)
 
     async def publish(self, record: Record) -> str:
         """Validate and XADD one record; returns its stream entry id."""
-        fields = encode_fields(record, self.max_record_bytes)
-        try:
-            entry_id = await self._redis.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        except RedisError as error:
-            raise _publish_failed(error, self.stream) from error
-        return _entry_id(entry_id)
+        return (await self.publish_encoded(self._encode_all([record])))[0]
 
     async def publish_many(self, records: Iterable[Record]) -> list[str]:
         """Validate every record first, then XADD them all in one pipelined round trip."""
-        encoded = [encode_fields(record, self.max_record_bytes) for record in records]
-        if not encoded:
+        return await self.publish_encoded(self._encode_all(records))
+
+    async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
+        """XADD entries already built by `encode_fields`, pipelined."""
+        if not entries:
             return []
         pipe = self._redis.pipeline(transaction=False)
-        self._queue_xadds(pipe, encoded)
+        self._queue_xadds(pipe, entries)
         try:
             ids = await pipe.execute()
         except RedisError as error:
-            raise _publish_failed(error, self.stream) from error
-        return [_entry_id(entry_id) for entry_id in ids]
+            raise self._failed(error) from error
+        return [text(entry_id) for entry_id in ids]
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -17,11 +17,13 @@ Three periodic chores, run by each worker process on a timer:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
+
+from .. import entry_ids
+from ..replies import is_missing_key, text
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +37,7 @@ log = structlog.get_logger(__name__)
 # lag. A changed run_id says Redis restarted, and that round repairs the lag without counting a loss.
 # Returns {newly counted, discrepancy, restarted (0/1)}; {0, -1, 0} when nothing could be measured.
 _ACCOUNT_LOSS = """
+-- entry_ids.parse and a comparison, in Lua
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -121,21 +124,6 @@ class HousekeepingReport:
     deleted_consumers: list[str] = field(default_factory=list)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _parse_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def next_id(entry_id: str) -> str:
-    """The smallest id greater than `entry_id`."""
-    ms, seq = _parse_id(entry_id)
-    return f"{ms}-{seq + 1}"
-
-
 def loss_key(stream: str) -> str:
     """The Redis hash holding, per group, how many entries of `stream` were trimmed before it read them."""
     return f"{stream}:interactionlog:lost"
@@ -158,29 +146,29 @@ class Housekeeper:
         try:
             groups = await self.redis.xinfo_groups(self.stream)
         except ResponseError as error:
-            if "no such key" in str(error).lower():
+            if is_missing_key(error):
                 return report
             raise
         if not groups:
             return report  # nobody reads this stream yet: everything in it is still unprocessed
-        run_id = _text((await self.redis.info("server"))["run_id"])
+        run_id = text((await self.redis.info("server"))["run_id"])
         safe_bounds = []
         for group in groups:
-            name = _text(group["name"])
+            name = text(group["name"])
             lost = await self._account_loss(name, run_id)
             if lost:
                 report.lost[name] = lost
-            safe_bounds.append(await self._safe_bound(name, _text(group["last-delivered-id"])))
+            safe_bounds.append(await self._safe_bound(name, text(group["last-delivered-id"])))
             report.deleted_consumers += await self._remove_departed(name)
-        report.trimmed = await self._trim_below(min(safe_bounds, key=_parse_id))
+        report.trimmed = await self._trim_below(entry_ids.lowest(*safe_bounds))
         return report
 
     async def _safe_bound(self, group: str, last_delivered: str) -> str:
         """Everything below this id has been delivered to and acknowledged by `group`."""
         summary = await self.redis.xpending(self.stream, group)
         if summary and summary.get("min"):
-            return min(_text(summary["min"]), next_id(last_delivered), key=_parse_id)
-        return next_id(last_delivered)
+            return entry_ids.lowest(text(summary["min"]), entry_ids.next_id(last_delivered))
+        return entry_ids.next_id(last_delivered)
 
     async def _trim_below(self, min_id: str) -> int:
         # `~` lets Redis remove only whole macro nodes: cheaper, and it can only ever keep more than asked.
@@ -212,7 +200,7 @@ class Housekeeper:
     async def _remove_departed(self, group: str) -> list[str]:
         deleted = []
         for consumer in await self.redis.xinfo_consumers(self.stream, group):
-            name = _text(consumer["name"])
+            name = text(consumer["name"])
             if (
                 name.startswith(self.own_prefix)
                 or int(consumer["pending"])
@@ -229,4 +217,4 @@ class Housekeeper:
 async def recorded_losses(redis: aioredis.Redis, stream: str) -> dict[str, int]:
     """Per group, how many entries of `stream` were trimmed unread, as recorded so far."""
     raw = await redis.hgetall(loss_key(stream))
-    return {_text(name): int(value) for name, value in raw.items() if not _text(name).startswith(RUN_ID_FIELD_PREFIX)}
+    return {text(name): int(value) for name, value in raw.items() if not text(name).startswith(RUN_ID_FIELD_PREFIX)}

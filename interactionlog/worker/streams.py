@@ -1,4 +1,4 @@
-"""The Redis Streams adapter: group creation, reads, claims, delivery counts, acks and dead letters.
+"""The Redis Streams adapter: group creation, reads, claims, delivery counts, holding, acks and dead letters.
 
 Every call translates Redis's failures into the worker's vocabulary: a lost connection or a timeout becomes
 `RedisUnavailableError`; a missing group (NOGROUP: the group or the whole stream was deleted) is recreated at id 0
@@ -7,7 +7,9 @@ and the read returns nothing, so the worker carries on instead of dying.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -20,16 +22,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import RedisUnavailableError
+from ..errors import RedisUnavailableError, TransientError
+from ..replies import is_error, text
+from .dead_letters import DeadLetter, dead_letter_fields
 
 log = structlog.get_logger(__name__)
-
-# Names the worker adds to a dead letter. An original field with one of these names is kept under
-# "original.<name>" so nothing the publisher sent is overwritten; replay restores it.
-DEAD_LETTER_FIELDS = frozenset(
-    {b"error", b"error_type", b"source_id", b"deliveries", b"group", b"consumer", b"failed_at", b"stream"}
-)
-ORIGINAL_PREFIX = b"original."
 
 _T = TypeVar("_T")
 
@@ -64,16 +61,6 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    """An entry that can never be stored, with the reason a person needs to act on it."""
-
-    entry: Entry
-    reason: str
-    error: str
-    deliveries: int
-
-
-@dataclass(frozen=True)
 class ClaimPage:
     """One XAUTOCLAIM step: entries now owned by us, ids deleted while pending, and where to continue."""
 
@@ -82,16 +69,8 @@ class ClaimPage:
     deleted_ids: list[str]
 
 
-def _is_nogroup(error: ResponseError) -> bool:
-    return str(error).startswith("NOGROUP")
-
-
-def _decode_id(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
 def _entries(raw: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Entry]:
-    return [Entry(_decode_id(entry_id), fields or {}) for entry_id, fields in raw]
+    return [Entry(text(entry_id), fields or {}) for entry_id, fields in raw]
 
 
 class StreamGroup:
@@ -103,13 +82,13 @@ class StreamGroup:
         *,
         stream: str,
         group: str,
-        dead_letters: str,
+        dead_letter_stream: str,
         on_recreated: Callable[[bool], None] | None = None,
     ) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
-        self.dead_letters = dead_letters
+        self.dead_letter_stream = dead_letter_stream
         # Called with whether the stream itself was gone, each time a vanished group is recreated.
         self.on_recreated = on_recreated
 
@@ -121,7 +100,7 @@ class StreamGroup:
         try:
             await self._call(self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True))
         except ResponseError as error:
-            if "BUSYGROUP" in str(error):
+            if is_error(error, "BUSYGROUP"):
                 return False
             raise
         log.info("group_created", stream=self.stream, group=self.group)
@@ -147,11 +126,11 @@ class StreamGroup:
         )
         if not reply:
             return ClaimPage("0-0", [], [])
-        deleted = [_decode_id(entry_id) for entry_id in reply[2]] if len(reply) > 2 else []
-        return ClaimPage(_decode_id(reply[0]), _entries(reply[1]), deleted)
+        deleted = [text(entry_id) for entry_id in reply[2]] if len(reply) > 2 else []
+        return ClaimPage(text(reply[0]), _entries(reply[1]), deleted)
 
     async def delivery_counts(self, consumer: str, entries: Sequence[Entry]) -> dict[str, int]:
-        """How often each of `entries` (pending for `consumer`) has been delivered."""
+        """The delivery count of each of `entries` (pending for `consumer`), as XPENDING reports it."""
         if not entries:
             return {}
         rows = await self._with_group(
@@ -164,11 +143,35 @@ class StreamGroup:
                 consumername=consumer,
             )
         )
-        return {_decode_id(cast(bytes, row["message_id"])): int(row["times_delivered"]) for row in rows or []}
+        # redis-py names XPENDING's delivery count `times_delivered`.
+        return {text(cast(bytes, row["message_id"])): int(row["times_delivered"]) for row in rows or []}
 
-    async def touch(self, consumer: str, ids: Sequence[str]) -> None:
-        """Reset the idle time of entries this consumer holds (XCLAIM JUSTID: no delivery is counted), so the
-        sweeps of other consumers leave a batch alone while its holder is alive and retrying it."""
+    @contextlib.asynccontextmanager
+    async def holding(self, consumer: str, ids: Sequence[str], *, claim_idle_ms: int) -> AsyncIterator[None]:
+        """Hold `ids` (pending for `consumer`) for as long as the block runs: their idle time is reset every
+        third of `claim_idle_ms`, so the XAUTOCLAIM sweeps of other consumers leave them alone.
+
+        Without this, a batch retried through a long PostgreSQL outage would look abandoned: other consumers
+        would claim it again and again, each claim counting as a delivery, until max_deliveries dead-lettered
+        perfectly good entries.
+        """
+        heartbeat = asyncio.create_task(self._keep_holding(consumer, ids, claim_idle_ms / 3000))
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _keep_holding(self, consumer: str, ids: Sequence[str], interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TransientError):  # Redis away: then nobody can claim them either
+                await self.reset_idle(consumer, ids)
+
+    async def reset_idle(self, consumer: str, ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer holds with XCLAIM ... JUSTID, which (unlike a plain
+        XCLAIM) does not increment their delivery count."""
         if ids:
             await self._with_group(
                 lambda: self.redis.xclaim(self.stream, self.group, consumer, 0, list(ids), justid=True)
@@ -181,37 +184,21 @@ class StreamGroup:
         pipe = self.redis.pipeline(transaction=True)
         failed_at = datetime.now(UTC).isoformat()
         for letter in dead_letters:
-            pipe.xadd(self.dead_letters, self._dead_letter_fields(letter, consumer, failed_at))
+            fields = dead_letter_fields(
+                letter, stream=self.stream, group=self.group, consumer=consumer, failed_at=failed_at
+            )
+            pipe.xadd(self.dead_letter_stream, cast(dict[Any, Any], fields))
         ids = [*ack_ids, *(letter.entry.id for letter in dead_letters)]
         if ids:
             pipe.xack(self.stream, self.group, *ids)
         await self._call(pipe.execute())
-
-    def _dead_letter_fields(self, letter: DeadLetter, consumer: str, failed_at: str) -> dict[Any, Any]:
-        fields: dict[bytes, bytes | str] = {
-            (ORIGINAL_PREFIX + name if name in DEAD_LETTER_FIELDS or name.startswith(ORIGINAL_PREFIX) else name): value
-            for name, value in letter.entry.fields.items()
-        }
-        fields.update(
-            {
-                b"error": letter.error,
-                b"error_type": letter.reason,
-                b"source_id": letter.entry.id,
-                b"stream": self.stream,
-                b"deliveries": str(letter.deliveries),
-                b"group": self.group,
-                b"consumer": consumer,
-                b"failed_at": failed_at,
-            }
-        )
-        return fields
 
     async def _with_group(self, command: Callable[[], Awaitable[_T]]) -> _T | None:
         """Run a group command; when the group has vanished, recreate it and return None (nothing read)."""
         try:
             return await self._call(command())
         except ResponseError as error:
-            if not _is_nogroup(error):
+            if not is_error(error, "NOGROUP"):
                 raise
         stream_existed = bool(await self._call(self.redis.exists(self.stream)))
         if not await self.ensure_group():
@@ -237,11 +224,3 @@ class StreamGroup:
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
 
-
-def original_fields(dead_letter_fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    """The fields the publisher originally sent, recovered from a dead letter (used by replay)."""
-    return {
-        (name.removeprefix(ORIGINAL_PREFIX) if name.startswith(ORIGINAL_PREFIX) else name): value
-        for name, value in dead_letter_fields.items()
-        if name not in DEAD_LETTER_FIELDS
-    }

@@ -1,5 +1,5 @@
 """A snapshot of the pipeline as Redis sees it: stream length, each group's lag and pending entries, consumers,
-and the dead-letter stream. Used by `interactionlog status` and by the worker's gauges.
+and the dead-letter stream. Rendered by `interactionlog status` (`ops.status`) and served as the worker's gauges.
 
 Field meanings follow Redis and redis_exporter: `lag` is entries not yet delivered to the group (None when
 Redis cannot tell, e.g. after entries were deleted; never reported as 0 in that case), `pending` is delivered
@@ -8,12 +8,14 @@ but not acknowledged, `oldest_pending_age_s` is how long ago the oldest pending 
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+from .. import entry_ids
+from ..replies import is_missing_key, text
 
 
 @dataclass(frozen=True)
@@ -54,23 +56,13 @@ class PipelineStatus:
         return asdict(self)
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def entry_age_s(entry_id: str, now_s: float | None = None) -> float:
-    """Seconds since Redis added the entry with this id."""
-    now_s = time.time() if now_s is None else now_s
-    return max(now_s - int(entry_id.partition("-")[0]) / 1000, 0.0)
-
-
 async def collect_status(redis: aioredis.Redis, stream: str, dead_letter_stream: str) -> PipelineStatus:
     """Read the pipeline's state with XINFO, XPENDING and XLEN (a handful of O(1)-ish commands per group)."""
     dead_letters = int(await redis.xlen(dead_letter_stream))
     try:
         groups_raw = await redis.xinfo_groups(stream)
     except ResponseError as error:
-        if "no such key" not in str(error).lower():
+        if not is_missing_key(error):
             raise
         return PipelineStatus(stream, False, 0, [], dead_letter_stream, dead_letters)
     length = int(await redis.xlen(stream))
@@ -79,11 +71,11 @@ async def collect_status(redis: aioredis.Redis, stream: str, dead_letter_stream:
 
 
 async def _group_status(redis: aioredis.Redis, stream: str, raw: dict[str, Any]) -> GroupStatus:
-    name = _text(raw["name"])
+    name = text(raw["name"])
     summary = await redis.xpending(stream, name)
-    oldest = _text(summary["min"]) if summary.get("min") else None
+    oldest = text(summary["min"]) if summary.get("min") else None
     consumers = [
-        ConsumerStatus(_text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+        ConsumerStatus(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
         for c in await redis.xinfo_consumers(stream, name)
     ]
     lag = raw.get("lag")
@@ -92,27 +84,7 @@ async def _group_status(redis: aioredis.Redis, stream: str, raw: dict[str, Any])
         lag=None if lag is None else int(lag),
         pending=int(raw["pending"]),
         oldest_pending_id=oldest,
-        oldest_pending_age_s=entry_age_s(oldest) if oldest else None,
-        last_delivered_id=_text(raw["last-delivered-id"]),
+        oldest_pending_age_s=entry_ids.age_s(oldest) if oldest else None,
+        last_delivered_id=text(raw["last-delivered-id"]),
         consumers=consumers,
     )
-
-
-def render_status(status: PipelineStatus) -> str:
-    """The human-readable form of `interactionlog status`."""
-    lines = [
-        f"stream {status.stream}: "
-        + (f"{status.length} entries" if status.stream_exists else "does not exist yet (no entry published)"),
-        f"dead letters ({status.dead_letter_stream}): {status.dead_letters}",
-    ]
-    if status.stream_exists and not status.groups:
-        lines.append("no consumer group: start `interactionlog worker` to create it")
-    for group in status.groups:
-        lag = "unknown" if group.lag is None else str(group.lag)
-        age = "-" if group.oldest_pending_age_s is None else f"{group.oldest_pending_age_s:.1f}s"
-        lines.append(
-            f"group {group.name}: lag {lag}, pending {group.pending}, oldest pending age {age}, "
-            f"consumers {len(group.consumers)}"
-        )
-        lines.extend(f"  consumer {c.name}: pending {c.pending}, idle {c.idle_s:.1f}s" for c in group.consumers)
-    return "\n".join(lines)

@@ -7,7 +7,6 @@ ensure the group exists, start `concurrency` consumers, wait for SIGTERM/SIGINT,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -15,15 +14,15 @@ from collections.abc import Callable
 import structlog
 from redis.exceptions import RedisError
 
-from .errors import TransientError
+from ..metrics import WorkerMetrics
+from ..redact import redact_url
+from ..retry import OutageLog, StoppedError, periodically, until_done
+from ..settings import Settings
+from .consumer import Consumer, ConsumerOptions
 from .housekeeping import Housekeeper
-from .metrics import WorkerMetrics
-from .observe import Observer
-from .retry import Backoff, OutageLog
-from .settings import Settings, redact_url
+from .observation import Observer
 from .store import Store
 from .streams import StreamGroup, connect
-from .worker import Consumer, ConsumerOptions
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +76,7 @@ async def run_worker(
         redis,
         stream=settings.stream,
         group=settings.group,
-        dead_letters=settings.dead_letters,
+        dead_letter_stream=settings.dead_letter_stream_key,
         on_recreated=lambda stream_existed: metrics.groups_recreated.labels(
             **metrics.labels(), stream_vanished=str(not stream_existed).lower()
         ).inc(),
@@ -140,18 +139,12 @@ async def run_worker(
 
 async def _ensure_group(streams: StreamGroup, outages: OutageLog, stopping: asyncio.Event, max_s: float) -> bool:
     """Create the group, waiting out a Redis that is not up yet; False when stopped before that."""
-    backoff = Backoff(max_s=max_s)
-    while not stopping.is_set():
-        try:
-            await streams.ensure_group()
-        except TransientError as error:
-            outages.failed(error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=backoff.next_delay())
-            continue
-        outages.succeeded("redis")
-        return True
-    return False
+    try:
+        await until_done(streams.ensure_group, failed=outages.failed, max_backoff_s=max_s, stopping=stopping)
+    except StoppedError:
+        return False
+    outages.succeeded("redis")
+    return True
 
 
 async def _keep_house(
@@ -159,20 +152,17 @@ async def _keep_house(
 ) -> None:
     """Run the housekeeping chores every `interval_s` until stopped; a failed round is retried next time."""
     labels = metrics.labels()
-    while not stopping.is_set():
-        try:
-            report = await housekeeper.run_once()
-        except RedisError as error:
-            log.debug("housekeeping_failed", error=str(error))  # the consumers log the outage itself
-        except Exception:
-            log.exception("housekeeping_crashed")
-        else:
-            for group, lost in report.lost.items():
-                metrics.lost_to_trimming.labels(stream=labels["stream"], group=group).inc(lost)
-            if report.trimmed:
-                log.debug("stream_trimmed", entries=report.trimmed)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+
+    async def chores() -> None:
+        report = await housekeeper.run_once()
+        for group, lost in report.lost.items():
+            metrics.lost_to_trimming.labels(stream=labels["stream"], group=group).inc(lost)
+        if report.trimmed:
+            log.debug("stream_trimmed", entries=report.trimmed)
+
+    await periodically(
+        chores, interval_s=interval_s, name="housekeeping", stopping=stopping, expected=(RedisError, OSError)
+    )
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -1,6 +1,6 @@
 """Operating on the dead-letter stream: listing dead letters and replaying them onto the main stream.
 
-Replay puts back exactly the fields the publisher sent (see `streams.original_fields`) and removes the dead
+Replay puts back exactly the fields the publisher sent (see `worker.dead_letters.original_fields`) and removes the dead
 letter in the same MULTI/EXEC, so an entry is never both replayed and still dead, nor gone from both.
 """
 
@@ -12,7 +12,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from .streams import original_fields
+from ..replies import text
+from ..worker.dead_letters import ERROR_TYPE, original_fields
 
 
 @dataclass(frozen=True)
@@ -21,10 +22,6 @@ class DeadLetterView:
 
     id: str
     fields: dict[str, str]
-
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "backslashreplace")
 
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
@@ -42,11 +39,11 @@ async def _scan(redis: aioredis.Redis, dead_letter_stream: str, count: int, reas
         if not page:
             break
         for entry_id, fields in page:
-            if reason is None or fields.get(b"error_type") == reason.encode():
+            if reason is None or fields.get(ERROR_TYPE) == reason.encode():
                 found.append((entry_id, fields))
                 if len(found) == count:
                     break
-        start = "(" + _text(page[-1][0])
+        start = "(" + text(page[-1][0])
     return found
 
 
@@ -55,7 +52,7 @@ async def list_dead_letters(
 ) -> list[DeadLetterView]:
     """The oldest `count` dead letters (of `reason` only, when given)."""
     return [
-        DeadLetterView(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+        DeadLetterView(text(entry_id), {text(k): text(v) for k, v in fields.items()})
         for entry_id, fields in await _scan(redis, dead_letter_stream, count, reason)
     ]
 
@@ -87,5 +84,5 @@ async def replay_dead_letters(
         pipe.xadd(stream, cast(dict[Any, Any], original_fields(fields)), maxlen=maxlen, approximate=True)
         pipe.xdel(dead_letter_stream, raw_id)
         new_id, _ = await pipe.execute()
-        replayed.append((_text(raw_id), _text(new_id)))
+        replayed.append((text(raw_id), text(new_id)))
     return replayed

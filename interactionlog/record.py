@@ -13,12 +13,12 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import PydanticSerializationError
 
-from .errors import InvalidRecordError, PermanentEntryError
+from .errors import InvalidRecordError
 
 WIRE_VERSION = b"1"
 VERSION_FIELD = b"v"
@@ -214,93 +214,3 @@ def _locate(record: Interaction, offending: Callable[[object], bool]) -> str:
         if found:
             return f"field '{found}'"
     return "the record"
-
-
-class StoredRow(NamedTuple):
-    """A validated entry, shaped as one row of the `interaction_logs` table."""
-
-    mcp_id: str
-    interaction_id: str
-    timestamp: datetime
-    method: str | None
-    tool: str | None
-    session_id: str | None
-    is_error: bool | None
-    duration_ms: float | None
-    trace_id: str | None
-    data: str
-    stream_entry_id: str
-
-
-def entry_id_time(entry_id: str) -> datetime:
-    """When Redis accepted the entry: the millisecond part of its id."""
-    return datetime.fromtimestamp(int(entry_id.partition("-")[0]) / 1000, UTC)
-
-
-def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int) -> StoredRow:
-    """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
-
-    A record sent without `interaction_id` or `timestamp` (a plain XADD from another language) gets them
-    from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once.
-    """
-    version = fields.get(VERSION_FIELD)
-    data = fields.get(DATA_FIELD)
-    if version is None or data is None:
-        names = sorted(name.decode("utf-8", "replace") for name in fields)
-        raise PermanentEntryError(
-            "not_wire_format",
-            f"entry has fields {names}, expected 'v' and 'data'; publish with "
-            "XADD <stream> MAXLEN ~ <cap> * v 1 data <JSON object>",
-        )
-    if version != WIRE_VERSION:
-        raise PermanentEntryError(
-            "unsupported_version",
-            f"wire version {version.decode('utf-8', 'replace')!r} is not supported by this worker "
-            f"(it reads version {WIRE_VERSION.decode()}); upgrade the worker or publish with v 1",
-        )
-    if len(data) > max_record_bytes:
-        raise PermanentEntryError(
-            "too_large",
-            f"data is {len(data)} bytes, over the {max_record_bytes}-byte cap (max_record_bytes); "
-            "shrink the record or raise the cap on publishers and workers alike",
-        )
-    try:
-        record = Interaction.model_validate_json(data)
-    except ValidationError as error:
-        kinds = {(item["type"], bool(item["loc"])) for item in error.errors()}
-        if ("json_invalid", False) in kinds:
-            raise PermanentEntryError(
-                "invalid_json", f"data is not valid JSON: {describe_validation_error(error)}"
-            ) from error
-        if ("model_type", False) in kinds:
-            raise PermanentEntryError(
-                "not_json_object", "data is JSON but not a JSON object; send one object per record"
-            ) from error
-        raise PermanentEntryError("invalid_record", describe_validation_error(error)) from error
-    missing = {"interaction_id", "timestamp"} - record.model_fields_set
-    try:
-        if missing:
-            defaults: dict[str, Any] = {"interaction_id": entry_id, "timestamp": entry_id_time(entry_id)}
-            record = record.model_copy(update={name: defaults[name] for name in missing})
-            encoded = encode_record(record)
-        else:
-            # The publisher's JSON goes to the data column as sent: already validated, cheaper than
-            # re-encoding it, and exact (PostgreSQL keeps numbers as numeric, where a round trip through
-            # Python would turn them into doubles).
-            encoded = data.decode()
-            ensure_storable(encoded, record)
-    except InvalidRecordError as error:
-        raise PermanentEntryError("unstorable_value", str(error)) from error
-    return StoredRow(
-        record.mcp_id,
-        record.interaction_id,
-        record.timestamp,
-        record.method,
-        record.tool,
-        record.session_id,
-        record.is_error,
-        record.duration_ms,
-        record.trace_id,
-        encoded,
-        entry_id,
-    )

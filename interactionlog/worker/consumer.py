@@ -1,0 +1,280 @@
+"""One consumer's loop: read a batch, triage it, persist it, settle it. Knows nothing of signals.
+
+The order is what makes delivery at-least-once and storage exactly-once: an entry is acknowledged only after
+the transaction holding it committed (or after its dead letter was written, in the same MULTI as the XACK).
+A crash anywhere before the XACK leaves the entry pending; this consumer re-reads its own pending entries on
+start and after every connection loss, and the XAUTOCLAIM sweep of any consumer takes over those of a
+consumer that is gone. The idempotent insert turns the resulting redeliveries into skipped duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import structlog
+
+from ..errors import AttemptAbandonedError, PermanentEntryError, TransientError
+from ..metrics import WorkerMetrics
+from ..retry import Backoff, OutageLog, sleep_unless_stopped, until_done
+from .dead_letters import DeadLetter
+from .decode import StoredRow, decode_entry
+from .store import PersistResult, Store
+from .streams import Entry, StreamGroup
+
+log = structlog.get_logger(__name__)
+
+Source = Literal["new", "pending", "claimed"]
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """The knobs of one consumer; the daemon fills them from Settings, which holds every default."""
+
+    batch_size: int
+    block_ms: int
+    claim_idle_ms: int
+    claim_interval_ms: int
+    max_deliveries: int
+    max_record_bytes: int
+    retry_max_backoff_s: float
+    # Fault-injection hook for the test suites only: SIGKILL this process at a named point of the first
+    # batch that reaches it ("after_read": entries delivered, nothing stored; "after_commit": rows committed,
+    # nothing acknowledged). Set through INTERACTIONLOG_TEST_CRASH_AT; never set in production.
+    crash_at: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    """What happened to one batch, for the canonical log line and for tests."""
+
+    source: Source
+    entries: int = 0
+    persisted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    deleted: int = 0
+
+
+class Consumer:
+    """One named consumer of the group, running until `stopping` is set."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        streams: StreamGroup,
+        store: Store,
+        metrics: WorkerMetrics,
+        outages: OutageLog,
+        stopping: asyncio.Event,
+        options: ConsumerOptions,
+    ) -> None:
+        self.name = name
+        self.streams = streams
+        self.store = store
+        self.metrics = metrics
+        self.outages = outages
+        self.stopping = stopping
+        self.options = options
+        self._backoff = Backoff(max_s=options.retry_max_backoff_s)
+        # Start with our own pending entries: after a restart under the same name they are ours to finish.
+        self._read_pending = True
+        # Stagger the sweeps of consumers started together so they do not all XAUTOCLAIM at once.
+        self._next_sweep = time.monotonic() + random.uniform(0, options.claim_interval_ms / 1000)
+
+    async def run(self) -> None:
+        """Read and handle batches until stopped; transient failures are retried, never raised."""
+        structlog.contextvars.bind_contextvars(consumer=self.name)
+        log.info("consumer_started", stream=self.streams.stream, group=self.streams.group)
+        while not self.stopping.is_set():
+            try:
+                await self.step()
+                self._backoff.reset()
+            except TransientError as error:
+                self._failed(error)
+                self._read_pending = True  # a read may have delivered entries we never received
+                await sleep_unless_stopped(self._backoff.next_delay(), self.stopping)
+            except Exception:
+                # The outer guard: a bug must not kill the consumer. Its entries stay pending and come back
+                # (counted as deliveries), so a poison entry ends in the dead-letter stream, not in a loop.
+                log.exception("consumer_step_crashed")
+                self._read_pending = True
+                await sleep_unless_stopped(self._backoff.next_delay(), self.stopping)
+        log.info("consumer_stopped")
+
+    async def step(self) -> BatchOutcome | None:
+        """One unit of work: a due sweep, else one read (own pending entries first) and its batch."""
+        if time.monotonic() >= self._next_sweep and not self.outages.is_down("postgres"):
+            await self.sweep()
+            self._next_sweep = time.monotonic() + self.options.claim_interval_ms / 1000
+            return None
+        pending = self._read_pending
+        entries = await self.streams.read(
+            self.name, count=self.options.batch_size, block_ms=self.options.block_ms, pending=pending
+        )
+        self.outages.succeeded("redis")
+        if pending and len(entries) < self.options.batch_size:
+            self._read_pending = False  # this read reached the end of our pending list
+        if not entries:
+            return None
+        return await self.handle(entries, "pending" if pending else "new")
+
+    async def sweep(self) -> int:
+        """Take over entries idle longer than claim_idle_ms (their consumer crashed or froze), following
+        the XAUTOCLAIM cursor to 0-0; returns how many were claimed."""
+        cursor, claimed = "0-0", 0
+        while True:
+            page = await self.streams.claim(
+                self.name, min_idle_ms=self.options.claim_idle_ms, cursor=cursor, count=self.options.batch_size
+            )
+            if page.deleted_ids:
+                # Redis already dropped these from the pending list: trimmed or XDELed before anyone stored them.
+                self.metrics.acked_after_deletion.labels(**self.metrics.labels()).inc(len(page.deleted_ids))
+                log.warning("pending_entries_deleted", count=len(page.deleted_ids), first_id=page.deleted_ids[0])
+            if page.entries:
+                claimed += len(page.entries)
+                self.metrics.reclaimed.labels(**self.metrics.labels()).inc(len(page.entries))
+                await self.handle(page.entries, "claimed")
+            cursor = page.next_cursor
+            if cursor == "0-0" or self.stopping.is_set():
+                return claimed
+
+    async def handle(self, entries: list[Entry], source: Source) -> BatchOutcome:
+        """Triage, persist and settle one batch. Returns only once every entry is acked or dead-lettered."""
+        deleted_ids = [entry.id for entry in entries if entry.deleted]
+        live = [entry for entry in entries if not entry.deleted]
+        # A fresh read is a first delivery; only redeliveries cost an XPENDING.
+        delivery_counts = {} if source == "new" else await self.streams.delivery_counts(self.name, live)
+        rows, dead = self._triage(live, delivery_counts)
+        held = [entry.id for entry in live]
+        async with self.streams.holding(self.name, held, claim_idle_ms=self.options.claim_idle_ms):
+            self._maybe_crash("after_read")
+            started = time.perf_counter()
+            result = await self._persist(rows)
+            persist_s = time.perf_counter() - started
+            dead += self._refused_letters(live, result, delivery_counts)
+            refused_ids = {row.stream_entry_id for row, _ in result.refused}
+            ack_ids = [row.stream_entry_id for row in rows if row.stream_entry_id not in refused_ids] + deleted_ids
+            if rows:
+                self._maybe_crash("after_commit")
+            await self._settle(ack_ids, dead)
+        outcome = BatchOutcome(source, len(entries), result.inserted, result.duplicates, len(dead), len(deleted_ids))
+        self._report(outcome, rows, dead, persist_s)
+        return outcome
+
+    def _triage(
+        self, live: list[Entry], delivery_counts: dict[str, int]
+    ) -> tuple[list[StoredRow], list[DeadLetter]]:
+        """Split entries into rows to store and dead letters (poison, or never storable)."""
+        rows: list[StoredRow] = []
+        dead: list[DeadLetter] = []
+        for entry in live:
+            delivery_count = delivery_counts.get(entry.id, 1)
+            if delivery_count > self.options.max_deliveries:
+                dead.append(DeadLetter(entry, "max_deliveries", self._poison_message(delivery_count), delivery_count))
+                continue
+            try:
+                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes))
+            except PermanentEntryError as error:
+                dead.append(DeadLetter(entry, error.reason, str(error), delivery_count))
+        return rows, dead
+
+    async def _persist(self, rows: list[StoredRow]) -> PersistResult:
+        """Persist, retrying through outages for as long as it takes (the daemon's shutdown timeout is the
+        only bound): giving up would mean acknowledging nothing and re-reading the same batch anyway.
+
+        Each attempt is abandoned once it outlives its allowance (claim_idle_ms at first); each abandonment
+        doubles the next allowance (up to 32x), so a batch that is merely slow, not hung, gets through.
+        """
+        allowance_s = self.options.claim_idle_ms / 1000
+
+        async def attempt() -> PersistResult:
+            nonlocal allowance_s
+            try:
+                return await self.store.persist_batch_within(rows, allowance_s)
+            except AttemptAbandonedError:
+                allowance_s = min(allowance_s * 2, self.options.claim_idle_ms / 1000 * 32)
+                raise
+
+        result = await until_done(
+            attempt,
+            failed=lambda error: self._failed(error, rows=len(rows)),
+            max_backoff_s=self.options.retry_max_backoff_s,
+        )
+        if rows:
+            self.outages.succeeded("postgres")
+        return result
+
+    async def _settle(self, ack_ids: list[str], dead: list[DeadLetter]) -> None:
+        """Dead-letter and XACK, retrying through Redis outages: the rows are committed, so a redelivery after
+        a crash here is harmless (skipped as a duplicate), but giving up early would only cause one."""
+        await until_done(
+            lambda: self.streams.settle(ack_ids, dead, self.name),
+            failed=lambda error: self._failed(error, acks=len(ack_ids)),
+            max_backoff_s=self.options.retry_max_backoff_s,
+        )
+        self.outages.succeeded("redis")
+
+    @staticmethod
+    def _refused_letters(
+        live: list[Entry], result: PersistResult, delivery_counts: dict[str, int]
+    ) -> list[DeadLetter]:
+        by_id = {entry.id: entry for entry in live}
+        return [
+            DeadLetter(
+                by_id[row.stream_entry_id], "refused_by_database", why, delivery_counts.get(row.stream_entry_id, 1)
+            )
+            for row, why in result.refused
+        ]
+
+    def _report(self, outcome: BatchOutcome, rows: list[StoredRow], dead: list[DeadLetter], persist_s: float) -> None:
+        """The batch's metrics, one warning per dead letter, and the canonical log line."""
+        self.metrics.record_batch(
+            entries=outcome.entries,
+            persisted=outcome.persisted,
+            duplicates=outcome.duplicates,
+            deleted=outcome.deleted,
+            dead_letter_reasons=[letter.reason for letter in dead],
+            stored_timestamps=[row.timestamp for row in rows],
+            persist_s=persist_s if rows else None,
+        )
+        for letter in dead:
+            log.warning(
+                "entry_dead_lettered",
+                entry_id=letter.entry.id,
+                reason=letter.reason,
+                error=letter.error,
+                delivery_count=letter.delivery_count,
+            )
+        log.info(
+            "batch_processed",
+            source=outcome.source,
+            entries=outcome.entries,
+            persisted=outcome.persisted,
+            duplicates=outcome.duplicates,
+            dead_lettered=outcome.dead_lettered,
+            deleted=outcome.deleted,
+            persist_ms=round(persist_s * 1000, 2),
+        )
+
+    def _poison_message(self, delivery_count: int) -> str:
+        return (
+            f"delivered {delivery_count} times without being acknowledged (max_deliveries is "
+            f"{self.options.max_deliveries}): it repeatedly crashed or stalled the consumer that held it; "
+            "inspect it, then `interactionlog dlq replay` it once fixed"
+        )
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.options.crash_at == point:
+            log.warning("test_crash_injected", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _failed(self, error: TransientError, **context: object) -> None:
+        self.metrics.transient_errors.labels(**self.metrics.labels(), component=error.component).inc()
+        self.outages.failed(error, **context)

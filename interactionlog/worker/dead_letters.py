@@ -1,0 +1,71 @@
+"""The dead-letter format: what a dead letter holds, how it is written, and how the original entry is recovered.
+
+A dead letter is the original entry's fields plus the worker's own fields below, XADDed to the dead-letter
+stream (`<stream>:dlq` by default) in the same MULTI as the original's XACK. An original field whose name
+collides with one of the worker's is kept under ``original.<name>``, so nothing the publisher sent is
+overwritten; `original_fields` undoes that for replay. The worker writes this format (`streams.StreamGroup.settle`)
+and the operator tools read it (`ops.dlq`); this module is the one place that defines it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .streams import Entry
+
+# The worker's fields of a dead letter. `deliveries` is the entry's delivery count (Redis's word, XPENDING);
+# the field keeps its short name because dead letters already written carry it.
+ERROR = b"error"
+ERROR_TYPE = b"error_type"
+SOURCE_ID = b"source_id"
+DELIVERY_COUNT = b"deliveries"
+GROUP = b"group"
+CONSUMER = b"consumer"
+FAILED_AT = b"failed_at"
+STREAM = b"stream"
+DEAD_LETTER_FIELDS = frozenset({ERROR, ERROR_TYPE, SOURCE_ID, DELIVERY_COUNT, GROUP, CONSUMER, FAILED_AT, STREAM})
+ORIGINAL_PREFIX = b"original."
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An entry that can never be stored, with the reason a person needs to act on it."""
+
+    entry: Entry
+    reason: str
+    error: str
+    delivery_count: int
+
+
+def dead_letter_fields(
+    letter: DeadLetter, *, stream: str, group: str, consumer: str, failed_at: str
+) -> dict[bytes, bytes | str]:
+    """The fields XADDed to the dead-letter stream for `letter`: the original ones, then the worker's."""
+    fields: dict[bytes, bytes | str] = {
+        (ORIGINAL_PREFIX + name if name in DEAD_LETTER_FIELDS or name.startswith(ORIGINAL_PREFIX) else name): value
+        for name, value in letter.entry.fields.items()
+    }
+    fields.update(
+        {
+            ERROR: letter.error,
+            ERROR_TYPE: letter.reason,
+            SOURCE_ID: letter.entry.id,
+            STREAM: stream,
+            DELIVERY_COUNT: str(letter.delivery_count),
+            GROUP: group,
+            CONSUMER: consumer,
+            FAILED_AT: failed_at,
+        }
+    )
+    return fields
+
+
+def original_fields(dead_letter_fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The fields the publisher originally sent, recovered from a dead letter (used by replay)."""
+    return {
+        (name.removeprefix(ORIGINAL_PREFIX) if name.startswith(ORIGINAL_PREFIX) else name): value
+        for name, value in dead_letter_fields.items()
+        if name not in DEAD_LETTER_FIELDS
+    }
