@@ -200,8 +200,8 @@ def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
         pytest.fail(
-            "promtool not found: install Debian's `prometheus` package (apt-get install --no-install-recommends "
-            "prometheus), as .ci/run does; the alert rules must be checked"
+            "promtool not found: run `bash scripts/setup` (the README's set-up command), which installs Debian's "
+            "`prometheus` package without starting it; the alert rules must be checked"
         )
     return path
 

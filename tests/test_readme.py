@@ -24,9 +24,27 @@ def test_every_setting_is_in_the_configuration_table() -> None:
 
 
 def test_the_test_command_is_what_ci_runs() -> None:
-    """The README's test command is the one .ci/run calls."""
+    """The README's set-up and test commands are the ones .ci/run calls, in that order."""
+    assert "\nbash scripts/setup\n" in README
     assert "\n.venv/bin/pytest\n" in README
-    assert ".venv/bin/pytest" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/setup" in ci
+    assert ".venv/bin/pytest" in ci
+    assert ci.index("bash scripts/setup") < ci.index(".venv/bin/pytest")
+
+
+def test_setup_installs_every_tool_the_tests_look_for() -> None:
+    """Each system tool the suite needs (a new user once had 3 failures for a missing promtool) is installed by
+    scripts/setup when missing."""
+    setup = (ROOT / "scripts" / "setup").read_text()
+    for tool, package in (
+        ("redis-server", "redis-server"),
+        ("initdb", "postgresql"),
+        ("promtool", "prometheus"),
+        ("pgbouncer", "pgbouncer"),
+    ):
+        assert tool in setup, f"scripts/setup does not check for {tool}"
+        assert f"+=({package})" in setup, f"scripts/setup does not install {package}"
 
 
 def test_the_main_job_command_names_real_subcommands() -> None:
