@@ -27,7 +27,7 @@ from .errors import (
 from .logs import configure_logging
 from .ops import dlq, status
 from .record import Interaction, describe_validation_error
-from .redact import redact_url
+from .redact import redact_text, redact_url
 from .settings import Settings, load_settings, settings_options
 from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
@@ -49,20 +49,21 @@ def _settings(values: dict[str, Any]) -> Settings:
         settings = load_settings(values)
     except ConfigurationError as error:
         raise click.UsageError(str(error)) from None
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets)
     return settings
 
 
 def _run(awaitable: Awaitable[_T], settings: Settings) -> _T:
     """Run a coroutine, turning an unreachable dependency into a one-line error naming it (without secrets)."""
+    urls = (settings.redis_url, settings.database_url)
     try:
         return asyncio.run(awaitable)  # type: ignore[arg-type]
     except RedisError as error:
-        click.echo(f"error: Redis at {redact_url(settings.redis_url)}: {error}", err=True)
+        click.echo(redact_text(f"error: Redis at {redact_url(settings.redis_url)}: {error}", *urls), err=True)
     except psycopg.Error as error:
-        click.echo(f"error: PostgreSQL at {redact_url(settings.database_url)}: {error}", err=True)
+        click.echo(redact_text(f"error: PostgreSQL at {redact_url(settings.database_url)}: {error}", *urls), err=True)
     except InteractionlogError as error:
-        click.echo(f"error: {error}", err=True)
+        click.echo(redact_text(f"error: {error}", *urls), err=True)
     raise SystemExit(EXIT_FAILED)
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from redis.connection import parse_url
 
 from .errors import ConfigurationError
+from .redact import redact_text, secrets_in
 
 ENV_PREFIX = "INTERACTIONLOG_"
 
@@ -122,6 +123,11 @@ class Settings(BaseModel):
         return self.dead_letter_stream or f"{self.stream}:dlq"
 
     @property
+    def secrets(self) -> set[str]:
+        """The secrets the connection URLs carry, for masking in logs and errors (`redact.secrets_in`)."""
+        return secrets_in(self.redis_url) | secrets_in(self.database_url)
+
+    @property
     def redis_socket_timeout_s(self) -> float:
         """Socket timeout for Redis: always longer than a blocking read, so BLOCK never looks like a hang."""
         return self.block_ms / 1000 + self.redis_timeout_s
@@ -151,7 +157,9 @@ def load_settings(values: dict[str, Any]) -> Settings:
                 problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')} (got {value})")
             else:
                 problems.append(item["msg"].removeprefix("Value error, "))
-        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+        # A driver refusing a URL may quote it, password included.
+        urls = [str(v) for k, v in values.items() if k.endswith("_url") and v]
+        raise ConfigurationError(redact_text("invalid settings: " + "; ".join(problems), *urls)) from None
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
