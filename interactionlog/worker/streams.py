@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import RedisUnavailableError, TransientError
 from ..replies import is_error, text
+from ..retry import raise_if_cancelling
 from .dead_letters import DeadLetter, dead_letter_fields
 
 log = structlog.get_logger(__name__)
@@ -168,6 +169,7 @@ class StreamGroup:
             await asyncio.sleep(interval_s)
             with contextlib.suppress(TransientError):  # Redis away: then nobody can claim them either
                 await self.reset_idle(consumer, ids)
+            raise_if_cancelling()  # redis-py may have swallowed the cancellation that ends the hold
 
     async def reset_idle(self, consumer: str, ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer holds with XCLAIM ... JUSTID, which (unlike a plain
