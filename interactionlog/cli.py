@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any, TypeVar
 
@@ -291,6 +293,7 @@ def _read_json_lines(source: IO[str], max_record_bytes: int) -> Iterator[tuple[i
 # --- Looking at stored interactions: tail, stats, show (ops.query for the SQL, ops.render for the output) ---
 
 DATABASE_OPTIONS = ("database_url", *LOG_OPTIONS)
+PIPED_WIDTH = 160
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -337,7 +340,10 @@ def _database(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
 def _console() -> Any:
     from rich.console import Console  # noqa: PLC0415 - only the commands that print with rich load it
 
-    return Console(highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH  # rich's 80 would fold tables written to a file or a pipe
+    return console
 
 
 @main.command()
@@ -433,3 +439,59 @@ def show(ident: str, mcp_id: str | None, as_json: bool, **values: Any) -> None:
         click.echo(json.dumps(render.interaction_document(row), indent=2, ensure_ascii=False))
     else:
         _console().print(render.interaction_detail(row))
+
+
+# --- The whole stack on this machine (ops.dev) ---
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's way out, through the teardown
+
+
+@main.command()
+@settings_options(*LOG_OPTIONS)
+@click.option("--redis-port", default=0, type=click.IntRange(0, 65535), help="Redis's port; 0 picks a free one.")
+@click.option(
+    "--postgres-port", default=0, type=click.IntRange(0, 65535), help="PostgreSQL's port; 0 picks a free one."
+)
+def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
+    """Run Redis, PostgreSQL (migrated) and a worker on this machine, no Docker, and print interactions as they
+    are stored. Ctrl-C stops everything and deletes its data.
+
+    Needs redis-server and PostgreSQL's server binaries (initdb, postgres); says how to install them if missing.
+    """
+    from .ops import dev as dev_stack  # noqa: PLC0415 - rich, only here
+    from .ops import render  # noqa: PLC0415
+
+    _settings(values)
+    console = _console()
+    # Python leaves SIGINT alone when it starts ignored (a `&` in a script); Ctrl-C must always tear down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        with dev_stack.running_stack(redis_port=redis_port or None, postgres_port=postgres_port or None) as stack:
+            click.echo(dev_stack.banner(stack))
+            try:
+                with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                    follower = query.Follower(query.Filters())
+                    follower.start(conn)
+                    for row in query.follow(
+                        conn,
+                        follower,
+                        reconnect=lambda: psycopg.connect(stack.database_url, autocommit=True),
+                        interval_s=0.3,
+                        on_unavailable=lambda error: click.echo(f"warning: PostgreSQL: {error}", err=True),
+                        between_polls=lambda: dev_stack.check_worker(stack),
+                    ):
+                        console.print(render.interaction_line(row), soft_wrap=True)
+            except KeyboardInterrupt:
+                # A second Ctrl-C must not cut the teardown short and leave servers or directories behind.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                click.echo("stopping: the worker, then PostgreSQL and Redis", err=True)
+    except dev_stack.DevError as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    except KeyboardInterrupt:  # during start-up: the servers started so far are gone already
+        pass
+    click.echo("stopped; nothing is left running", err=True)

@@ -38,6 +38,8 @@ NEXTVAL_TO_XID_S = 1.0
 # On start, ids this far below the newest are watched for late commits too: a batch in flight at that
 # instant is far smaller (at most concurrency x batch_size per worker).
 START_WINDOW_IDS = 10_000
+# Messages are grouped on their first characters, so one huge or id-laden message cannot make every row unique.
+MESSAGE_PREFIX_CHARS = 300
 
 
 class QueryError(ValueError):
@@ -112,19 +114,74 @@ class StoredInteraction:
     data: dict[str, Any]
 
 
-def _interactions(cursor: psycopg.Cursor[dict[str, Any]]) -> list[StoredInteraction]:
-    return [StoredInteraction(**row) for row in cursor.fetchall()]
+# A statement and its parameters: the query functions run these, and the plan tests EXPLAIN the same ones.
+Statement = tuple[sql.Composed, dict[str, Any]]
 
 
-def newest(conn: psycopg.Connection[Any], filters: Filters, limit: int) -> list[StoredInteraction]:
-    """The `limit` newest matching interactions by "timestamp" (ties by id), returned oldest first."""
+def newest_statement(filters: Filters, limit: int) -> Statement:
+    """The `limit` newest matching rows, newest first."""
     where, params = filters.where()
     query = sql.SQL('SELECT {} FROM {} WHERE {} ORDER BY "timestamp" DESC, id DESC LIMIT %(limit)s').format(
         _COLUMNS, TABLE, where
     )
+    return query, {**params, "limit": limit}
+
+
+def find_statement(ident: str, mcp_id: str | None = None) -> Statement:
+    """Rows whose interaction_id is `ident`, within `mcp_id` or under any mcp_id (see `find`)."""
+    if mcp_id is not None:
+        query = sql.SQL("SELECT {} FROM {} WHERE mcp_id = %(mcp_id)s AND interaction_id = %(ident)s")
+        return query.format(_COLUMNS, TABLE), {"mcp_id": mcp_id, "ident": ident}
+    query = sql.SQL(
+        "WITH RECURSIVE mcps(mcp_id) AS ("
+        " (SELECT mcp_id FROM {table} ORDER BY mcp_id LIMIT 1)"
+        " UNION ALL SELECT (SELECT t.mcp_id FROM {table} t WHERE t.mcp_id > mcps.mcp_id"
+        " ORDER BY t.mcp_id LIMIT 1) FROM mcps WHERE mcps.mcp_id IS NOT NULL)"
+        " SELECT {columns} FROM {table} WHERE (mcp_id, interaction_id) IN"
+        " (SELECT mcp_id, %(ident)s FROM mcps WHERE mcp_id IS NOT NULL) ORDER BY mcp_id"
+    )
+    return query.format(columns=_COLUMNS, table=TABLE), {"ident": ident}
+
+
+def follow_statement(filters: Filters, floor: int) -> Statement:
+    """Matching rows with an id above `floor`, in id order."""
+    where, params = filters.where()
+    query = sql.SQL("SELECT {} FROM {} WHERE id > %(floor)s AND {} ORDER BY id").format(_COLUMNS, TABLE, where)
+    return query, {**params, "floor": floor}
+
+
+def stats_statement(filters: Filters) -> Statement:
+    """Per (mcp_id, method, tool): calls, errors, and the p50/p95/p99 of duration_ms as one array."""
+    where, params = filters.where()
+    query = sql.SQL(
+        "SELECT mcp_id, method, tool, count(*) AS calls, count(*) FILTER (WHERE is_error) AS errors,"
+        " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms) AS percentiles"
+        " FROM {} WHERE {} GROUP BY mcp_id, method, tool"
+        " ORDER BY calls DESC, mcp_id, method NULLS LAST, tool NULLS LAST"
+    ).format(TABLE, where)
+    return query, params
+
+
+def top_errors_statement(filters: Filters, top: int) -> Statement:
+    """The `top` most frequent (mcp_id, tool, message) among matching errors, with when each was last seen."""
+    where, params = replace(filters, errors_only=True).where()
+    query = sql.SQL(
+        "SELECT mcp_id, tool, left(interactionlog_error_message(data), %(prefix)s) AS message,"
+        ' count(*) AS count, max("timestamp") AS last_seen'
+        " FROM {} WHERE {} GROUP BY 1, 2, 3 ORDER BY count DESC, last_seen DESC LIMIT %(top)s"
+    ).format(TABLE, where)
+    return query, {**params, "prefix": MESSAGE_PREFIX_CHARS, "top": top}
+
+
+def _run(conn: psycopg.Connection[Any], statement: Statement) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(query, {**params, "limit": limit})
-        return _interactions(cursor)[::-1]
+        cursor.execute(*statement)
+        return cursor.fetchall()
+
+
+def newest(conn: psycopg.Connection[Any], filters: Filters, limit: int) -> list[StoredInteraction]:
+    """The `limit` newest matching interactions by "timestamp" (ties by id), returned oldest first."""
+    return [StoredInteraction(**row) for row in _run(conn, newest_statement(filters, limit))][::-1]
 
 
 def find(conn: psycopg.Connection[Any], ident: str, mcp_id: str | None = None) -> list[StoredInteraction]:
@@ -133,29 +190,11 @@ def find(conn: psycopg.Connection[Any], ident: str, mcp_id: str | None = None) -
     Without `mcp_id` the unique (mcp_id, interaction_id) index is probed once per distinct mcp_id, found by a
     loose index scan over (mcp_id, "timestamp"): a handful of index lookups instead of a scan of the table.
     """
-    with conn.cursor(row_factory=dict_row) as cursor:
-        if mcp_id is not None:
-            cursor.execute(
-                sql.SQL("SELECT {} FROM {} WHERE mcp_id = %s AND interaction_id = %s").format(_COLUMNS, TABLE),
-                (mcp_id, ident),
-            )
-        else:
-            cursor.execute(
-                sql.SQL(
-                    "WITH RECURSIVE mcps(mcp_id) AS ("
-                    " (SELECT mcp_id FROM {table} ORDER BY mcp_id LIMIT 1)"
-                    " UNION ALL SELECT (SELECT t.mcp_id FROM {table} t WHERE t.mcp_id > mcps.mcp_id"
-                    " ORDER BY t.mcp_id LIMIT 1) FROM mcps WHERE mcps.mcp_id IS NOT NULL)"
-                    " SELECT {columns} FROM {table} WHERE (mcp_id, interaction_id) IN"
-                    " (SELECT mcp_id, %s FROM mcps WHERE mcp_id IS NOT NULL) ORDER BY mcp_id"
-                ).format(columns=_COLUMNS, table=TABLE),
-                (ident,),
-            )
-        found = _interactions(cursor)
-        if found or not ident.isdigit() or mcp_id is not None:
-            return found
-        cursor.execute(sql.SQL("SELECT {} FROM {} WHERE id = %s").format(_COLUMNS, TABLE), (int(ident),))
-        return _interactions(cursor)
+    found = [StoredInteraction(**row) for row in _run(conn, find_statement(ident, mcp_id))]
+    if found or not ident.isdigit() or mcp_id is not None:
+        return found
+    by_id = sql.SQL("SELECT {} FROM {} WHERE id = %(id)s").format(_COLUMNS, TABLE)
+    return [StoredInteraction(**row) for row in _run(conn, (by_id, {"id": int(ident)}))]
 
 
 @dataclass
@@ -180,6 +219,7 @@ class Follower:
     """
 
     filters: Filters
+    settle_s: float = NEXTVAL_TO_XID_S
     floor: int = 0
     shown: set[int] = field(default_factory=set)
     _polls: deque[_Poll] = field(default_factory=deque)
@@ -199,11 +239,8 @@ class Follower:
         self._polls.append(_Poll(time.monotonic(), newest_id, xmax))
         # Read before raising the floor: this read's snapshot is later than the xmin just taken, so it sees
         # every row of the transactions the floor is about to pass.
-        where, params = self.filters.where()
-        query = sql.SQL("SELECT {} FROM {} WHERE id > %(floor)s AND {} ORDER BY id").format(_COLUMNS, TABLE, where)
-        with conn.cursor(row_factory=dict_row) as cursor:
-            cursor.execute(query, {**params, "floor": self.floor})
-            fresh = [row for row in _interactions(cursor) if row.id not in self.shown]
+        rows = _run(conn, follow_statement(self.filters, self.floor))
+        fresh = [StoredInteraction(**row) for row in rows if row["id"] not in self.shown]
         self.shown.update(row.id for row in fresh)
         self._raise_floor(xmin)
         return fresh
@@ -212,7 +249,7 @@ class Follower:
         polls = list(self._polls)
         settled = 0
         for index, poll in enumerate(polls):
-            later = next((p for p in polls[index + 1 :] if p.at >= poll.at + NEXTVAL_TO_XID_S), None)
+            later = next((p for p in polls[index + 1 :] if p.at >= poll.at + self.settle_s), None)
             if later is None or xmin < later.xmax:
                 break
             settled = index + 1
@@ -277,10 +314,6 @@ class Stats:
     top_errors: Sequence[TopError]
 
 
-# Messages are grouped on their first characters, so one huge or id-laden message cannot make every row unique.
-MESSAGE_PREFIX_CHARS = 300
-
-
 def stats(conn: psycopg.Connection[Any], filters: Filters, top_errors: int = 5) -> Stats:
     """Calls, errors and duration percentiles per (mcp_id, method, tool), and the top errors, since filters.since.
 
@@ -288,38 +321,18 @@ def stats(conn: psycopg.Connection[Any], filters: Filters, top_errors: int = 5) 
     """
     if filters.since is None:
         raise QueryError("stats needs a window (since)")
-    where, params = filters.where()
-    with conn.cursor(row_factory=dict_row) as cursor:
-        cursor.execute(
-            sql.SQL(
-                "SELECT mcp_id, method, tool, count(*) AS calls, count(*) FILTER (WHERE is_error) AS errors,"
-                " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms) AS percentiles"
-                " FROM {} WHERE {} GROUP BY mcp_id, method, tool"
-                " ORDER BY calls DESC, mcp_id, method NULLS LAST, tool NULLS LAST"
-            ).format(TABLE, where),
-            params,
+    tools = [
+        ToolStats(
+            mcp_id=row["mcp_id"],
+            method=row["method"],
+            tool=row["tool"],
+            calls=row["calls"],
+            errors=row["errors"],
+            **dict(zip(("p50_ms", "p95_ms", "p99_ms"), row["percentiles"] or (None, None, None), strict=True)),
         )
-        tools = [
-            ToolStats(
-                mcp_id=row["mcp_id"],
-                method=row["method"],
-                tool=row["tool"],
-                calls=row["calls"],
-                errors=row["errors"],
-                **dict(zip(("p50_ms", "p95_ms", "p99_ms"), row["percentiles"] or (None, None, None), strict=True)),
-            )
-            for row in cursor.fetchall()
-        ]
-        error_where, error_params = replace(filters, errors_only=True).where()
-        cursor.execute(
-            sql.SQL(
-                "SELECT mcp_id, tool, left(interactionlog_error_message(data), %(prefix)s) AS message,"
-                ' count(*) AS count, max("timestamp") AS last_seen'
-                " FROM {} WHERE {} GROUP BY 1, 2, 3 ORDER BY count DESC, last_seen DESC LIMIT %(top)s"
-            ).format(TABLE, error_where),
-            {**error_params, "prefix": MESSAGE_PREFIX_CHARS, "top": top_errors},
-        )
-        errors = [TopError(**row) for row in cursor.fetchall()]
+        for row in _run(conn, stats_statement(filters))
+    ]
+    errors = [TopError(**row) for row in _run(conn, top_errors_statement(filters, top_errors))]
     return Stats(since=filters.since, until=datetime.now(UTC), tools=tools, top_errors=errors)
 
 
@@ -330,8 +343,9 @@ def follow(
     reconnect: Callable[[], psycopg.Connection[Any]],
     interval_s: float,
     on_unavailable: Callable[[psycopg.OperationalError], None],
+    between_polls: Callable[[], None] = lambda: None,
 ) -> Iterator[StoredInteraction]:
-    """Poll `follower` on `conn` forever, yielding rows as they are committed.
+    """Poll `follower` on `conn` forever, yielding rows as they are committed; `between_polls` may raise to stop.
 
     When PostgreSQL goes away, `on_unavailable` hears of it once per outage and `reconnect` is tried every
     `interval_s` (at least a second); the follower keeps its place, so rows committed meanwhile are not missed.
@@ -351,4 +365,5 @@ def follow(
             if current is not None:
                 current.close()
             current = None
+        between_polls()
         time.sleep(max(interval_s, 1.0) if unavailable else interval_s)

@@ -105,7 +105,7 @@ def stats_tables(stats: Stats) -> RenderableType:
     tools = Table(title=f"Calls per tool, {title}", title_justify="left")
     for name in ("mcp_id", "method", "tool"):
         tools.add_column(name, overflow="fold")
-    for name in ("calls", "errors", "error %", "p50 ms", "p95 ms", "p99 ms"):
+    for name in ("calls", "errors", "err %", "p50 ms", "p95 ms", "p99 ms"):
         tools.add_column(name, justify="right")
     for row in stats.tools:
         tools.add_row(

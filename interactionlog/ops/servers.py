@@ -86,7 +86,7 @@ def _make_dir(prefix: str, owner: str | None) -> Path:
     return path
 
 
-def _death_signal_setter(death_signal: signal.Signals) -> Callable[[], None] | None:
+def death_signal_setter(death_signal: signal.Signals) -> Callable[[], None] | None:
     """Make the server die with the test process, so a pytest killed outright leaves no server behind.
 
     The kernel sends the signal when the *thread* that forked the server exits, so only the main thread, which
@@ -204,7 +204,7 @@ class _Server(ABC):
                 user=self.os_user,
                 group=group,
                 extra_groups=[] if self.os_user is not None else None,
-                preexec_fn=_death_signal_setter(self.death_signal),  # noqa: PLW1509 - see _death_signal_setter
+                preexec_fn=death_signal_setter(self.death_signal),  # noqa: PLW1509 - see death_signal_setter
             )
         self._paused = False
         self._wait_until_answering()
@@ -367,6 +367,8 @@ def missing_binaries() -> list[str]:
 def postgres_bindir() -> Path:
     """Where initdb and postgres live: $INTERACTIONLOG_PG_BINDIR, Debian's 15, Debian's newest, PATH, Homebrew."""
     if configured := os.environ.get(PG_BINDIR_ENV) or os.environ.get(LEGACY_PG_BINDIR_ENV):
+        if not (Path(configured) / "initdb").exists():
+            raise ServerError(f"{PG_BINDIR_ENV}={configured} holds no initdb: point it at PostgreSQL's bin directory")
         return Path(configured)
     debian = Path("/usr/lib/postgresql")
     preferred = debian / "15" / "bin"
