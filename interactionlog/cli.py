@@ -371,12 +371,15 @@ def tail(since: str | None, count: int, follow: bool, as_json: bool, interval_s:
             console.print(render.interaction_line(row), soft_wrap=True)
 
     with _database(settings) as conn:
-        for row in query.newest(conn, filters, count) if count else []:
+        follower = query.Follower(filters)
+        if follow:  # before the listing: a row committed in between is then listed, followed, or both (shown once)
+            follower.start(conn)
+        listed = query.newest(conn, filters, count) if count else []
+        for row in listed:
             emit(row)
         if not follow:
             return
-        follower = query.Follower(filters)
-        follower.start(conn)
+        follower.mark_shown(listed)
 
         def unavailable(error: psycopg.OperationalError) -> None:
             click.echo(f"warning: PostgreSQL unreachable, retrying: {str(error).strip()}", err=True)

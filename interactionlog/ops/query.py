@@ -233,6 +233,10 @@ class Follower:
             self.shown = {row_id for (row_id,) in cursor.fetchall()}
         self._polls.append(_Poll(time.monotonic(), newest_id, xmax))
 
+    def mark_shown(self, rows: Sequence[StoredInteraction]) -> None:
+        """Count `rows` (printed by other means, e.g. the listing before following) as shown already."""
+        self.shown.update(row.id for row in rows if row.id > self.floor)
+
     def poll(self, conn: psycopg.Connection[Any]) -> list[StoredInteraction]:
         """Rows committed since the last poll that match the filters, in id order."""
         newest_id, xmin, xmax = self._snapshot(conn)
