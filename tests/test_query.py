@@ -22,7 +22,7 @@ from interactionlog.worker.store import MIGRATIONS
 from .pipeline import wait_until
 from .stored import store_records
 
-NOW = datetime.now(UTC).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(second=0, microsecond=0)  # minute-aligned: the dashboard test buckets by minute
 BASE = NOW - timedelta(minutes=30)
 CLIENT = {"name": "claude-desktop", "version": "1.0"}
 
@@ -51,9 +51,9 @@ def known_records() -> list[dict[str, Any]]:
         records.append(record)
     records += [
         {"mcp_id": "weather", "interaction_id": "al-0", "timestamp": _at(10), "method": "tools/call",
-         "tool": "get_alerts", "duration_ms": 5.0},
+         "tool": "get_alerts", "session_id": "s3", "duration_ms": 5.0},
         {"mcp_id": "weather", "interaction_id": "al-1", "timestamp": _at(11), "method": "tools/call",
-         "tool": "get_alerts", "duration_ms": 7.0, "is_error": True, "error": "upstream timeout"},
+         "tool": "get_alerts", "session_id": "s3", "duration_ms": 7.0, "is_error": True, "error": "upstream timeout"},
     ]  # fmt: skip
     for index in range(3):  # resource reads without duration; the last one failed, as MCP reports tool errors
         record = {"mcp_id": "files", "interaction_id": f"rd-{index}", "timestamp": _at(12 + index),
