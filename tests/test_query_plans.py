@@ -37,7 +37,8 @@ _GENERATE = """
                'request', jsonb_build_object('city', 'Oslo', 'days', g %% 7),
                'response', jsonb_build_object('content', jsonb_build_array(
                    jsonb_build_object('type', 'text', 'text', 'Sunny, ' || (g %% 30) || 'C'))),
-               'error', CASE WHEN is_error THEN jsonb_build_object('code', -32000, 'message', 'upstream ' || g %% 5) END,
+               'error', CASE WHEN is_error
+                   THEN jsonb_build_object('code', -32000, 'message', 'upstream ' || g %% 5) END,
                'client', jsonb_build_object('name', 'client-' || g %% 3, 'version', '1.0')),
            g || '-0'
     FROM (
@@ -78,7 +79,8 @@ def explain(url: str, statement: query.Statement) -> dict[str, Any]:
     """EXPLAIN (ANALYZE, BUFFERS) of the statement with its parameters bound, as the plan's root node."""
     statement_sql, params = statement
     with psycopg.connect(url) as conn:
-        row = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(statement_sql), params).fetchone()
+        explained = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(statement_sql)
+        row = conn.execute(explained, params).fetchone()
     assert row is not None
     document = json.loads(row[0]) if isinstance(row[0], str) else row[0]
     plan: dict[str, Any] = document[0]["Plan"]
