@@ -175,7 +175,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _command_name() -> str:
     """How this process was invoked, so the printed commands can be pasted as they are."""
     invoked = Path(sys.argv[0])
-    return shlex.quote(str(invoked)) if invoked.name == "interactionlog" else "python -m interactionlog"
+    if invoked.name == "interactionlog":
+        return shlex.quote(str(invoked))
+    return f"{shlex.quote(sys.executable)} -m interactionlog"
 
 
 def banner(stack: DevStack) -> str:
