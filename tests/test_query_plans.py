@@ -61,7 +61,20 @@ def big_table(postgres_server: Any) -> Iterator[str]:
     store_records(url, [{"mcp_id": "mcp-0", "interaction_id": "seed", "method": "initialize"}])  # migrates too
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
+        # Loading first and indexing after is several times faster than maintaining every index row by row.
+        definitions = [
+            definition
+            for (definition,) in conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'interaction_logs'"
+                " AND indexname NOT IN ('interaction_logs_pkey', 'interaction_logs_identity')"
+            )
+        ]
+        for definition in definitions:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(definition.split()[2])))
         conn.execute(_GENERATE, {"rows": ROWS, "days": DAYS})
+        conn.execute("SET maintenance_work_mem = '256MB'")
+        for definition in definitions:
+            conn.execute(definition.encode())
         conn.execute("VACUUM ANALYZE interaction_logs")
         pages = conn.execute("SELECT relpages FROM pg_class WHERE relname = 'interaction_logs'").fetchone()
     print(f"generated {ROWS:,} rows ({pages[0] if pages else '?'} pages) in {time.monotonic() - started:.1f} s")

@@ -360,6 +360,11 @@ def missing_binaries() -> list[str]:
         postgres_bindir()
     except ServerError:
         missing.append("PostgreSQL server binaries (initdb, postgres)")
+    if _running_as_root():
+        try:
+            pwd.getpwnam(POSTGRES_OS_USER)
+        except KeyError:
+            missing.append(f"the {POSTGRES_OS_USER!r} OS user (as root, PostgreSQL runs as that user)")
     return missing
 
 
