@@ -7,6 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from interactionlog.cli import main
+from interactionlog.record import Interaction
 from interactionlog.settings import Settings, env_name, flag_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,3 +53,13 @@ def test_the_main_job_command_names_real_subcommands() -> None:
     assert ".venv/bin/interactionlog migrate && .venv/bin/interactionlog worker" in README
     for command in ("migrate", "worker"):
         assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+
+
+def test_the_quick_start_uses_real_commands_and_a_valid_record() -> None:
+    """The quick start's commands exist, and the record it publishes is one a publisher accepts."""
+    section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    for command in ("dev", "publish", "tail"):
+        assert f".venv/bin/interactionlog {command}" in section
+        assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+    (line,) = (line for line in section.splitlines() if line.startswith("echo '"))
+    Interaction.model_validate_json(line.split("'")[1])
