@@ -78,7 +78,10 @@ class Settings(BaseModel):
         25.0, gt=0, description="On SIGTERM, how long to finish the batch in flight before giving up."
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port for /metrics; 0 disables it.")
-    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")  # noqa: S104
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the metrics server binds; 0.0.0.0 (or ::) to let Prometheus scrape it from elsewhere.",
+    )
     metrics_interval_s: float = Field(
         15.0, ge=0.1, description="How often the stream gauges are refreshed (one replica reads Redis per interval)."
     )

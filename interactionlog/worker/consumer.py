@@ -45,8 +45,15 @@ class ConsumerOptions:
     retry_max_backoff_s: float
     # Fault-injection hook for the test suites only: SIGKILL this process at a named point of the first
     # batch that reaches it ("after_read": entries delivered, nothing stored; "after_commit": rows committed,
-    # nothing acknowledged). Set through INTERACTIONLOG_TEST_CRASH_AT; never set in production.
+    # nothing acknowledged; "consumer_task": the first consumer task ends past its guard, once per process).
+    # Set through INTERACTIONLOG_TEST_CRASH_AT; never set in production.
     crash_at: str | None = None
+
+
+class _InjectedTaskDeath(BaseException):
+    """Raised by the test hook past `Consumer.run`'s guard, which catches Exception only."""
+
+    happened = False
 
 
 @dataclass
@@ -92,6 +99,9 @@ class Consumer:
         """Read and handle batches until stopped; transient failures are retried, never raised."""
         structlog.contextvars.bind_contextvars(consumer=self.name)
         log.info("consumer_started", stream=self.streams.stream, group=self.streams.group)
+        if self.options.crash_at == "consumer_task" and not _InjectedTaskDeath.happened:
+            _InjectedTaskDeath.happened = True  # once per process: the restarted consumer must live
+            raise _InjectedTaskDeath("test hook: the consumer task dies past its own guard")
         while not self.stopping.is_set():
             try:
                 await self.step()
