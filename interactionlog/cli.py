@@ -37,6 +37,7 @@ from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
 from .worker.store import migrate as apply_migrations
 from .worker.streams import connect
+from .worker.supervisor import run_supervisor
 
 _T = TypeVar("_T")
 
@@ -105,7 +106,7 @@ def worker(**values: Any) -> None:
     """Consume the stream and store every entry in PostgreSQL. Stops cleanly on SIGTERM or SIGINT."""
     settings = _settings(values)
     try:
-        exit_code = asyncio.run(run_worker(settings))
+        exit_code = asyncio.run(run_supervisor(settings) if settings.processes > 1 else run_worker(settings))
     except ConfigurationError as error:  # found only once running, e.g. the metrics port is taken
         click.echo(f"error: {error}", err=True)
         raise SystemExit(EXIT_USAGE) from None

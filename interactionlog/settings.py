@@ -52,6 +52,12 @@ class Settings(BaseModel):
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, description="Largest encoded record accepted.")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and stored per batch.")
     concurrency: int = Field(2, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes on this host, supervised, behind one metrics port (a process uses one core).",
+    )
     block_ms: int = Field(1000, ge=1, le=60_000, description="How long one XREADGROUP waits for new entries.")
     redis_timeout_s: float = Field(
         5.0, gt=0, description="Redis connect timeout, and the socket timeout on top of block_ms."

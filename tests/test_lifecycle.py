@@ -3,6 +3,7 @@ metrics, several workers from the same settings on one host."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import urllib.request
@@ -80,3 +81,54 @@ def test_the_worker_exports_its_memory_and_cpu_for_the_alerts(
     }
     assert 10 * 2**20 < values["process_resident_memory_bytes"] < 2**30
     assert values["process_cpu_seconds_total"] > 0
+
+
+def _samples(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=15) as response:
+        return str(response.read().decode())
+
+
+def _persisted_by_process(body: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in body.splitlines():
+        if line.startswith("interactionlog_entries_persisted_total{"):
+            labels, value = line.rsplit(" ", 1)
+            process = labels.split('process="', 1)[1].split('"', 1)[0]
+            found[process] = float(value)
+    return found
+
+
+@pytest.mark.fault
+def test_processes_n_supervises_workers_behind_one_metrics_port(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """`worker --processes 2` runs two workers that share the stream, serves one /metrics with each process's
+    series, restarts a worker killed outright, and drains them all on SIGTERM."""
+    migrate(database_url)
+    port = free_port()
+    supervisor = WorkerProcess(
+        redis_url, database_url, tmp_path, processes="2", metrics_port=str(port), metrics_host="127.0.0.1"
+    )
+    try:
+        wait_until(lambda: supervisor.log_text().count('"consumer_started"') == 4, what="2 processes x 2 consumers")
+        with Publisher.from_url(redis_url) as publisher:
+            for start in range(0, 4000, 500):
+                publisher.publish_many([record(index) for index in range(start, start + 500)])
+        wait_until(lambda: count_rows(database_url) == 4000, what="4000 rows stored")
+        wait_until(
+            lambda: sum(_persisted_by_process(_samples(port)).values()) == 4000,
+            what="both processes' counters on the one metrics port",
+        )
+        assert set(_persisted_by_process(_samples(port))) == {"0", "1"}
+        first_pid = int(supervisor.log_text().split('"pid": ', 1)[1].split(",", 1)[0])
+        os.kill(first_pid, signal.SIGKILL)
+        wait_until(lambda: "worker_process_died_restarted" in supervisor.log_text(), what="the restart")
+        wait_until(lambda: supervisor.log_text().count('"consumer_started"') == 6, what="the restarted consumers")
+        with Publisher.from_url(redis_url) as publisher:
+            publisher.publish_many([record(index) for index in range(4000, 4500)])
+        wait_until(lambda: count_rows(database_url) == 4500, what="500 more rows after the restart")
+        assert "interactionlog_worker_processes_restarted_total 1.0" in _samples(port)
+        assert supervisor.stop() == 0
+        assert supervisor.log_text().count('"worker_stopped"') == 2
+    finally:
+        supervisor.kill()
