@@ -1,4 +1,4 @@
-"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish.
+"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish, serve, tokens.
 
 Commands are thin: they load Settings (flags and INTERACTIONLOG_* variables), call one module, and turn
 expected failures into a one-line message and an exit code instead of a traceback.
@@ -24,6 +24,7 @@ from .errors import (
     PublishError,
     RecordTooLargeError,
 )
+from .gateway_commands import serve, tokens
 from .logs import configure_logging
 from .ops import dlq, status
 from .record import Interaction, describe_validation_error
@@ -284,3 +285,8 @@ def _read_json_lines(source: IO[str], max_record_bytes: int) -> Iterator[tuple[i
             yield number, describe_validation_error(error)
         except (InvalidRecordError, RecordTooLargeError) as error:
             yield number, str(error)
+
+
+# The gateway's commands live in their own module (the servers' dependencies are an optional extra).
+main.add_command(serve)
+main.add_command(tokens)

@@ -1,6 +1,7 @@
 """Keeping secrets out of what interactionlog writes: logs, error messages, `status` output.
 
-Today this covers connection URLs; a URL or conninfo is shown with its password replaced by ``***``.
+Today this covers connection URLs; a URL or conninfo is shown with its password (and a gateway URL with its
+`token=`) replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg.conninfo
 
+_SECRET_QUERY_KEYS = frozenset({"password", "token"})
+
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', safe for logs, errors and status output."""
+    """The URL with any password or token replaced by '***', safe for logs, errors and status output."""
     if "://" not in url:  # a PostgreSQL key=value conninfo
         try:
             params = psycopg.conninfo.conninfo_to_dict(url)
@@ -26,7 +29,6 @@ def redact_url(url: str) -> str:
         userinfo, _, hostport = netloc.rpartition("@")
         user, has_password, _ = userinfo.partition(":")
         netloc = f"{user}:***@{hostport}" if has_password else netloc
-    query = urlencode(
-        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    )
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
