@@ -22,6 +22,11 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest HTTP request body, compressed or not (413 beyond)."
     )
+    request_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="HTTP headers taking longer close the connection, a body taking longer gets 408 (slow clients).",
+    )
     max_stream_length: int = Field(
         800_000,
         ge=0,

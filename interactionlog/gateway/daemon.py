@@ -29,6 +29,7 @@ from .health import GatewayHealth
 from .http import create_app
 from .ingest import Ingest
 from .metrics import GatewayMetrics
+from .protocol import HeaderDeadlineProtocol
 from .tokens import TokenVerifier
 
 log = structlog.get_logger(__name__)
@@ -109,7 +110,13 @@ class Gateway:
         ]
         http_port = grpc_port = 0
         if gateway.http_port:
-            app = create_app(self.ingest, self.tokens, self.health, max_body_bytes=gateway.max_body_bytes)
+            app = create_app(
+                self.ingest,
+                self.tokens,
+                self.health,
+                max_body_bytes=gateway.max_body_bytes,
+                request_timeout_s=gateway.request_timeout_s,
+            )
             self.http, self.http_task, http_port = await _start_http(app, gateway, settings.shutdown_timeout_s)
         elif settings.metrics_port:  # no HTTP server to carry /metrics, /livez, /readyz: the metrics port does
             registry = self.metrics.registry
@@ -223,6 +230,7 @@ async def _start_http(
         timeout_keep_alive=5,
         timeout_graceful_shutdown=int(shutdown_timeout_s),
         limit_concurrency=2000,  # beyond this many connections and requests at once: 503, not exhaustion
+        http=HeaderDeadlineProtocol.with_timeout(gateway.request_timeout_s),  # a slow-loris guard
         ssl_certfile=gateway.tls_cert or None,
         ssl_keyfile=gateway.tls_key or None,
     )

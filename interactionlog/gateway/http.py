@@ -8,7 +8,7 @@
 | Redis did not confirm the XADD | 503 with Retry-After (the same body: admitted records say `unavailable`) |
 | the body malformed as a whole (not JSON, bad gzip, no record) | 400 |
 | no token, or a wrong or revoked one | 401 with WWW-Authenticate |
-| the body slower than `body_timeout_s` | 408 |
+| the body slower than --request-timeout-s | 408 |
 | the body over --max-body-bytes, compressed or not | 413 |
 | a Content-Type or Content-Encoding not accepted | 415 |
 | the backlog over --max-stream-length or --max-lag | 429 with Retry-After |
@@ -39,7 +39,6 @@ from .tokens import TokenCheckUnavailableError, TokenError, TokenVerifier
 log = structlog.get_logger(__name__)
 
 INGEST_PATH = "/api/v2/interactions"
-BODY_TIMEOUT_S = 30.0  # a client sending its body slower than this is answered 408 (a slow-loris guard)
 TRANSPORT = "http"
 
 
@@ -145,7 +144,7 @@ def create_app(
     health: GatewayHealth,
     *,
     max_body_bytes: int,
-    body_timeout_s: float = BODY_TIMEOUT_S,
+    request_timeout_s: float,
 ) -> FastAPI:
     """The ASGI application; `tokens` None means unauthenticated ingest (`--no-auth`)."""
     app = FastAPI(
@@ -172,7 +171,7 @@ def create_app(
         if (reason := ingest.backlog()) is not None:
             return _error(429, BACKLOG, reason, retry_after), 0
         try:
-            records = await _records(request, max_body_bytes, body_timeout_s)
+            records = await _records(request, max_body_bytes, request_timeout_s)
         except BodyError as error:
             return _error(error.status, error.error, str(error)), 0
         return _judged(await ingest.submit(records, principal, TRANSPORT), retry_after), len(records)
@@ -213,12 +212,12 @@ def create_app(
     return app
 
 
-async def _records(request: Request, max_body_bytes: int, body_timeout_s: float) -> list[Submitted]:
+async def _records(request: Request, max_body_bytes: int, request_timeout_s: float) -> list[Submitted]:
     try:
-        async with asyncio.timeout(body_timeout_s):
+        async with asyncio.timeout(request_timeout_s):
             body = await read_capped(request.stream(), request.headers.get("content-length"), max_body_bytes)
     except TimeoutError:
-        raise BodyError(408, "body_timeout", f"the body did not arrive within {body_timeout_s:g}s") from None
+        raise BodyError(408, "request_timeout", f"the body did not arrive within {request_timeout_s:g}s") from None
     body = decompress(body, request.headers.get("content-encoding"), max_body_bytes)
     return [Submitted(data) for data in split_records(body, request.headers.get("content-type"))]
 
