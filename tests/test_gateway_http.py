@@ -279,7 +279,9 @@ def log_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_backlog_over_the_threshold_gets_429_with_retry_after(redis_url: str, database_url: str, log_dir: Path) -> None:
+def test_a_backlog_over_the_threshold_gets_429_with_retry_after(
+    redis_url: str, database_url: str, log_dir: Path
+) -> None:
     """With the stream longer than --max-stream-length, requests get 429 and Retry-After, and add nothing."""
     client = redis.Redis.from_url(redis_url)
     for index in range(20):
@@ -318,7 +320,8 @@ def test_no_auth_accepts_records_without_a_token_and_says_so_loudly(
     with running_gateway(redis_url, database_url, log_dir, no_auth=True) as gateway:
         response = post(gateway, json.dumps(record(1, mcp_id="anyone")), token=None)
         assert response.status_code == 202, response.text
-        warning = next(json.loads(line) for line in gateway.log_text().splitlines() if "authentication_disabled" in line)
+        lines = gateway.log_text().splitlines()
+        warning = next(json.loads(line) for line in lines if "authentication_disabled" in line)
         assert warning["level"] == "warning"
         assert "UNAUTHENTICATED" in warning["warning"]
 
