@@ -1,6 +1,6 @@
 """deploy/ and compose.yaml, checked without a container engine: the manifests agree with the worker and the
-gateway (their settings, endpoints, metrics and shutdown timeouts), the alert rules pass promtool and their unit tests, and every
-metric the alerts and the dashboard name is one a running worker exports."""
+gateway (their settings, endpoints, metrics and shutdown timeouts), the alert rules pass promtool and their unit
+tests, and every metric the alerts and the dashboard name is one a running worker exports."""
 
 from __future__ import annotations
 
