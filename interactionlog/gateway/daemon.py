@@ -220,7 +220,16 @@ async def _start_http(
 ) -> tuple[_Uvicorn, asyncio.Task[None], int]:
     """Bind the HTTP port ourselves (so port 0 works and a taken port fails here), then serve it."""
     family = socket.AF_INET6 if ":" in gateway.gateway_host else socket.AF_INET
-    sock = socket.create_server((gateway.gateway_host, gateway.http_port), family=family, reuse_port=False)
+    # IPPROTO_TCP said explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
+    # a response's headers and body (two writes) wait on the client's delayed ACK, about 40 ms each.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((gateway.gateway_host, gateway.http_port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]  # a FastAPI application is an ASGI application
         log_config=None,  # uvicorn's loggers go through the root logger, hence our structured format

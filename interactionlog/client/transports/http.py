@@ -9,6 +9,7 @@ A batch over the gateway's body cap (413) is split in halves and sent again, dow
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,6 +26,9 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 INGEST_PATH = "/api/v2/interactions"
 NDJSON = "application/x-ndjson"
+# httpx writes a request's headers and body separately: with Nagle's algorithm on, the body waits for the ACK
+# of the headers, which the server delays (about 40 ms on Linux). TCP_NODELAY sends it at once.
+SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def endpoint_and_token(url: str, token: str | None) -> tuple[str, str | None]:
@@ -113,7 +117,8 @@ class HttpTransport(_HttpCore):
     def __init__(self, url: str, *, timeout_s: float, token: str | None) -> None:
         super().__init__(url, timeout_s=timeout_s, token=token)
         # One retry on a connection error: a pooled keep-alive connection the gateway closed is the usual cause.
-        self._client = httpx.Client(timeout=self.timeout, transport=httpx.HTTPTransport(retries=1))
+        transport = httpx.HTTPTransport(retries=1, socket_options=SOCKET_OPTIONS)
+        self._client = httpx.Client(timeout=self.timeout, transport=transport)
 
     def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """POST the entries as one NDJSON body; one entry id each."""
@@ -139,7 +144,8 @@ class AsyncHttpTransport(_HttpCore):
 
     def __init__(self, url: str, *, timeout_s: float, token: str | None) -> None:
         super().__init__(url, timeout_s=timeout_s, token=token)
-        self._client = httpx.AsyncClient(timeout=self.timeout, transport=httpx.AsyncHTTPTransport(retries=1))
+        transport = httpx.AsyncHTTPTransport(retries=1, socket_options=SOCKET_OPTIONS)
+        self._client = httpx.AsyncClient(timeout=self.timeout, transport=transport)
 
     async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """POST the entries as one NDJSON body; one entry id each."""
