@@ -7,6 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from interactionlog.cli import main
+from interactionlog.gateway.config import GatewaySettings
 from interactionlog.settings import Settings, env_name, flag_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +35,13 @@ def test_the_main_job_command_names_real_subcommands() -> None:
     assert ".venv/bin/interactionlog migrate && .venv/bin/interactionlog worker" in README
     for command in ("migrate", "worker"):
         assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+
+
+def test_every_gateway_setting_is_in_the_ingest_section() -> None:
+    """Each setting of `interactionlog serve` appears in the README with its flag and its environment variable."""
+    missing = [
+        field
+        for field in GatewaySettings.model_fields
+        if f"`{flag_name(field)}`" not in README or f"`{env_name(field)}`" not in README
+    ]
+    assert not missing, f"gateway settings missing from the README: {missing}"

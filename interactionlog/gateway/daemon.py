@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ..client.publisher import AsyncPublisher
 from ..probes import MetricsServer
 from ..redact import redact_url
 from ..settings import Settings
+from ..worker.daemon import stop_on_signals
 from ..worker.streams import connect
 from .backlog import BacklogGuard
 from .config import GatewaySettings
@@ -181,7 +181,7 @@ async def run_gateway(
     on_started: Callable[[Listening], None] | None = None,
 ) -> int:
     """Serve until `stopping` is set (by SIGTERM/SIGINT when not given); returns the exit code."""
-    stopping = stopping or _stop_on_signals()
+    stopping = stopping or stop_on_signals()
     log.info(
         "gateway_starting",
         redis_url=redact_url(settings.redis_url),
@@ -251,17 +251,3 @@ async def _start_http(
             raise OSError("the HTTP server stopped while starting")
         await asyncio.sleep(0.01)
     return server, task, int(sock.getsockname()[1])
-
-
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by the first SIGTERM or SIGINT: stop accepting, answer what is in flight, exit."""
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def request_stop(name: str) -> None:
-        log.info("shutdown_requested", signal=name)
-        stopping.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
-    return stopping

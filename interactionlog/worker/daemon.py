@@ -54,7 +54,7 @@ async def run_worker(
     on_started: Callable[[WorkerMetrics], None] | None = None,
 ) -> int:
     """Run consumers until `stopping` is set (by SIGTERM/SIGINT when not given); returns the exit code."""
-    stopping = stopping or _stop_on_signals()
+    stopping = stopping or stop_on_signals()
     log.info(
         "worker_starting",
         redis_url=redact_url(settings.redis_url),
@@ -165,7 +165,7 @@ async def _keep_house(
     )
 
 
-def _stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT: stop reading, finish the batch in flight, exit."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
