@@ -37,7 +37,8 @@ class GatewayProcess:
     """An `interactionlog serve` running as a real process on free loopback ports, its log captured to a file."""
 
     def __init__(
-        self, redis_url: str, database_url: str, log_dir: Path, *, no_auth: bool = False, **flags: str
+        self, redis_url: str, database_url: str, log_dir: Path, *, no_auth: bool = False, tls: bool = False,
+        **flags: str,
     ) -> None:
         self.http_port = int(flags.pop("http_port", str(free_port())))
         self.grpc_port = int(flags.pop("grpc_port", str(free_port())))
@@ -52,6 +53,7 @@ class GatewayProcess:
             command += [flag, value]
         if no_auth:
             command.append("--no-auth")
+        self.scheme = "https" if tls else "http"
         self.log_path = log_dir / f"gateway-{self.http_port}-{self.grpc_port}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -64,7 +66,7 @@ class GatewayProcess:
     @property
     def http_url(self) -> str:
         """The base URL of the HTTP server (0 ports mean that server is off)."""
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -77,7 +79,8 @@ class GatewayProcess:
         port = self.http_port or self.grpc_port
         try:
             if self.http_port:
-                return httpx.get(f"{self.http_url}/livez", timeout=1).status_code == 200
+                # verify=False: only to see a TLS gateway (with its self-signed test certificate) answer at all.
+                return httpx.get(f"{self.http_url}/livez", timeout=1, verify=False).status_code == 200  # noqa: S501
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return "gateway_started" in self.log_text()
         except (httpx.HTTPError, OSError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import redis
 
 from interactionlog.gateway.http import ErrorReply, IngestReply
-from tests.gateway import GatewayProcess, migrated, new_token, post, revoke, running_gateway
+from tests.gateway import INGEST, GatewayProcess, migrated, new_token, post, revoke, running_gateway
 from tests.pipeline import record, stream_entries, wait_until
 from tests.servers import PostgresServer, RedisServer
 
@@ -337,3 +339,29 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(redis_url: str, database
         assert "gateway_stopped" in gateway.log_text()
     finally:
         gateway.kill()
+
+
+def test_tls_cert_and_key_serve_https(redis_url: str, database_url: str, log_dir: Path) -> None:
+    """With --tls-cert and --tls-key the HTTP server speaks TLS: a client trusting the certificate gets 202, and
+    plain HTTP is no longer answered."""
+    cert, key = log_dir / "cert.pem", log_dir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    migrated(database_url)
+    token = new_token(database_url)
+    with running_gateway(
+        redis_url, database_url, log_dir, grpc_port="0", tls_cert=str(cert), tls_key=str(key), tls=True
+    ) as gateway:
+        response = httpx.post(
+            f"https://127.0.0.1:{gateway.http_port}{INGEST}",
+            content=json.dumps(record(1)),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            verify=ssl.create_default_context(cafile=str(cert)),
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{gateway.http_port}/livez", timeout=5)
