@@ -1,4 +1,5 @@
-"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish, tail, stats, show, dev.
+"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish, tail, stats, show, dev, serve,
+tokens.
 
 Commands are thin: they load Settings (flags and INTERACTIONLOG_* variables), call one module, and turn
 expected failures into a one-line message and an exit code instead of a traceback.
@@ -28,6 +29,7 @@ from .errors import (
     PublishError,
     RecordTooLargeError,
 )
+from .gateway_commands import serve, tokens
 from .logs import configure_logging
 from .ops import dlq, query, status
 from .record import Interaction, describe_validation_error
@@ -500,3 +502,7 @@ def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
     except KeyboardInterrupt:  # during start-up: the servers started so far are gone already
         pass
     click.echo("stopped; nothing is left running", err=True)
+
+# The gateway's commands live in their own module (the servers' dependencies are an optional extra).
+main.add_command(serve)
+main.add_command(tokens)

@@ -152,10 +152,19 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def load_settings(values: dict[str, Any]) -> Settings:
     """Validate `values` (from click) into Settings, or raise ConfigurationError naming flag and variable."""
+    return validate_settings(Settings, values)
+
+
+def validate_settings(model: type[_M], values: dict[str, Any]) -> _M:
+    """Validate `values` (from click) into `model` (Settings, or another command's settings built the same
+    way), or raise ConfigurationError naming flag and variable; None values take the model's default."""
     try:
-        return Settings(**{k: v for k, v in values.items() if v is not None})
+        return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
@@ -176,12 +185,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _CLICK_TYPES: dict[Any, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
-def settings_options(*fields: str) -> Callable[[_F], _F]:
-    """Click options for the named settings fields; values arrive as keyword arguments of the same names."""
+def settings_options(*fields: str, model: type[BaseModel] = Settings) -> Callable[[_F], _F]:
+    """Click options for the named fields of `model`; values arrive as keyword arguments of the same names."""
 
     def decorate(command: _F) -> _F:
         for field in reversed(fields):
-            info = Settings.model_fields[field]
+            info = model.model_fields[field]
             annotation = info.annotation
             choices = getattr(annotation, "__args__", None)
             kind = click.Choice(list(choices)) if choices else _CLICK_TYPES[annotation]
@@ -192,15 +201,15 @@ def settings_options(*fields: str) -> Callable[[_F], _F]:
                 envvar=env_name(field),
                 default=None,  # None means "the Settings default", so defaults live in one place
                 show_envvar=True,
-                help=f"{info.description} [default: {_describe_default(field)}]",
+                help=f"{info.description} [default: {_describe_default(model, field)}]",
             )(command)
         return command
 
     return decorate
 
 
-def _describe_default(field: str) -> str:
-    info = Settings.model_fields[field]
+def _describe_default(model: type[BaseModel], field: str) -> str:
+    info = model.model_fields[field]
     if info.default_factory is not None:
         return "host-pid" if field == "consumer_prefix" else "computed"
     default = info.default

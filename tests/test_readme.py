@@ -7,6 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from interactionlog.cli import main
+from interactionlog.gateway.config import GatewaySettings
 from interactionlog.record import Interaction
 from interactionlog.settings import Settings, env_name, flag_name
 
@@ -63,3 +64,13 @@ def test_the_quick_start_uses_real_commands_and_a_valid_record() -> None:
         assert CliRunner().invoke(main, [command, "--help"]).exit_code == 0
     (line,) = (line for line in section.splitlines() if line.startswith("echo '"))
     Interaction.model_validate_json(line.split("'")[1])
+
+
+def test_every_gateway_setting_is_in_the_ingest_section() -> None:
+    """Each setting of `interactionlog serve` appears in the README with its flag and its environment variable."""
+    missing = [
+        field
+        for field in GatewaySettings.model_fields
+        if f"`{flag_name(field)}`" not in README or f"`{env_name(field)}`" not in README
+    ]
+    assert not missing, f"gateway settings missing from the README: {missing}"

@@ -56,7 +56,7 @@ async def run_worker(
     on_started: Callable[[WorkerMetrics], None] | None = None,
 ) -> int:
     """Run consumers until `stopping` is set (by SIGTERM/SIGINT when not given); returns the exit code."""
-    stopping = stopping or _stop_on_signals()
+    stopping = stopping or stop_on_signals()
     log.info(
         "worker_starting",
         redis_url=redact_url(settings.redis_url),
@@ -216,7 +216,7 @@ async def _keep_house(
     )
 
 
-def _stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT: stop reading, finish the batch in flight, exit. A second
     signal forces the exit at once (exit code 130): whatever is in flight stays pending in Redis and is claimed
     by another worker later, so nothing is lost, only delayed."""

@@ -23,12 +23,9 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseUnavailableError
-from .decode import StoredRow
+from ..rows import COLUMNS, INSERT_ROW, TABLE, StoredRow
 
 log = structlog.get_logger(__name__)
-
-TABLE = "interaction_logs"
-COLUMNS = StoredRow._fields
 
 # SQLSTATE classes that mean "this row can never be stored as it is": 22 data exception (a value out of
 # range, invalid text), 23 integrity constraint violation (a CHECK or NOT NULL an operator added),
@@ -107,6 +104,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "create interactionlog_tokens (the gateway's per-MCP bearer tokens, stored hashed)",
+        (
+            """
+            CREATE TABLE interactionlog_tokens (
+                token_id      TEXT        PRIMARY KEY,
+                mcp_id        TEXT        NOT NULL,
+                name          TEXT,
+                secret_sha256 BYTEA       NOT NULL,
+                created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+                revoked_at    TIMESTAMPTZ
+            )
+            """,
+            "CREATE INDEX interactionlog_tokens_mcp_id ON interactionlog_tokens (mcp_id)",
+        ),
+    ),
 )
 
 # The staging table lives per connection and empties itself at commit, so concurrent batches never see
@@ -127,9 +141,6 @@ _MOVE_STAGING = sql.SQL(
     "INSERT INTO interaction_logs ({cols}) SELECT {cols} FROM interaction_logs_staging "
     "ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
 ).format(cols=_COLUMN_LIST)
-_INSERT_ONE = sql.SQL(
-    "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
-).format(_COLUMN_LIST, sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)))
 
 
 class _JsonTextDumper(JsonbBinaryDumper):
@@ -274,7 +285,7 @@ class Store:
             for row in rows:
                 try:
                     async with conn.transaction():  # a savepoint: a refused row rolls back alone
-                        cursor = await conn.execute(_INSERT_ONE, row)
+                        cursor = await conn.execute(INSERT_ROW, row)
                 except psycopg.Error as error:
                     if not is_permanent(error):
                         raise
