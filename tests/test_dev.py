@@ -104,6 +104,13 @@ def test_dev_runs_the_stack_shows_what_is_stored_and_leaves_nothing_on_ctrl_c() 
         stored = [json.loads(line)["mcp_id"] for line in shell.stdout.splitlines()]
         assert "weather" in stored
 
+        # The banner's curl line posts the sample through the HTTP gateway that dev runs.
+        (curl,) = (line.strip() for line in out if line.strip().startswith("curl "))
+        posted = subprocess.run(["bash", "-c", curl + " -o /dev/null -w '%{http_code}'"],
+                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        assert posted.stdout == "202", posted.stderr
+        wait_until(lambda: sum("demo" in line and "echo" in line for line in out) >= 2, what="the posted record")
+
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0, "\n".join(err)
     finally:

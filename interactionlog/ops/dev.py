@@ -60,6 +60,13 @@ class DevStack:
     worker: subprocess.Popen[bytes]
     worker_log: Path
     metrics_port: int
+    gateway: subprocess.Popen[bytes] | None
+    gateway_port: int
+
+    @property
+    def gateway_url(self) -> str:
+        """Where records can be POSTed (no token: `dev` runs the gateway with --no-auth, on loopback only)."""
+        return f"http://127.0.0.1:{self.gateway_port}/api/v2/interactions"
 
     @property
     def redis_url(self) -> str:
@@ -91,12 +98,19 @@ def running_stack(*, redis_port: int | None = None, postgres_port: int | None = 
             metrics_port = free_port()
             worker_log = workdir / "worker.log"
             worker = _start_worker(redis.url, database_url, metrics_port, worker_log)
+            gateway = None
             try:
                 _wait_until_ready(worker, metrics_port, worker_log)
-                start_gateway()
-                yield DevStack(redis, postgres, database_url, worker, worker_log, metrics_port)
+                gateway_port = free_port()
+                gateway = start_gateway(redis.url, database_url, gateway_port, workdir / "gateway.log")
+                yield DevStack(
+                    redis, postgres, database_url, worker, worker_log, metrics_port, gateway, gateway_port
+                )
             finally:
-                # The worker first, while Redis and PostgreSQL still run: it finishes and acknowledges its batch.
+                # The gateway first (nothing new comes in), then the worker, while Redis and PostgreSQL still
+                # run: it finishes and acknowledges its batch.
+                if gateway is not None:
+                    _stop(gateway)
                 _stop(worker)
     except ServerError as error:
         raise DevError(str(error)) from None
@@ -104,13 +118,33 @@ def running_stack(*, redis_port: int | None = None, postgres_port: int | None = 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def start_gateway() -> None:
-    """Hook for the HTTP gateway, which does not exist yet.
-
-    When `interactionlog gateway` lands, start it here as a process like the worker (`_start_worker`): on
-    `free_port()`, publishing to the stack's Redis, stopped before the worker in `running_stack`'s teardown;
-    add its URL to DevStack and to `banner`, and a `curl` publish line next to the CLI one.
-    """
+def start_gateway(redis_url: str, database_url: str, port: int, log_path: Path) -> subprocess.Popen[bytes] | None:
+    """`interactionlog serve` on 127.0.0.1:`port` without tokens (loopback only), publishing to the stack's
+    Redis; None when the gateway's extra (`interactionlog[gateway]`) is not installed."""
+    try:
+        import fastapi  # noqa: F401, PLC0415 - only to know whether the gateway can run here
+    except ImportError:
+        return None
+    command = [
+        sys.executable, "-m", "interactionlog", "serve",
+        "--redis-url", redis_url,
+        "--database-url", database_url,
+        "--gateway-host", "127.0.0.1",
+        "--http-port", str(port),
+        "--grpc-port", "0",
+        "--metrics-port", "0",
+        "--no-auth",
+        "--log-format", "json",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=death_signal_setter(signal.SIGTERM),  # noqa: PLW1509 - see death_signal_setter
+        )
 
 
 def _start_worker(redis_url: str, database_url: str, metrics_port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -190,7 +224,11 @@ def banner(stack: DevStack) -> str:
             f"  Redis       {stack.redis_url}  (stream interactions)",
             f"  PostgreSQL  {stack.database_url}",
             f"  worker      pid {stack.worker.pid}, metrics {stack.metrics_url}, log {stack.worker_log}",
-            "  gateway     not started: the HTTP gateway is not part of this version yet",
+            (
+                f"  gateway     {stack.gateway_url}  (POST JSON, no token: loopback only)"
+                if stack.gateway is not None
+                else "  gateway     not started: install interactionlog[gateway] for HTTP ingest"
+            ),
             f"  files       {stack.redis.dir} {stack.postgres.dir} {stack.worker_log.parent}",
             "",
             "Publish and look, from another terminal:",
@@ -198,6 +236,11 @@ def banner(stack: DevStack) -> str:
             f"  export INTERACTIONLOG_DATABASE_URL={stack.database_url}",
             f"  echo {shlex.quote(SAMPLE_RECORD)} | {command} publish -",
             f"  {command} tail -f",
+            *(
+                [f"  curl -s {stack.gateway_url} -H 'Content-Type: application/json' -d {shlex.quote(SAMPLE_RECORD)}"]
+                if stack.gateway is not None
+                else []
+            ),
             "",
             "Stored interactions, as they arrive:",
         ]
