@@ -51,6 +51,12 @@ class Settings(BaseModel):
     )
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, description="Largest encoded record accepted.")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and stored per batch.")
+    batch_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of entry data per batch, whatever their count: with --concurrency it bounds the "
+        "worker's memory (about 2.5 x concurrency x this at most).",
+    )
     concurrency: int = Field(2, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
     processes: int = Field(
         1,
@@ -119,6 +125,11 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_together(self) -> Settings:
+        if self.batch_max_bytes < self.max_record_bytes:
+            raise ValueError(
+                f"batch_max_bytes ({self.batch_max_bytes}) must be at least max_record_bytes "
+                f"({self.max_record_bytes}), or a batch could not hold one record of the largest size"
+            )
         if self.claim_idle_ms <= self.block_ms:
             raise ValueError(
                 f"claim_idle_ms ({self.claim_idle_ms}) must exceed block_ms ({self.block_ms}), or live "

@@ -39,6 +39,7 @@ def consumer_options(settings: Settings) -> ConsumerOptions:
     """The per-consumer knobs out of the settings."""
     return ConsumerOptions(
         batch_size=settings.batch_size,
+        batch_max_bytes=settings.batch_max_bytes,
         block_ms=settings.block_ms,
         claim_idle_ms=settings.claim_idle_ms,
         claim_interval_ms=settings.claim_interval_ms,

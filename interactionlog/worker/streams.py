@@ -60,6 +60,11 @@ class Entry:
         """XADD needs at least one field, so an empty entry is one XDELed or trimmed while pending."""
         return not self.fields
 
+    @property
+    def size_bytes(self) -> int:
+        """The bytes of its field names and values: what holding it costs, less Python's per-object overhead."""
+        return sum(len(name) + len(value) for name, value in self.fields.items())
+
 
 @dataclass(frozen=True)
 class ClaimPage:
@@ -107,9 +112,12 @@ class StreamGroup:
         log.info("group_created", stream=self.stream, group=self.group)
         return True
 
-    async def read(self, consumer: str, *, count: int, block_ms: int | None, pending: bool) -> list[Entry]:
-        """XREADGROUP: our own pending entries from id 0 when `pending`, else new ones (`>`)."""
-        start = "0" if pending else ">"
+    async def read(
+        self, consumer: str, *, count: int, block_ms: int | None, pending: bool, after: str = "0"
+    ) -> list[Entry]:
+        """XREADGROUP: our own pending entries with ids above `after` when `pending`, else new ones (`>`).
+        Only a read of new entries blocks (`block_ms`; None returns at once)."""
+        start = after if pending else ">"
         reply = await self._with_group(
             lambda: self.redis.xreadgroup(
                 self.group, consumer, {self.stream: start}, count=count, block=None if pending else block_ms
