@@ -17,6 +17,7 @@ import redis
 from interactionlog import InvalidRecordError, Publisher
 from interactionlog.client.publisher import encode_fields
 from interactionlog.errors import PermanentEntryError
+from interactionlog.replies import text
 from interactionlog.worker.decode import decode_entry
 
 from .pipeline import INTERACTIONLOG, count_rows, group_pending, migrate, running_worker, stream_entries, wait_until
@@ -126,7 +127,7 @@ def test_a_raw_record_without_defaults_is_stored_with_its_numbers_as_sent(
     """1.00000000000000001, 1e2 and 12.50 come back as sent (not 1.0, 100.0, 12.5); only the defaults are added."""
     migrate(database_url)
     client = redis.Redis.from_url(redis_url)
-    entry_id = client.xadd("interactions", wire(f'{{"mcp_id":"m","request":{EXACT_NUMBERS}}}')).decode()
+    entry_id = text(client.xadd("interactions", wire(f'{{"mcp_id":"m","request":{EXACT_NUMBERS}}}')))
     drain(redis_url, database_url, tmp_path, 1)
     [(n, e, f, interaction_id, timestamp)] = stored(
         database_url,
