@@ -122,7 +122,12 @@ async def run_worker(
             _, unfinished = await asyncio.wait([*tasks, chores], timeout=settings.shutdown_timeout_s)
             if unfinished:
                 exit_code = EXIT_SHUTDOWN_TIMED_OUT
-                log.error("shutdown_timed_out", consumers=sorted(task.get_name() for task in unfinished))
+                log.error(
+                    "shutdown_timed_out",
+                    consumers=sorted(task.get_name() for task in unfinished),
+                    # Where each one was waiting: the innermost frames of its coroutine chain.
+                    waiting_in={task.get_name(): _waiting_in(task) for task in unfinished},
+                )
                 for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*unfinished, return_exceptions=True)
@@ -163,6 +168,18 @@ async def _keep_house(
     await periodically(
         chores, interval_s=interval_s, name="housekeeping", stopping=stopping, expected=(RedisError, OSError)
     )
+
+
+def _waiting_in(task: asyncio.Task[object]) -> list[str]:
+    """`file:line function` of the frames a task is suspended in, outermost first (for a shutdown that hung)."""
+    frames: list[str] = []
+    coroutine: object = task.get_coro()
+    while coroutine is not None and len(frames) < 40:
+        frame = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "ag_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "ag_await", None)
+    return frames
 
 
 def _stop_on_signals() -> asyncio.Event:
