@@ -32,6 +32,19 @@ STREAM = b"stream"
 DEAD_LETTER_FIELDS = frozenset({ERROR, ERROR_TYPE, SOURCE_ID, DELIVERY_COUNT, GROUP, CONSUMER, FAILED_AT, STREAM})
 ORIGINAL_PREFIX = b"original."
 
+# Every `error_type` a worker writes (the `reason` label of entries_dead_lettered_total).
+DEAD_LETTER_REASONS = (
+    "not_wire_format",
+    "unsupported_version",
+    "too_large",
+    "invalid_json",
+    "not_json_object",
+    "invalid_record",
+    "unstorable_value",
+    "refused_by_database",
+    "max_deliveries",
+)
+
 
 @dataclass(frozen=True)
 class DeadLetter:
