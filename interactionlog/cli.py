@@ -24,7 +24,7 @@ from .redact import redact_url
 from .settings import Settings, load_settings, settings_options
 from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
-from .worker.store import migrate as apply_migrations
+from .worker.store import migrate_and_name
 from .worker.streams import connect
 
 _T = TypeVar("_T")
@@ -79,12 +79,12 @@ def main() -> None:
 def migrate(**values: Any) -> None:
     """Create or upgrade the interaction_logs table (idempotent; safe to run from several places)."""
     settings = _settings(values)
-    applied = _run(apply_migrations(settings.database_url), settings)
+    database, applied = _run(migrate_and_name(settings.database_url), settings)
     if applied:
         for migration in applied:
-            click.echo(f"applied migration {migration.version}: {migration.description}")
+            click.echo(f"applied migration {migration.version} to {database}: {migration.description}")
     else:
-        click.echo("schema is up to date")
+        click.echo(f"schema of {database} is up to date")
 
 
 @main.command()

@@ -32,10 +32,9 @@ async def announce(redis: aioredis.Redis, stream: str, group: str, consumers: It
 
 
 async def depart(redis: aioredis.Redis, stream: str, group: str, consumers: Iterable[str]) -> None:
-    """Remove `consumers` from the hash: their process is stopping."""
-    names = list(consumers)
-    if names:
-        await redis.hdel(presence_key(stream, group), *names)
+    """Mark `consumers` departed now: their process is stopping. (Kept rather than removed, so the hash still
+    says that interactionlog runs this group; housekeeping forgets them with the consumers themselves.)"""
+    await announce(redis, stream, group, consumers, 0)
 
 
 async def forget_departed(

@@ -339,8 +339,17 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
 
 async def migrate(database_url: str) -> list[Migration]:
     """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly."""
+    _, applied = await migrate_and_name(database_url)
+    return applied
+
+
+async def migrate_and_name(database_url: str) -> tuple[str, list[Migration]]:
+    """`migrate`, also returning which database it migrated, as the server names it (``database x on host:port
+    as user u``): libpq fills in what a URL omits (PG* variables, defaults), so the URL alone may not say."""
     applied: list[Migration] = []
     async with await psycopg.AsyncConnection.connect(database_url) as conn, conn.transaction():
+        info = conn.info
+        where = f"database {info.dbname} on {info.host}:{info.port} as user {info.user}"
         # One migrator at a time: a second `migrate` waits here, then finds nothing left to do.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('interactionlog_migrate'))")
         await conn.execute(
@@ -360,7 +369,7 @@ async def migrate(database_url: str) -> list[Migration]:
                 (migration.version, migration.description),
             )
             applied.append(migration)
-    return applied
+    return where, applied
 
 
 async def schema_version(database_url: str) -> int:
