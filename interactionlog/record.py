@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
-from .errors import InvalidRecordError
+from .errors import InvalidRecordError, RecordTooLargeError
 
 WIRE_VERSION = b"1"
 VERSION_FIELD = b"v"
@@ -322,6 +322,18 @@ def prepare_record(record: Interaction | Mapping[str, Any], *, strict: bool = Fa
     encoded = splice_fields(body, defaults_to_splice(interaction, present))
     ensure_storable(encoded, interaction)
     return interaction, encoded
+
+
+def wire_fields(record: Interaction, encoded: str, max_record_bytes: int) -> dict[bytes, bytes]:
+    """The stream entry's fields (`v`, `data`) for `record`, whose JSON text is `encoded`; raises
+    RecordTooLargeError when that text is over `max_record_bytes`."""
+    data = encoded.encode()
+    if len(data) > max_record_bytes:
+        raise RecordTooLargeError(
+            f"record {record.interaction_id!r} of {record.mcp_id!r} encodes to {len(data)} bytes, over the "
+            f"{max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
+        )
+    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
 
 
 def _not_unicode(record: Interaction, error: Exception) -> InvalidRecordError:

@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
 from ..errors import InvalidRecordError, PublishError, PublishUnavailableError, RecordTooLargeError
-from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, prepare_record
+from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
 
@@ -42,13 +42,7 @@ def encode_fields(record: Record, max_record_bytes: int, *, strict: bool = False
     define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
     """
     interaction, encoded = prepare_record(record, strict=strict)
-    data = encoded.encode()
-    if len(data) > max_record_bytes:
-        raise RecordTooLargeError(
-            f"record {interaction.interaction_id!r} of {interaction.mcp_id!r} encodes to {len(data)} bytes, over "
-            f"the {max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
-        )
-    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+    return wire_fields(interaction, encoded, max_record_bytes)
 
 
 class _PublisherCore:

@@ -19,15 +19,13 @@ from pydantic import ValidationError
 
 from ..errors import InvalidRecordError, RecordTooLargeError
 from ..record import (
-    DATA_FIELD,
-    VERSION_FIELD,
-    WIRE_VERSION,
     Interaction,
     defaults_to_splice,
     describe_validation_error,
     ensure_storable,
     refuse_unknown_fields,
     splice_fields,
+    wire_fields,
 )
 
 
@@ -50,13 +48,7 @@ def encode_line(line: bytes, occurrence: int, max_record_bytes: int, *, strict: 
         record = record.model_copy(update={"interaction_id": line_interaction_id(line, occurrence)})
     encoded = splice_fields(line.decode(), defaults_to_splice(record, present))
     ensure_storable(encoded, record)
-    data = encoded.encode()
-    if len(data) > max_record_bytes:
-        raise RecordTooLargeError(
-            f"record {record.interaction_id!r} of {record.mcp_id!r} is {len(data)} bytes, over the "
-            f"{max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
-        )
-    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+    return wire_fields(record, encoded, max_record_bytes)
 
 
 def read_json_lines(
