@@ -18,26 +18,23 @@ from typing import IO, Any, TypeVar
 import click
 import psycopg
 import psycopg.errors
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from .client.publisher import Publisher, encode_fields
+from .client.publisher import Publisher
 from .errors import (
     ConfigurationError,
     InteractionlogError,
-    InvalidRecordError,
     PublishError,
-    RecordTooLargeError,
 )
 from .gateway_commands import serve, tokens
 from .logs import configure_logging
 from .ops import dlq, query, status
-from .record import Interaction, describe_validation_error
+from .ops.publish_file import read_json_lines
 from .redact import redact_text, redact_url
 from .settings import Settings, load_settings, settings_options
 from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
-from .worker.store import migrate as apply_migrations
+from .worker.store import migrate_and_name
 from .worker.streams import connect
 from .worker.supervisor import run_supervisor
 
@@ -94,12 +91,12 @@ def main() -> None:
 def migrate(**values: Any) -> None:
     """Create or upgrade the interaction_logs table (idempotent; safe to run from several places)."""
     settings = _settings(values)
-    applied = _run(apply_migrations(settings.database_url), settings)
+    database, applied = _run(migrate_and_name(settings.database_url), settings)
     if applied:
         for migration in applied:
-            click.echo(f"applied migration {migration.version}: {migration.description}")
+            click.echo(f"applied migration {migration.version} to {database}: {migration.description}")
     else:
-        click.echo("schema is up to date")
+        click.echo(f"schema of {database} is up to date")
 
 
 @main.command()
@@ -218,7 +215,7 @@ def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason
         raise click.UsageError("say which dead letters to replay: IDS, --count N or --all")
     settings = _settings(values)
 
-    async def replay() -> list[tuple[str, str]]:
+    async def replay() -> dlq.ReplayOutcome:
         redis = _redis(settings)
         try:
             return await dlq.replay_dead_letters(
@@ -230,25 +227,49 @@ def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason
                 ids=ids,
                 reason=reason,
             )
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
         finally:
             await redis.aclose()
 
-    replayed = _run(replay(), settings)
-    for old_id, new_id in replayed:
+    outcome = _run(replay(), settings)
+    for old_id, new_id in outcome.replayed:
         click.echo(f"replayed {old_id} as {new_id}")
-    click.echo(f"replayed {len(replayed)} dead letter(s) onto {settings.stream}", err=True)
+    click.echo(f"replayed {len(outcome.replayed)} dead letter(s) onto {settings.stream}", err=True)
+    failed = False
+    for missing in outcome.not_found:
+        click.echo(f"error: no dead letter {missing} in {settings.dead_letter_stream_key}", err=True)
+        failed = True
+    if outcome.taken_by_another:
+        click.echo(
+            f"skipped {len(outcome.taken_by_another)} dead letter(s) another replay moved first "
+            f"({', '.join(outcome.taken_by_another[:5])}{', ...' if len(outcome.taken_by_another) > 5 else ''})",
+            err=True,
+        )
+    if reason is not None and not ids and not outcome.replayed and not outcome.taken_by_another:
+        click.echo(
+            f"error: no dead letter in {settings.dead_letter_stream_key} has error_type {reason!r}; "
+            "`interactionlog dlq list` shows what is there",
+            err=True,
+        )
+        failed = True
+    if failed:
+        raise SystemExit(EXIT_FAILED)
 
 
 @main.command()
 @settings_options("redis_url", "stream", "stream_maxlen", "max_record_bytes", "redis_timeout_s", *LOG_OPTIONS)
-@click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+@click.argument("source", type=click.File("rb"), default="-")
 @click.option(
     "--chunk-size", default=500, show_default=True, type=click.IntRange(min=1), help="Records per round trip."
 )
-def publish(source: IO[str], chunk_size: int, **values: Any) -> None:
-    """Publish JSON lines (one record per line) from SOURCE or standard input.
+@click.option("--strict", is_flag=True, help="Refuse lines with fields the wire format does not define.")
+def publish(source: IO[bytes], chunk_size: int, strict: bool, **values: Any) -> None:
+    """Publish JSON lines (one record per line) from SOURCE or standard input, each line's text as it is.
 
     A bad line is reported with its number and skipped; the others are published. Exits 1 if any was rejected.
+    A line without interaction_id gets one derived from its text, so running the same file again (after a
+    failure, or with bad lines fixed) stores no line twice.
     """
     settings = _settings(values)
     publisher = Publisher.from_url(
@@ -261,7 +282,7 @@ def publish(source: IO[str], chunk_size: int, **values: Any) -> None:
     published = rejected = 0
     chunk: list[dict[bytes, bytes]] = []
     try:
-        for number, fields in _read_json_lines(source, settings.max_record_bytes):
+        for number, fields in read_json_lines(source, settings.max_record_bytes, strict=strict):
             if isinstance(fields, str):
                 click.echo(f"line {number}: {fields}", err=True)
                 rejected += 1
@@ -272,26 +293,17 @@ def publish(source: IO[str], chunk_size: int, **values: Any) -> None:
                 chunk.clear()
         published += len(publisher.publish_encoded(chunk))
     except PublishError as error:
-        click.echo(f"error: {error} ({published} published before it)", err=True)
+        click.echo(
+            f"error: {error} ({published} published before it; publishing the same file again is safe: "
+            "no line is stored twice)",
+            err=True,
+        )
         raise SystemExit(EXIT_FAILED) from None
     finally:
         publisher.close()
     click.echo(f"published {published} record(s) to {settings.stream}, rejected {rejected}", err=True)
     if rejected:
         raise SystemExit(EXIT_FAILED)
-
-
-def _read_json_lines(source: IO[str], max_record_bytes: int) -> Iterator[tuple[int, dict[bytes, bytes] | str]]:
-    """Yield (line number, encoded entry fields) or (line number, what is wrong); blank lines are skipped."""
-    for number, line in enumerate(source, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, encode_fields(Interaction.model_validate_json(line), max_record_bytes)
-        except ValidationError as error:
-            yield number, describe_validation_error(error)
-        except (InvalidRecordError, RecordTooLargeError) as error:
-            yield number, str(error)
 
 
 # --- Looking at stored interactions: tail, stats, show (ops.query for the SQL, ops.render for the output) ---

@@ -30,6 +30,9 @@ class WorkerMetrics:
     dead_lettered: Counter
     reclaimed: Counter
     acked_after_deletion: Counter
+    lost_while_pending: Counter
+    dead_letters_trimmed: Counter
+    housekeeping_failures: Counter
     transient_errors: Counter
     lost_to_trimming: Counter
     groups_recreated: Counter
@@ -67,6 +70,21 @@ class WorkerMetrics:
                 "entries_acked_after_deletion",
                 "Pending entries found deleted from the stream and acknowledged.",
             ),
+            lost_while_pending=counter(
+                "pending_entries_lost",
+                "Entries removed from the stream (MAXLEN, XTRIM, XDEL) while delivered and not yet acknowledged: "
+                "lost, unless their consumer committed them just before it crashed (an upper bound).",
+            ),
+            dead_letters_trimmed=counter(
+                "dead_letters_trimmed",
+                "Dead letters removed by the dead-letter stream's cap (--dead-letter-maxlen): lost for good.",
+            ),
+            housekeeping_failures=counter(
+                "housekeeping_failures",
+                "Housekeeping chores Redis refused (an ACL without INFO or scripting, ...): trimming, loss "
+                "accounting or consumer hygiene is not done while this grows.",
+                ("chore",),
+            ),
             transient_errors=counter(
                 "transient_errors", "Failures of Redis or PostgreSQL that were retried.", ("component",)
             ),
@@ -96,6 +114,31 @@ class WorkerMetrics:
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""
         return {"stream": self.stream, "group": self.group}
+
+    def start_at_zero(self, *, dead_letter_reasons: Iterable[str], chores: Iterable[str]) -> None:
+        """Create every series at 0, so alerts (`increase(...) > 0`) and dashboards see the first event as a step
+        from 0, not as a series appearing out of nowhere."""
+        labels = self.labels()
+        for counter in (
+            self.persisted,
+            self.duplicates,
+            self.reclaimed,
+            self.acked_after_deletion,
+            self.lost_while_pending,
+            self.dead_letters_trimmed,
+            self.lost_to_trimming,
+        ):
+            counter.labels(**labels)
+        for histogram in (self.batch_size, self.persist_seconds, self.end_to_end_seconds):
+            histogram.labels(**labels)
+        for reason in dead_letter_reasons:
+            self.dead_lettered.labels(**labels, reason=reason)
+        for component in ("redis", "postgres"):
+            self.transient_errors.labels(**labels, component=component)
+        for vanished in ("true", "false"):
+            self.groups_recreated.labels(**labels, stream_vanished=vanished)
+        for chore in chores:
+            self.housekeeping_failures.labels(**labels, chore=chore)
 
     def record_batch(
         self,

@@ -3,6 +3,11 @@
 Wire format (one stream entry per record): ``XADD <stream> MAXLEN ~ <cap> * v 1 data <JSON object>``.
 The publisher and the worker validate with the same model, so whatever a publisher accepts a worker stores,
 and whatever a worker would dead-letter a publisher refuses up front.
+
+What is stored is what was sent: the `data` column receives the publisher's JSON text itself. Fields the model does
+not know are kept there as sent (a newer publisher never sends an older worker's records to the dead-letter
+stream); only the defaults a record lacks (`interaction_id`, `timestamp`) are added, spliced into the original
+text (`splice_fields`) rather than re-encoded, so numbers such as ``1.00000000000000001`` or ``12.50`` survive.
 """
 
 from __future__ import annotations
@@ -11,14 +16,14 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
+from pydantic_core import PydanticSerializationError, to_json
 
-from .errors import InvalidRecordError
+from .errors import InvalidRecordError, RecordTooLargeError
 
 WIRE_VERSION = b"1"
 VERSION_FIELD = b"v"
@@ -39,6 +44,90 @@ _HUGE_INT = 10**MAX_INT_DIGITS
 # Anchored at the start of a digit run by the lookbehind, so each run is tried once: linear in the record's size.
 # Without it the search retried from every digit of a run just under the limit, quadratic (1.8 s on 252 KB).
 _LONG_DIGITS = re.compile(rf"(?<!\d)\d{{{MAX_INT_DIGITS + 1}}}")
+
+
+# The instants a record may carry: what Python's datetime and PostgreSQL's timestamptz both hold, with a day's
+# margin at each end, so a stored time also reads back in any session time zone (psycopg raises "timestamp too
+# large" for a year past 9999 in the reader's zone).
+MIN_TIMESTAMP = datetime(1, 1, 2, tzinfo=UTC)
+MAX_TIMESTAMP = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+# RFC 3339 date-time (section 5.6): a full date, `T` (or a space, or lower case), a full time with optional
+# fraction, and a zone (`Z` or a numeric offset). Nothing else: no epoch numbers, no zone-less times.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
+)
+TIMESTAMP_HINT = "send an RFC 3339 string with a time zone, such as 2024-05-01T10:00:00.123Z"
+
+
+def parse_timestamp(value: object) -> datetime:
+    """A record's `timestamp` as an aware datetime: an RFC 3339 string (or, from Python, an aware datetime).
+
+    Raises ValueError saying why otherwise. Numbers are refused rather than read as epoch time: nothing tells
+    seconds from milliseconds, and a guess would silently move a record by a factor of a thousand. Fractions
+    finer than a microsecond (RFC 3339 allows nanoseconds) are truncated in the column; `data` keeps the text.
+    """
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise ValueError(f"a datetime without a time zone is ambiguous; {TIMESTAMP_HINT}")
+        parsed = value
+    elif isinstance(value, str):
+        parsed = _parse_rfc3339(value)
+    # ValueError, not TypeError: pydantic turns only ValueError into a validation error naming the field.
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(  # noqa: TRY004
+            f"epoch numbers are refused, since seconds and milliseconds cannot be told apart; {TIMESTAMP_HINT}"
+        )
+    else:
+        raise ValueError(f"must be a string; {TIMESTAMP_HINT}")  # noqa: TRY004
+    try:
+        in_range = MIN_TIMESTAMP <= parsed <= MAX_TIMESTAMP
+    except OverflowError:  # year 1 at +14:00, year 9999 at -14:00: the UTC instant is outside datetime itself
+        in_range = False
+    if not in_range:
+        raise ValueError(
+            f"{value} is outside the instants interactionlog stores ({format_timestamp(MIN_TIMESTAMP, 'auto')} to "
+            f"{format_timestamp(MAX_TIMESTAMP, 'auto')} in UTC: what PostgreSQL stores and Python reads back in any "
+            "time zone)"
+        )
+    return parsed
+
+
+def _parse_rfc3339(text: str) -> datetime:
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        if re.fullmatch(r"\s*[+-]?\d+(\.\d*)?([eE][+-]?\d+)?\s*", text, re.ASCII):
+            raise ValueError(
+                "epoch numbers (even as strings) are refused, since seconds and milliseconds cannot be told apart; "
+                + TIMESTAMP_HINT
+            )
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?", text, re.ASCII):
+            raise ValueError(f"a time without a time zone is ambiguous; {TIMESTAMP_HINT}")
+        raise ValueError(f"not an RFC 3339 date-time; {TIMESTAMP_HINT}")
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_hour, off_minute = match.groups()
+    if second == "60":
+        raise ValueError(f"leap seconds (:60) cannot be stored; {TIMESTAMP_HINT}")
+    if zulu:
+        zone = UTC
+    elif int(off_hour) > 23 or int(off_minute) > 59:
+        raise ValueError(f"{sign}{off_hour}:{off_minute} is not a time zone offset; {TIMESTAMP_HINT}")
+    else:
+        offset = timedelta(hours=int(off_hour), minutes=int(off_minute))
+        zone = timezone(-offset if sign == "-" else offset)
+    micro = int((fraction or "0").ljust(6, "0")[:6])
+    try:
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, zone)
+    except ValueError as error:
+        raise ValueError(f"not a valid date or time ({error})") from None
+
+
+def format_timestamp(moment: datetime, timespec: str = "microseconds") -> str:
+    """`moment` as the RFC 3339 text interactionlog writes: UTC, with a `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp, json_schema_input_type=str), Field(strict=False)]
 
 
 def _new_interaction_id() -> str:
@@ -62,20 +151,22 @@ class Interaction(BaseModel):
     """One interaction an MCP server served: a tool call, a resource read, a prompt fetch, ...
 
     ``(mcp_id, interaction_id)`` identifies a record: publishing it twice stores it once.
-    Unknown fields are refused rather than dropped, so a typo (``tool_name`` for ``tool``) is caught at
-    publish time instead of silently losing the value.
+    Fields the model does not know are kept as sent (any JSON value, in `model_extra`): MCP authors add their
+    own (`user_id`, `model`, `tokens`), and a newer publisher must not see an older worker refuse its records.
+    The publish helpers' `strict=True` refuses them instead, to catch typos such as ``tool_name``.
     """
 
     # Strict: a string is not coerced into a number or a boolean, so stored values are what was sent.
     # Non-finite numbers (NaN, Infinity, or 1e400, which overflows to infinity) are written as JSON's
     # non-standard tokens rather than as null, so that encode_record can refuse them instead of storing a
     # silently different value.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, ser_json_inf_nan="constants")
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, ser_json_inf_nan="constants")
+    # Unknown top-level fields: any JSON value, validated as such (a Python set or bytes is refused).
+    __pydantic_extra__: dict[str, JsonValue] = Field(init=False)
 
     mcp_id: Identifier
     interaction_id: Identifier = Field(default_factory=_new_interaction_id)
-    # Lax on purpose: ISO 8601 strings are how JSON and most publishers spell time.
-    timestamp: Annotated[AwareDatetime, Field(strict=False)] = Field(default_factory=_utc_now)
+    timestamp: Timestamp = Field(default_factory=_utc_now)
     method: ShortText | None = None
     tool: ShortText | None = None
     session_id: ShortText | None = None
@@ -91,16 +182,66 @@ class Interaction(BaseModel):
     metadata: dict[str, JsonValue] | None = None
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, naming the field, what is wrong, and the offending value."""
-    problems = []
+# Names pydantic puts in an error's location for the member of a union (`request_id.constrained-str`) or the
+# shape of a JSON value (`response.dict.content.list.0`); they are not part of what the user wrote.
+_SCHEMA_TAGS = frozenset(
+    {"str", "int", "float", "bool", "none", "dict", "list", "constrained-str", "constrained-int", "constrained-float"}
+)
+
+
+def describe_validation_error(error: ValidationError, source: object = None) -> str:
+    """One line per problem, naming the field as the user wrote it, what is wrong, and the offending value.
+
+    `source` is what was validated (a dict, or JSON text), used to tell the user's keys from pydantic's schema
+    tags in an error's location; without it, known tags are dropped by name. The failures of a union's members
+    at one field become one problem (``should be a valid string, or a valid integer``).
+    """
+    root = _parsed(source)
+    grouped: dict[str, tuple[list[str], object]] = {}
     for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "record"
-        value = repr(item.get("input"))
-        if len(value) > 60:
-            value = value[:57] + "..."
-        problems.append(f"field '{field}': {item['msg']} (got {value})")
+        field = _user_path(item["loc"], root) or "record"
+        message = item["msg"].removeprefix("Value error, ")
+        messages, _ = grouped.setdefault(field, ([], item.get("input")))
+        if message not in messages:
+            messages.append(message)
+    problems = []
+    for field, (messages, value) in grouped.items():
+        first, *others = messages
+        prefix = "Input should be "
+        rest = [other.removeprefix(prefix) if first.startswith(prefix) else other for other in others]
+        text = ", or ".join([first, *rest])
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        problems.append(f"field '{field}': {text} (got {shown})")
     return "; ".join(problems)
+
+
+def _parsed(source: object) -> object:
+    if isinstance(source, bytes | bytearray | str):
+        try:
+            return json.loads(source)
+        except (ValueError, RecursionError):
+            return None
+    return source
+
+
+def _user_path(loc: Iterable[int | str], root: object) -> str:
+    """The location's parts that are keys or indexes of the value itself, joined with dots."""
+    parts: list[str] = []
+    node: object = root
+    for part in loc:
+        is_key = isinstance(node, Mapping) and part in node
+        is_index = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if is_key or is_index:
+            parts.append(str(part))
+            node = node[part]  # type: ignore[index]
+        elif isinstance(part, str) and (part in _SCHEMA_TAGS or part.startswith(("function-", "lax-or-strict"))):
+            continue  # pydantic's name for a union member or a JSON shape, not the user's key
+        else:
+            parts.append(str(part))
+            node = None
+    return ".".join(parts)
 
 
 def validate_record(record: Interaction | dict[str, Any]) -> Interaction:
@@ -110,7 +251,98 @@ def validate_record(record: Interaction | dict[str, Any]) -> Interaction:
     try:
         return Interaction.model_validate(record)
     except ValidationError as error:
-        raise InvalidRecordError(f"invalid interaction record: {describe_validation_error(error)}") from error
+        raise InvalidRecordError(f"invalid interaction record: {describe_validation_error(error, record)}") from error
+
+
+# The fields a record may omit: the helpers and the worker add them, spliced into the record's JSON text.
+DEFAULTED_FIELDS = ("interaction_id", "timestamp")
+
+
+def refuse_unknown_fields(record: Interaction) -> None:
+    """Strict mode: raise InvalidRecordError naming every top-level field the wire format does not define."""
+    unknown = sorted(record.model_extra or {})
+    if unknown:
+        names = ", ".join(f"'{name}'" for name in unknown)
+        raise InvalidRecordError(
+            f"invalid interaction record: field {names} is not a field of the wire format (strict mode); put fields "
+            "of your own under 'metadata' (\"metadata\": {\"user_id\": ...}), fix the name if it is a typo, or "
+            "publish without strict=True to keep it as a top-level field"
+        )
+
+
+def splice_fields(data: str, fields: Mapping[str, str]) -> str:
+    """`data` (the JSON text of an object) with `fields` (string values) inserted right after its opening brace.
+
+    Everything the publisher wrote stays byte for byte as it was (numbers such as ``12.50`` or ``1e2``, key order,
+    escapes); only the added members are new. Raises ValueError when `data` does not start with an object.
+    """
+    if not fields:
+        return data
+    start = len(data) - len(data.lstrip(" \t\r\n"))
+    if not data.startswith("{", start):
+        raise ValueError("data is not a JSON object")
+    members = ",".join(f"{json.dumps(name)}:{json.dumps(value, ensure_ascii=False)}" for name, value in fields.items())
+    rest = data[start + 1 :]
+    separator = "" if rest.lstrip(" \t\r\n").startswith("}") else ","
+    return f"{data[: start + 1]}{members}{separator}{rest}"
+
+
+def defaults_to_splice(record: Interaction, present: Iterable[str]) -> dict[str, str]:
+    """The defaulted fields `record` holds but its sender did not write (`present`), as the text to splice."""
+    written = set(present)
+    found: dict[str, str] = {}
+    if "interaction_id" not in written:
+        found["interaction_id"] = record.interaction_id
+    if "timestamp" not in written:
+        found["timestamp"] = format_timestamp(record.timestamp)
+    return found
+
+
+def prepare_record(record: Interaction | Mapping[str, Any], *, strict: bool = False) -> tuple[Interaction, str]:
+    """Validate `record` and return it with the JSON text to publish: the caller's own values, unchanged, plus the
+    defaults it lacks (a fresh `interaction_id`, `timestamp` now) spliced in. Raises InvalidRecordError.
+
+    A dict is encoded as given (a `null` stays a `null`, an unknown field stays where it was); an `Interaction`
+    as the fields that were set on it. `strict` refuses fields the wire format does not define.
+    """
+    if isinstance(record, Interaction):
+        interaction = record
+        try:
+            body = record.model_dump_json(exclude_unset=True)
+        except PydanticSerializationError as error:
+            raise _not_unicode(interaction, error) from None
+        present: Iterable[str] = record.model_fields_set
+    else:
+        interaction = validate_record(dict(record))
+        try:
+            body = to_json(record, inf_nan_mode="constants").decode()
+        except PydanticSerializationError as error:
+            raise _not_unicode(interaction, error) from None
+        present = record.keys()
+    if strict:
+        refuse_unknown_fields(interaction)
+    encoded = splice_fields(body, defaults_to_splice(interaction, present))
+    ensure_storable(encoded, interaction)
+    return interaction, encoded
+
+
+def wire_fields(record: Interaction, encoded: str, max_record_bytes: int) -> dict[bytes, bytes]:
+    """The stream entry's fields (`v`, `data`) for `record`, whose JSON text is `encoded`; raises
+    RecordTooLargeError when that text is over `max_record_bytes`."""
+    data = encoded.encode()
+    if len(data) > max_record_bytes:
+        raise RecordTooLargeError(
+            f"record {record.interaction_id!r} of {record.mcp_id!r} encodes to {len(data)} bytes, over the "
+            f"{max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
+        )
+    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+
+
+def _not_unicode(record: Interaction, error: Exception) -> InvalidRecordError:
+    return InvalidRecordError(
+        f"invalid interaction record: {_locate(record, _holds_surrogate)} is not valid Unicode text (a lone "
+        f"surrogate, typically from bytes decoded with 'surrogateescape'): {error}"
+    )
 
 
 def encode_record(record: Interaction) -> str:
@@ -118,10 +350,7 @@ def encode_record(record: Interaction) -> str:
     try:
         encoded = record.model_dump_json(exclude_none=True)
     except PydanticSerializationError as error:  # lone surrogates: text that is not encodable Unicode
-        raise InvalidRecordError(
-            f"invalid interaction record: {_locate(record, _holds_surrogate)} is not valid Unicode text (a lone "
-            f"surrogate, typically from bytes decoded with 'surrogateescape'): {error}"
-        ) from None
+        raise _not_unicode(record, error) from None
     ensure_storable(encoded, record)
     return encoded
 
@@ -211,8 +440,9 @@ def _locate(record: Interaction, offending: Callable[[object], bool]) -> str:
                     return found
         return None
 
-    for name in Interaction.model_fields:
-        found = walk(getattr(record, name), name)
+    fields = {name: getattr(record, name) for name in Interaction.model_fields} | (record.model_extra or {})
+    for name, value in fields.items():
+        found = walk(value, name)
         if found:
             return f"field '{found}'"
     return "the record"

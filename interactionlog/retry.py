@@ -55,18 +55,27 @@ class OutageLog:
     retries at debug, and the recovery once with how long it lasted."""
 
     _since: dict[str, float] = field(default_factory=dict)
+    _refusals: dict[str, str] = field(default_factory=dict)  # the refusal last said at error level, per component
 
     def failed(self, error: TransientError, **context: object) -> None:
-        """Record a failure; logs `dependency_unavailable` only for the first failure of an outage."""
+        """Record a failure; logs `dependency_unavailable` only for the first failure of an outage, and
+        `dependency_refusing` once for each distinct refusal (`error.refusal`: the dependency answered "no",
+        and the message says what to do)."""
         component = error.component
-        if component not in self._since:
+        first = component not in self._since
+        if first:
             self._since[component] = time.monotonic()
+        if error.refusal and self._refusals.get(component) != str(error):
+            self._refusals[component] = str(error)
+            log.error("dependency_refusing", component=component, error=str(error), **context)
+        elif first:
             log.error("dependency_unavailable", component=component, error=str(error), **context)
         else:
             log.debug("dependency_retry_failed", component=component, error=str(error), **context)
 
     def succeeded(self, component: str) -> None:
         """Record a success; logs `dependency_recovered` when it ends an outage."""
+        self._refusals.pop(component, None)
         started = self._since.pop(component, None)
         if started is not None:
             log.warning("dependency_recovered", component=component, outage_s=round(time.monotonic() - started, 3))

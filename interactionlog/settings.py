@@ -49,6 +49,11 @@ class Settings(BaseModel):
     stream_maxlen: int = Field(
         DEFAULT_STREAM_MAXLEN, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
     )
+    dead_letter_maxlen: int = Field(
+        100_000,
+        ge=1,
+        description="Approximate cap of the dead-letter stream; dead letters it removes are counted and alerted.",
+    )
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, description="Largest encoded record accepted.")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and stored per batch.")
     batch_max_bytes: int = Field(

@@ -18,11 +18,14 @@ from .pipeline import stream_entries
 STREAM = "interactions"
 
 
-def run_round(redis_url: str, *, idle_ms: int = 60_000, prefix: str = "me") -> HousekeepingReport:
+def run_round(redis_url: str, *, idle_ms: int = 60_000, prefix: str = "me", group: str = "g") -> HousekeepingReport:
+    """One housekeeping round for `group`, as a worker of that group runs it."""
+
     async def scenario() -> HousekeepingReport:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            return await Housekeeper(client, stream=STREAM, consumer_idle_ms=idle_ms, own_prefix=prefix).run_once()
+            housekeeper = Housekeeper(client, stream=STREAM, group=group, consumer_idle_ms=idle_ms, own_prefix=prefix)
+            return await housekeeper.run_once()
         finally:
             await client.aclose()
 
@@ -56,7 +59,7 @@ def test_trimming_keeps_pending_and_undelivered_entries_of_every_group(redis_url
     client.xack(STREAM, "fast", *read(client, "fast", "c", 2500))
     slow = read(client, "slow", "c", 2000)
     client.xack(STREAM, "slow", *slow[:1500])  # entries 1500..1999 stay pending for "slow"
-    run_round(redis_url)
+    run_round(redis_url, group="fast")
     remaining = [entry_id for entry_id, _ in stream_entries(client)]
     assert set(ids[1500:]) <= set(remaining), "pending (slow) and undelivered entries survive"
     assert len(remaining) < 3000, "acknowledged entries are trimmed"

@@ -305,7 +305,8 @@ def readiness(port: int) -> tuple[int, dict[str, Any]]:
 
 
 def test_readyz_is_200_when_redis_postgres_and_the_group_are_there(redis_url: str, database_url: str) -> None:
-    """Ready means Redis answers, PostgreSQL answers, and the worker's group exists on the stream."""
+    """Ready means Redis answers, PostgreSQL answers and would take rows, and the worker's group exists."""
+    migrate(database_url)
     build_backlog(redis.Redis.from_url(redis_url))
     status, body = serve(redis_url, database_url, in_thread(readiness))
     assert status == 200
@@ -314,6 +315,7 @@ def test_readyz_is_200_when_redis_postgres_and_the_group_are_there(redis_url: st
 
 def test_readyz_is_503_naming_the_missing_group(redis_url: str, database_url: str) -> None:
     """With Redis and PostgreSQL up but no such group, readiness fails and says which group is missing."""
+    migrate(database_url)
     build_backlog(redis.Redis.from_url(redis_url))
     status, body = serve(redis_url, database_url, in_thread(readiness), group="nobody")
     assert status == 503

@@ -3,10 +3,13 @@
 Everything a helper raises is a `PublishError`: `InvalidRecordError` and `RecordTooLargeError` before anything
 is sent (the record would be dead-lettered anyway), `PublishUnavailableError` when Redis cannot be reached
 within the bounded wait. A record is never dropped silently: it is either in the stream or the call raised.
+An error raised after sending carries the records' `interaction_ids` (generated ones too) and the `entries` as
+sent, so the caller can publish the very same records again: each is stored once either way.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -20,8 +23,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
-from ..errors import PublishError, PublishUnavailableError, RecordTooLargeError
-from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+from ..errors import InvalidRecordError, PublishError, PublishUnavailableError, RecordTooLargeError
+from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
 from . import transports
@@ -33,16 +36,15 @@ DEFAULT_TIMEOUT_S = 1.0
 Record = Interaction | Mapping[str, Any]
 
 
-def encode_fields(record: Record, max_record_bytes: int) -> dict[bytes, bytes]:
-    """The stream entry's fields for `record`, after validating it and checking its size."""
-    interaction = validate_record(record if isinstance(record, Interaction) else dict(record))
-    data = encode_record(interaction).encode()
-    if len(data) > max_record_bytes:
-        raise RecordTooLargeError(
-            f"record {interaction.interaction_id!r} of {interaction.mcp_id!r} encodes to {len(data)} bytes, over "
-            f"the {max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
-        )
-    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+def encode_fields(record: Record, max_record_bytes: int, *, strict: bool = False) -> dict[bytes, bytes]:
+    """The stream entry's fields for `record`, after validating it and checking its size.
+
+    `data` holds the caller's values as given (fields of the caller's own included), with a generated
+    `interaction_id` and `timestamp` spliced in when absent. `strict` refuses fields the wire format does not
+    define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
+    """
+    interaction, encoded = prepare_record(record, strict=strict)
+    return wire_fields(interaction, encoded, max_record_bytes)
 
 
 class _PublisherCore:
@@ -59,9 +61,11 @@ class _PublisherCore:
         maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         transport: Any = None,
+        strict: bool = False,
     ) -> None:
         """Publish through `client` (a redis-py client of the twin's kind) to `stream`, capped at about `maxlen`
-        entries, refusing records whose JSON is over `max_record_bytes`; raises ValueError for a bad cap.
+        entries, refusing records whose JSON is over `max_record_bytes` and, when `strict`, records with fields
+        the wire format does not define; raises ValueError for a bad cap.
 
         With a `transport` (a `client.transports` object of the twin's kind), entries go there instead and
         `client` is None: `stream` and `maxlen` are then the gateway's or moot, validation stays the same."""
@@ -72,9 +76,28 @@ class _PublisherCore:
         self.stream = stream
         self.maxlen = maxlen
         self.max_record_bytes = max_record_bytes
+        self.strict = strict
 
     def _encode_all(self, records: Iterable[Record]) -> list[dict[bytes, bytes]]:
-        return [encode_fields(record, self.max_record_bytes) for record in records]
+        """Encode every record, or raise without sending anything: a lone record's own error, or for several one
+        InvalidRecordError naming the index of every bad one (invalid or too large) in its message and `problems`."""
+        entries: list[dict[bytes, bytes]] = []
+        errors: dict[int, PublishError] = {}
+        for index, record in enumerate(records):
+            try:
+                entries.append(encode_fields(record, self.max_record_bytes, strict=self.strict))
+            except (InvalidRecordError, RecordTooLargeError) as error:
+                errors[index] = error
+        if not errors:
+            return entries
+        if len(errors) == 1 and not entries:
+            raise next(iter(errors.values()))
+        problems = {index: str(error).removeprefix("invalid interaction record: ") for index, error in errors.items()}
+        listed = "; ".join(f"record {index}: {problem}" for index, problem in problems.items())
+        raise InvalidRecordError(
+            f"{len(problems)} of {len(entries) + len(problems)} records are invalid, nothing was sent: {listed}",
+            problems,
+        )
 
     def _queue_xadds(
         self, pipe: redis.client.Pipeline | aioredis.client.Pipeline, entries: Sequence[dict[bytes, bytes]]
@@ -83,13 +106,25 @@ class _PublisherCore:
         for fields in entries:
             pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
 
-    def _failed(self, error: RedisError) -> PublishError:
+    def _failed(self, error: RedisError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
+        """The PublishError for a failed round trip, carrying the records' interaction ids and entries."""
+        ids = tuple(_interaction_id(fields) for fields in entries)
+        shown = ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]} ({len(ids)} records)"
+        failure: PublishError
         if isinstance(error, RedisConnectionError | RedisTimeoutError):
-            return PublishUnavailableError(
-                f"Redis is unreachable, record not confirmed on {self.stream!r} (publish it again with the same "
-                f"interaction_id; it is stored once either way): {error}"
+            failure = PublishUnavailableError(
+                f"Redis is unreachable, interaction_id {shown} not confirmed on {self.stream!r}: some or all may "
+                "have been added. Publish the same entries again (error.entries), or the records with the same "
+                f"interaction_ids (error.interaction_ids): each is stored once either way. {error}"
             )
-        return PublishError(f"Redis refused the record for stream {self.stream!r}: {error}")
+        else:
+            failure = PublishError(
+                f"Redis refused interaction_id {shown} for stream {self.stream!r} (records before the refused one "
+                f"may have been added; publishing error.entries again stores each once): {error}"
+            )
+        failure.interaction_ids = ids
+        failure.entries = tuple(entries)
+        return failure
 
     @classmethod
     def from_url(
@@ -101,9 +136,11 @@ class _PublisherCore:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         token: str | None = None,
+        strict: bool = False,
     ) -> Self:
         """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs), waiting
-        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`.
+        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`. `strict` refuses
+        fields the wire format does not define (a typo such as `tool_name`), pointing to `metadata`.
 
         Other schemes go through a transport (`client.transports`): http(s):// and grpc(s):// to
         `interactionlog serve` with the MCP's `token` (or `?token=` in the URL), postgresql:// straight into the
@@ -117,12 +154,16 @@ class _PublisherCore:
                 max_record_bytes=max_record_bytes,
                 timeout_s=timeout_s,
                 token=token,
+                strict=strict,
             )
         if scheme not in transports.REDIS_SCHEMES:
             transport = cls._open_transport(url, timeout_s=timeout_s, token=token)
-            return cls(None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport)
+            return cls(
+                None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport,
+                strict=strict,
+            )  # fmt: skip
         client = cls._connect(url, timeout_s)
-        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes)
+        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, strict=strict)
 
     @classmethod
     def from_urls(
@@ -136,6 +177,7 @@ class _PublisherCore:
         token: str | None = None,
         failure_threshold: int = hybrid.DEFAULT_FAILURE_THRESHOLD,
         reset_timeout_s: float = hybrid.DEFAULT_RESET_TIMEOUT_S,
+        strict: bool = False,
     ) -> Self:
         """A hybrid publisher: each batch goes to the first of `urls` whose circuit breaker is closed (or
         half-open), falling through to the next when one does not confirm. Same methods and errors as any
@@ -146,7 +188,9 @@ class _PublisherCore:
             for url in urls
         ]  # fmt: skip
         transport = cls._hybrid(members, urls, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
-        return cls(None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport)
+        return cls(
+            None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport, strict=strict
+        )
 
     _open_transport: ClassVar[Any]
     _hybrid: ClassVar[Any]
@@ -154,6 +198,14 @@ class _PublisherCore:
     @staticmethod
     def _connect(url: str, timeout_s: float) -> Any:
         raise NotImplementedError
+
+
+def _interaction_id(fields: dict[bytes, bytes]) -> str:
+    """The interaction id inside an encoded entry (on the error path only, so parsing it again is fine)."""
+    try:
+        return str(json.loads(fields[DATA_FIELD])["interaction_id"])
+    except (KeyError, ValueError, TypeError):
+        return "?"
 
 
 def _client_options(timeout_s: float) -> dict[str, Any]:
@@ -181,13 +233,17 @@ class Publisher(_PublisherCore):
         )
 
     def publish(self, record: Record) -> str:
-        """Validate and XADD one record; returns its stream entry id."""
+        """Validate and XADD one record; returns its stream entry id. An error after sending carries the record's
+        `interaction_id` (the generated one too), so the caller can publish it again under the same id."""
         return self.publish_encoded(self._encode_all([record]))[0]
 
     def publish_many(self, records: Iterable[Record]) -> list[str]:
         """Validate every record first, then XADD them all in one pipelined round trip.
 
-        Validation is all-or-nothing: if any record is invalid, none is sent.
+        Validation is all or nothing: if any record is invalid, none is sent, and the InvalidRecordError names
+        the index of every bad one. Sending is not a transaction: when the round trip fails, any subset may have
+        been added; the error carries every record's interaction id and entry, and publishing them again stores
+        each record once.
         """
         return self.publish_encoded(self._encode_all(records))
 
@@ -202,7 +258,7 @@ class Publisher(_PublisherCore):
         try:
             ids = pipe.execute()
         except RedisError as error:
-            raise self._failed(error) from error
+            raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
 
     def close(self) -> None:
@@ -236,11 +292,12 @@ class AsyncPublisher(_PublisherCore):
         )
 
     async def publish(self, record: Record) -> str:
-        """Validate and XADD one record; returns its stream entry id."""
+        """Validate and XADD one record; returns its stream entry id (errors as `Publisher.publish`)."""
         return (await self.publish_encoded(self._encode_all([record])))[0]
 
     async def publish_many(self, records: Iterable[Record]) -> list[str]:
-        """Validate every record first, then XADD them all in one pipelined round trip."""
+        """Validate every record first, then XADD them all in one pipelined round trip (see
+        `Publisher.publish_many`: validation all or nothing, sending not a transaction)."""
         return await self.publish_encoded(self._encode_all(records))
 
     async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
@@ -254,7 +311,7 @@ class AsyncPublisher(_PublisherCore):
         try:
             ids = await pipe.execute()
         except RedisError as error:
-            raise self._failed(error) from error
+            raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
 
     async def close(self) -> None:

@@ -1,19 +1,31 @@
 """Operating on the dead-letter stream: listing dead letters and replaying them onto the main stream.
 
-Replay puts back exactly the fields the publisher sent (see `worker.dead_letters.original_fields`) and removes the dead
-letter in the same MULTI/EXEC, so an entry is never both replayed and still dead, nor gone from both.
+Replay puts back the fields the publisher sent (see `worker.dead_letters.replay_fields`: a record that relied on
+its entry id for `interaction_id` or `timestamp` gets the ones of the entry it was first published as) and removes
+the dead letter in the same Lua script, which moves a dead letter only if it is still there: an entry is never both
+replayed and still dead, nor gone from both, nor replayed twice by two operators replaying at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import cast
 
 import redis.asyncio as aioredis
 
+from .. import entry_ids
 from ..replies import text
-from ..worker.dead_letters import ERROR_TYPE, original_fields
+from ..worker.dead_letters import ERROR_TYPE, replay_fields
+
+# Moves one dead letter back onto the stream if, and only if, it is still in the dead-letter stream. The XADD
+# comes first: if it fails (a key of the wrong type), nothing has changed.
+_MOVE = """
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"""
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,16 @@ async def list_dead_letters(
     ]
 
 
+@dataclass
+class ReplayOutcome:
+    """What a replay did: (dead letter id, new stream entry id) per replayed dead letter, the ids asked for that
+    are not in the dead-letter stream, and dead letters another replay moved first (not replayed twice)."""
+
+    replayed: list[tuple[str, str]] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    taken_by_another: list[str] = field(default_factory=list)
+
+
 async def replay_dead_letters(
     redis: aioredis.Redis,
     *,
@@ -66,23 +88,32 @@ async def replay_dead_letters(
     count: int | None = None,
     ids: Sequence[str] = (),
     reason: str | None = None,
-) -> list[tuple[str, str]]:
-    """Re-add dead letters to `stream` and delete them from the dead-letter stream.
+) -> ReplayOutcome:
+    """Re-add dead letters to `stream` and delete them from the dead-letter stream, each atomically.
 
-    Picks the given `ids`, else the oldest `count` (all when None), optionally only those of `reason`.
-    Returns (dead letter id, new stream entry id) pairs; ids that are not in the dead-letter stream are skipped.
+    Picks the given `ids`, else the oldest `count` (all when None), optionally only those of `reason`. Raises
+    ValueError for an id that is not an entry id.
     """
+    outcome = ReplayOutcome()
     chosen: list[RawEntry] = []
     if ids:
         for entry_id in ids:
-            chosen.extend(cast(list[RawEntry], await redis.xrange(dead_letter_stream, min=entry_id, max=entry_id)))
+            try:
+                entry_ids.parse(entry_id)
+            except ValueError:
+                raise ValueError(f"{entry_id!r} is not an entry id (<milliseconds>-<sequence>)") from None
+            found = cast(list[RawEntry], await redis.xrange(dead_letter_stream, min=entry_id, max=entry_id))
+            if not found:
+                outcome.not_found.append(entry_id)
+            chosen.extend(found)
     else:
         chosen = await _scan(redis, dead_letter_stream, count if count is not None else 2**62, reason)
-    replayed: list[tuple[str, str]] = []
+    move = redis.register_script(_MOVE)
     for raw_id, fields in chosen:
-        pipe = redis.pipeline(transaction=True)
-        pipe.xadd(stream, cast(dict[Any, Any], original_fields(fields)), maxlen=maxlen, approximate=True)
-        pipe.xdel(dead_letter_stream, raw_id)
-        new_id, _ = await pipe.execute()
-        replayed.append((text(raw_id), text(new_id)))
-    return replayed
+        flat = [part for name, value in replay_fields(fields).items() for part in (name, value)]
+        new_id = await move(keys=[dead_letter_stream, stream], args=[raw_id, maxlen, *flat])
+        if new_id is None:
+            outcome.taken_by_another.append(text(raw_id))
+        else:
+            outcome.replayed.append((text(raw_id), text(new_id)))
+    return outcome

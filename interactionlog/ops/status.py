@@ -17,12 +17,24 @@ def render_status(status: PipelineStatus) -> str:
     for group in status.groups:
         lag = "unknown" if group.lag is None else str(group.lag)
         age = "-" if group.oldest_pending_age_s is None else f"{group.oldest_pending_age_s:.1f}s"
+        live = sum(consumer.live is True for consumer in group.consumers)
+        known = all(consumer.live is not None for consumer in group.consumers)
+        split = f" ({live} live, {len(group.consumers) - live} departed)" if group.consumers and known else ""
         lines.append(
             f"group {group.name}: lag {lag}, pending {group.pending}, oldest pending age {age}, "
-            f"consumers {len(group.consumers)}"
+            f"consumers {len(group.consumers)}{split}"
         )
-        lines.extend(f"  consumer {c.name}: pending {c.pending}, idle {c.idle_s:.1f}s" for c in group.consumers)
+        lines.extend(
+            f"  consumer {c.name}: {_liveness(c.live)}pending {c.pending}, idle {c.idle_s:.1f}s"
+            for c in group.consumers
+        )
     return "\n".join(lines)
+
+
+def _liveness(live: bool | None) -> str:
+    if live is None:
+        return ""
+    return "live, " if live else "departed (no running worker holds it), "
 
 
 def threshold_problems(

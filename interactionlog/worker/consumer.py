@@ -19,7 +19,7 @@ from typing import Literal
 
 import structlog
 
-from ..errors import AttemptAbandonedError, PermanentEntryError, TransientError
+from ..errors import AttemptAbandonedError, PermanentEntryError, RedisRefusedError, TransientError
 from ..metrics import WorkerMetrics
 from ..retry import Backoff, OutageLog, sleep_unless_stopped, until_done
 from .dead_letters import DeadLetter
@@ -109,7 +109,10 @@ class Consumer:
                 self._backoff.reset()
             except TransientError as error:
                 self._failed(error)
-                self._read_pending = True  # a read may have delivered entries we never received
+                if not isinstance(error, RedisRefusedError):
+                    # A lost connection may have delivered entries we never received. A refusal (an error
+                    # reply) delivered nothing, and re-reading would only raise delivery counts.
+                    self._read_pending = True
                 await sleep_unless_stopped(self._backoff.next_delay(), self.stopping)
             except Exception:
                 # The outer guard: a bug must not kill the consumer. Its entries stay pending and come back
@@ -168,7 +171,7 @@ class Consumer:
             if page.deleted_ids:
                 # Redis already dropped these from the pending list: trimmed or XDELed before anyone stored them.
                 self.metrics.acked_after_deletion.labels(**self.metrics.labels()).inc(len(page.deleted_ids))
-                log.warning("pending_entries_deleted", count=len(page.deleted_ids), first_id=page.deleted_ids[0])
+                self._lost_while_pending(page.deleted_ids)
             if page.entries:
                 claimed += len(page.entries)
                 self.metrics.reclaimed.labels(**self.metrics.labels()).inc(len(page.entries))
@@ -185,8 +188,11 @@ class Consumer:
         """Triage, persist and settle one batch. Returns only once every entry is acked or dead-lettered."""
         deleted_ids = [entry.id for entry in entries if entry.deleted]
         live = [entry for entry in entries if not entry.deleted]
-        # A fresh read is a first delivery; only redeliveries cost an XPENDING.
-        delivery_counts = {} if source == "new" else await self.streams.delivery_counts(self.name, live)
+        if deleted_ids:
+            self._lost_while_pending(deleted_ids)
+        # A fresh read is a first delivery; only redeliveries cost an XPENDING, retried in place (re-reading
+        # the batch instead would count one more delivery).
+        delivery_counts = {} if source == "new" else await self._delivery_counts(live)
         rows, dead = self._triage(live, delivery_counts)
         held = [entry.id for entry in live]
         async with self.streams.holding(self.name, held, claim_idle_ms=self.options.claim_idle_ms):
@@ -203,6 +209,28 @@ class Consumer:
         outcome = BatchOutcome(source, len(entries), result.inserted, result.duplicates, len(dead), len(deleted_ids))
         self._report(outcome, rows, dead, persist_s)
         return outcome
+
+    async def _delivery_counts(self, live: list[Entry]) -> dict[str, int]:
+        counts = await until_done(
+            lambda: self.streams.delivery_counts(self.name, live),
+            failed=self._failed,
+            max_backoff_s=self.options.retry_max_backoff_s,
+        )
+        self.outages.succeeded("redis")
+        return counts
+
+    def _lost_while_pending(self, ids: list[str]) -> None:
+        """Entries removed from the stream (MAXLEN, XTRIM, XDEL) while delivered and unacknowledged: their data is
+        gone, so unless a crashed consumer committed them just before dying, they are lost. Counted and said."""
+        self.metrics.lost_while_pending.labels(**self.metrics.labels()).inc(len(ids))
+        log.error(
+            "pending_entries_lost",
+            count=len(ids),
+            first_id=ids[0],
+            last_id=ids[-1],
+            hint="entries delivered but not yet stored were removed from the stream (MAXLEN cap or XTRIM/XDEL): "
+            "raise --stream-maxlen, add workers, or stop trimming by hand",
+        )
 
     def _triage(
         self, live: list[Entry], delivery_counts: dict[str, int]
@@ -248,14 +276,24 @@ class Consumer:
         return result
 
     async def _settle(self, ack_ids: list[str], dead: list[DeadLetter]) -> None:
-        """Dead-letter and XACK, retrying through Redis outages: the rows are committed, so a redelivery after
-        a crash here is harmless (skipped as a duplicate), but giving up early would only cause one."""
-        await until_done(
+        """Dead-letter and XACK, retrying through Redis outages and refusals (OOM, READONLY, ...) in place: the
+        rows are committed, so a redelivery after a crash here is harmless (skipped as a duplicate), but giving
+        up early would only cause one, and count a delivery towards max_deliveries."""
+        trimmed = await until_done(
             lambda: self.streams.settle(ack_ids, dead, self.name),
             failed=lambda error: self._failed(error, acks=len(ack_ids)),
             max_backoff_s=self.options.retry_max_backoff_s,
         )
         self.outages.succeeded("redis")
+        if trimmed:
+            self.metrics.dead_letters_trimmed.labels(**self.metrics.labels()).inc(trimmed)
+            log.error(
+                "dead_letters_trimmed",
+                count=trimmed,
+                dead_letter_stream=self.streams.dead_letter_stream,
+                hint="the dead-letter stream reached --dead-letter-maxlen and its oldest dead letters were removed "
+                "for good: replay or inspect dead letters sooner, or raise the cap",
+            )
 
     @staticmethod
     def _refused_letters(

@@ -7,6 +7,7 @@ ensure the group exists, start `concurrency` consumers, wait for SIGTERM/SIGINT,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -14,13 +15,15 @@ from collections.abc import Callable
 import structlog
 from redis.exceptions import RedisError
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, WrongKeyTypeError
 from ..metrics import WorkerMetrics
 from ..redact import redact_url
 from ..retry import OutageLog, StoppedError, periodically, until_done
 from ..settings import Settings
+from . import presence
 from .consumer import Consumer, ConsumerOptions
-from .housekeeping import Housekeeper
+from .dead_letters import DEAD_LETTER_REASONS
+from .housekeeping import CHORES, Housekeeper, RefusalLog
 from .observation import Observer
 from .store import Store
 from .streams import StreamGroup, connect
@@ -33,6 +36,7 @@ CRASH_HOOK_VARIABLE = "INTERACTIONLOG_TEST_CRASH_AT"
 EXIT_OK = 0
 EXIT_SHUTDOWN_TIMED_OUT = 1
 EXIT_FORCED = 130  # 128 + SIGINT, as shells report an interrupted program
+EXIT_MISCONFIGURED = 2  # as the CLI's usage errors: nothing to retry until someone changes something
 
 
 def consumer_options(settings: Settings) -> ConsumerOptions:
@@ -75,6 +79,7 @@ async def run_worker(
         max_connections=2 * settings.concurrency + 2,
     )
     metrics = WorkerMetrics.create(settings.stream, settings.group)
+    metrics.start_at_zero(dead_letter_reasons=DEAD_LETTER_REASONS, chores=CHORES)
     streams = StreamGroup(
         redis,
         stream=settings.stream,
@@ -83,6 +88,7 @@ async def run_worker(
         on_recreated=lambda stream_existed: metrics.groups_recreated.labels(
             **metrics.labels(), stream_vanished=str(not stream_existed).lower()
         ).inc(),
+        dead_letter_maxlen=settings.dead_letter_maxlen,
     )
     store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
     outages = OutageLog()
@@ -92,7 +98,28 @@ async def run_worker(
         # /metrics, /livez, /readyz and the stream gauges; up before the group exists, so probes answer meanwhile.
         # Inside the try: the pool and the client opened above must be closed whatever happens here.
         observer = await _observe(settings, metrics, store, stopping)
-        if await _ensure_group(streams, outages, stopping, settings.retry_max_backoff_s):
+        try:
+            ready = await _ensure_group(streams, outages, stopping, settings.retry_max_backoff_s)
+        except WrongKeyTypeError as error:
+            # One line, no traceback: nothing is broken in the worker, a key is wrong.
+            log.error("key_has_wrong_type", key=error.key, role=error.role, error=str(error))  # noqa: TRY400
+            ready, exit_code = False, EXIT_MISCONFIGURED
+        if ready:
+            names = [f"{settings.consumer_prefix}-{index}" for index in range(settings.concurrency)]
+            housekeeper = Housekeeper(
+                redis,
+                stream=settings.stream,
+                group=settings.group,
+                consumer_idle_ms=settings.consumer_idle_timeout_ms,
+                own_prefix=settings.consumer_prefix,
+                own_consumers=names,
+                presence_ttl_ms=3 * settings.housekeeping_interval_ms,
+            )
+            refusals = RefusalLog()
+            # One round before any consumer reads: a group that never read is owed every entry ever added, and
+            # its first read would hide the ones the MAXLEN cap trimmed meanwhile.
+            with contextlib.suppress(RedisError, OSError):  # Redis away again: the periodic rounds will tell
+                await _housekeeping_round(housekeeper, metrics, refusals)
 
             def new_consumer(index: int) -> Consumer:
                 return Consumer(
@@ -105,14 +132,8 @@ async def run_worker(
                     options=consumer_options(settings),
                 )
 
-            housekeeper = Housekeeper(
-                redis,
-                stream=settings.stream,
-                consumer_idle_ms=settings.consumer_idle_timeout_ms,
-                own_prefix=settings.consumer_prefix,
-            )
             chores = asyncio.create_task(
-                _keep_house(housekeeper, metrics, stopping, settings.housekeeping_interval_ms / 1000)
+                _keep_house(housekeeper, metrics, refusals, stopping, settings.housekeeping_interval_ms / 1000)
             )
             tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency)}
             if on_started:
@@ -125,10 +146,18 @@ async def run_worker(
             _, unfinished = await asyncio.wait([*tasks.values(), chores], timeout=settings.shutdown_timeout_s)
             if unfinished:
                 exit_code = EXIT_SHUTDOWN_TIMED_OUT
-                log.error("shutdown_timed_out", consumers=sorted(task.get_name() for task in unfinished))
+                log.error(
+                    "shutdown_timed_out",
+                    consumers=sorted(task.get_name() for task in unfinished),
+                    # Where each one was waiting: the innermost frames of its coroutine chain.
+                    waiting_in={task.get_name(): _waiting_in(task) for task in unfinished},
+                )
                 for task in unfinished:
                     task.cancel()
                 await asyncio.gather(*unfinished, return_exceptions=True)
+            # Gone, for `interactionlog status`; best effort, as a crash would skip it anyway.
+            with contextlib.suppress(RedisError, OSError):
+                await presence.depart(redis, settings.stream, settings.group, names)
     finally:
         # Then the sinks, in reverse order of need: PostgreSQL, Redis, and last the metrics endpoint, so a
         # scrape during the drain still sees the final counts.
@@ -190,31 +219,57 @@ async def _observe(
 
 
 async def _ensure_group(streams: StreamGroup, outages: OutageLog, stopping: asyncio.Event, max_s: float) -> bool:
-    """Create the group, waiting out a Redis that is not up yet; False when stopped before that."""
+    """Check the keys' types and create the group, waiting out a Redis that is not up yet; False when stopped
+    before that. Raises WrongKeyTypeError when the stream or dead-letter key holds something else."""
+
+    async def prepare() -> None:
+        await streams.check_key_types()
+        await streams.ensure_group()
+
     try:
-        await until_done(streams.ensure_group, failed=outages.failed, max_backoff_s=max_s, stopping=stopping)
+        await until_done(prepare, failed=outages.failed, max_backoff_s=max_s, stopping=stopping)
     except StoppedError:
         return False
     outages.succeeded("redis")
     return True
 
 
+async def _housekeeping_round(housekeeper: Housekeeper, metrics: WorkerMetrics, refusals: RefusalLog) -> None:
+    """One round of chores, with its losses and refused chores counted, and refusals said once."""
+    labels = metrics.labels()
+    report = await housekeeper.run_once()
+    for group, lost in report.lost.items():
+        metrics.lost_to_trimming.labels(stream=labels["stream"], group=group).inc(lost)
+    for chore in report.refused:
+        metrics.housekeeping_failures.labels(**labels, chore=chore).inc()
+    refusals.note(report, housekeeper.stream)
+    if report.trimmed:
+        log.debug("stream_trimmed", entries=report.trimmed)
+
+
 async def _keep_house(
-    housekeeper: Housekeeper, metrics: WorkerMetrics, stopping: asyncio.Event, interval_s: float
+    housekeeper: Housekeeper, metrics: WorkerMetrics, refusals: RefusalLog, stopping: asyncio.Event, interval_s: float
 ) -> None:
     """Run the housekeeping chores every `interval_s` until stopped; a failed round is retried next time."""
-    labels = metrics.labels()
-
-    async def chores() -> None:
-        report = await housekeeper.run_once()
-        for group, lost in report.lost.items():
-            metrics.lost_to_trimming.labels(stream=labels["stream"], group=group).inc(lost)
-        if report.trimmed:
-            log.debug("stream_trimmed", entries=report.trimmed)
-
     await periodically(
-        chores, interval_s=interval_s, name="housekeeping", stopping=stopping, expected=(RedisError, OSError)
+        lambda: _housekeeping_round(housekeeper, metrics, refusals),
+        interval_s=interval_s,
+        name="housekeeping",
+        stopping=stopping,
+        expected=(RedisError, OSError),
     )
+
+
+def _waiting_in(task: asyncio.Task[object]) -> list[str]:
+    """`file:line function` of the frames a task is suspended in, outermost first (for a shutdown that hung)."""
+    frames: list[str] = []
+    coroutine: object = task.get_coro()
+    while coroutine is not None and len(frames) < 40:
+        frame = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "ag_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "ag_await", None)
+    return frames
 
 
 def stop_on_signals() -> asyncio.Event:

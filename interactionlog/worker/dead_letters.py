@@ -9,8 +9,12 @@ and the operator tools read it (`ops.dlq`); this module is the one place that de
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..record import DATA_FIELD, splice_fields
+from .decode import entry_defaults
 
 if TYPE_CHECKING:
     from .streams import Entry
@@ -27,6 +31,19 @@ FAILED_AT = b"failed_at"
 STREAM = b"stream"
 DEAD_LETTER_FIELDS = frozenset({ERROR, ERROR_TYPE, SOURCE_ID, DELIVERY_COUNT, GROUP, CONSUMER, FAILED_AT, STREAM})
 ORIGINAL_PREFIX = b"original."
+
+# Every `error_type` a worker writes (the `reason` label of entries_dead_lettered_total).
+DEAD_LETTER_REASONS = (
+    "not_wire_format",
+    "unsupported_version",
+    "too_large",
+    "invalid_json",
+    "not_json_object",
+    "invalid_record",
+    "unstorable_value",
+    "refused_by_database",
+    "max_deliveries",
+)
 
 
 @dataclass(frozen=True)
@@ -69,3 +86,28 @@ def original_fields(dead_letter_fields: dict[bytes, bytes]) -> dict[bytes, bytes
         for name, value in dead_letter_fields.items()
         if name not in DEAD_LETTER_FIELDS
     }
+
+
+def replay_fields(dead_letter_fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The fields to publish again for a dead letter: the original ones, and, when its record lacks
+    `interaction_id` or `timestamp`, the ones the worker derived from the entry it was first published as
+    (`source_id`), spliced into the record's text as the worker splices them.
+
+    So a replayed record keeps the identity and time of its first publication: replayed any number of times,
+    concurrently or not, it is stored once, with its original time. Entries whose `data` is not a JSON object are
+    replayed as they are (they come back as dead letters, unless the worker has learnt to read them).
+    """
+    fields = original_fields(dead_letter_fields)
+    source_id = dead_letter_fields.get(SOURCE_ID)
+    data = fields.get(DATA_FIELD)
+    if source_id is None or data is None:
+        return fields
+    try:
+        value = json.loads(data)
+        missing = {"interaction_id", "timestamp"} - value.keys() if isinstance(value, dict) else set()
+        if missing:
+            defaults = entry_defaults(source_id.decode(), missing)
+            fields[DATA_FIELD] = splice_fields(data.decode(), defaults).encode()
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or a source id that is not an entry id
+        pass
+    return fields

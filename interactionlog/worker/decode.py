@@ -2,12 +2,11 @@
 
 The checks are the publisher's (`record.Interaction`, `record.ensure_storable`), so whatever a publisher accepts
 a worker stores; what the worker adds is the wire-format envelope (`v`, `data`) and the defaults derived from
-the entry id for records sent without `interaction_id` or `timestamp`.
+the entry id for records sent without `interaction_id` or `timestamp`. Fields the model does not know are kept
+in `data` as sent; `data` is the publisher's JSON text, with only those defaults spliced in.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,12 +18,28 @@ from ..record import (
     WIRE_VERSION,
     Interaction,
     describe_validation_error,
-    encode_record,
     ensure_storable,
+    format_timestamp,
+    splice_fields,
 )
 from ..rows import StoredRow, row_of
 
 __all__ = ["StoredRow", "decode_entry", "validate_data"]
+
+
+def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[str, str]:
+    """The defaults a raw record lacking the `missing` fields gets from the id of the entry it was first
+    published as: that id as `interaction_id`, the time Redis added it as `timestamp` (RFC 3339, milliseconds).
+
+    Derived from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once;
+    `dlq replay` writes them into a dead letter's record from its `source_id`, so a replayed one is too.
+    """
+    found: dict[str, str] = {}
+    if "interaction_id" in missing:
+        found["interaction_id"] = entry_id
+    if "timestamp" in missing:
+        found["timestamp"] = format_timestamp(entry_ids.added_at(entry_id), "milliseconds")
+    return found
 
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int) -> StoredRow:
@@ -50,17 +65,16 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
         )
     record = validate_data(data, max_record_bytes)
     missing = {"interaction_id", "timestamp"} - record.model_fields_set
+    # The publisher's JSON goes to the data column as sent: already validated, cheaper than re-encoding it,
+    # and exact (PostgreSQL keeps numbers as numeric, where a round trip through Python would turn them into
+    # doubles). Defaults a raw record lacks are spliced into its text, never re-encoded.
+    encoded = data.decode()
+    if missing:
+        encoded = splice_fields(encoded, entry_defaults(entry_id, missing))
+        values = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
+        record = record.model_copy(update={name: values[name] for name in missing})
     try:
-        if missing:
-            defaults: dict[str, Any] = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
-            record = record.model_copy(update={name: defaults[name] for name in missing})
-            encoded = encode_record(record)
-        else:
-            # The publisher's JSON goes to the data column as sent: already validated, cheaper than
-            # re-encoding it, and exact (PostgreSQL keeps numbers as numeric, where a round trip through
-            # Python would turn them into doubles).
-            encoded = data.decode()
-            ensure_storable(encoded, record)
+        ensure_storable(encoded, record)
     except InvalidRecordError as error:
         raise PermanentEntryError("unstorable_value", str(error)) from error
     return row_of(record, encoded, entry_id)
@@ -87,5 +101,5 @@ def validate_data(data: bytes, max_record_bytes: int) -> Interaction:
             raise PermanentEntryError(
                 "not_json_object", "data is JSON but not a JSON object; send one object per record"
             ) from error
-        raise PermanentEntryError("invalid_record", describe_validation_error(error)) from error
+        raise PermanentEntryError("invalid_record", describe_validation_error(error, data)) from error
     return record

@@ -1,5 +1,7 @@
-"""The worker's health: liveness (its event loop turns) and readiness (Redis and PostgreSQL answer, the group
-exists). Served by `probes.MetricsServer` as /livez and /readyz; 503 once the worker drains after SIGTERM."""
+"""The worker's health: liveness (its event loop turns) and readiness (Redis answers, the group exists, PostgreSQL
+answers and would take rows: the table exists, the worker may insert, the session is writable, and the last batch
+was not refused by PostgreSQL as a whole). Served by `probes.MetricsServer` as /livez and /readyz; 503 once the
+worker drains after SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from ..errors import DatabaseUnavailableError
 from ..probes import READY_TIMEOUT_S
 from ..replies import is_missing_key, text
 from .store import Store
@@ -69,9 +70,7 @@ class Health:
 
     async def _check_postgres(self) -> str:
         try:
-            await asyncio.wait_for(self.store.ping(), self.timeout_s)
-        except DatabaseUnavailableError as error:
-            return str(error)
+            problem = await asyncio.wait_for(self.store.readiness_problem(), self.timeout_s)
         except TimeoutError:
             return f"unreachable: no answer within {self.timeout_s}s"
-        return "ok"
+        return problem or "ok"

@@ -1,6 +1,12 @@
 """Keeping the stream and its group tidy without ever dropping unprocessed data.
 
-Three periodic chores, run by each worker process on a timer:
+Periodic chores, run by each worker process on a timer (and once before its consumers first read). Only the
+worker's own group is ever changed; other groups on the stream are only read, to trim nothing they still need.
+Each chore runs on its own: one Redis refuses (an ACL without INFO or scripting) is reported in
+`HousekeepingReport.refused` while the others still run.
+
+- **Presence.** The process announces its consumers as live (`presence`), so `status` tells them from departed
+  ones.
 
 - **Safe trimming.** Workers XTRIM by MINID below the oldest entry any group on the stream still needs
   (its oldest pending entry, or the first entry after its last-delivered id), so only entries every group has
@@ -8,7 +14,10 @@ Three periodic chores, run by each worker process on a timer:
 - **Accounting for guard-rail losses.** When a backlog outgrows MAXLEN, Redis trims entries no group has read.
   Redis 7.0 keeps counting them in the group's lag (entries-added minus entries-read), so the loss is
   `lag - entries actually present after last-delivered-id`. That figure is recorded per group in a Redis hash
-  with a compare-and-set, so exactly one replica counts each lost entry, and it is logged at error level.
+  with a compare-and-set, so exactly one replica counts each lost entry, and it is logged at error level. A group
+  that has never read (no entries-read, last-delivered-id 0-0) is owed every entry ever added; Redis's estimate
+  of its read counter would hide what was trimmed before its first read, so that is measured first, and a worker
+  runs one round before its consumers read anything.
 - **Consumer hygiene.** Consumers with no pending entries that have been idle past a threshold are deleted
   (departed processes; every process gets new consumer names). The check and the XGROUP DELCONSUMER run in one
   Lua script, so a consumer that just received entries is never deleted with them.
@@ -16,14 +25,19 @@ Three periodic chores, run by each worker process on a timer:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
 from .. import entry_ids
-from ..replies import is_missing_key, text
+from ..replies import error_code, is_missing_key, text
+from . import presence
+
+_T = TypeVar("_T")
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +72,16 @@ for _, raw in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local candidate = fields(raw)
   if candidate['name'] == group then info = candidate end
 end
-if not info or not info['lag'] then return {0, -1, 0} end
-local lag = tonumber(info['lag'])
+if not info then return {0, -1, 0} end
 local last = info['last-delivered-id']
+local lag = info['lag']
+if not info['entries-read'] and last == '0-0' then
+  -- Never read: every entry ever added is owed to the group. Redis estimates its read counter from the
+  -- stream's first entry instead, which counts the entries trimmed before that first read as read.
+  lag = fields(redis.call('XINFO', 'STREAM', KEYS[1]))['entries-added']
+end
+if not lag then return {0, -1, 0} end
+lag = tonumber(lag)
 local length = redis.call('XLEN', KEYS[1])
 local present = 0
 local head = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -115,13 +136,56 @@ return 0
 """
 
 
+# The chores, as named in `HousekeepingReport.refused` and the `chore` label of housekeeping_failures_total:
+# what each needs from the worker's Redis user, and what is not done while it is refused.
+CHORES: dict[str, tuple[str, str]] = {
+    "presence": ("HSET, HGETALL and HDEL", "`interactionlog status` cannot tell live consumers from departed ones"),
+    "loss_accounting": (
+        "INFO, EVALSHA and SCRIPT LOAD, and in the script XINFO, XLEN, XRANGE, XGROUP SETID, HGET, HSET, HINCRBY",
+        "entries the MAXLEN cap trims before they are read are not counted",
+    ),
+    "trimming": ("XINFO, XPENDING and XTRIM", "acknowledged entries stay in the stream until the MAXLEN cap"),
+    "consumer_hygiene": (
+        "EVALSHA and SCRIPT LOAD, and in the script XINFO and XGROUP DELCONSUMER",
+        "consumers of departed workers stay in the group",
+    ),
+}
+
+
 @dataclass
 class HousekeepingReport:
-    """What one round did."""
+    """What one round did: chores done, and those Redis refused (chore -> Redis's error)."""
 
     trimmed: int = 0
     lost: dict[str, int] = field(default_factory=dict)
     deleted_consumers: list[str] = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RefusalLog:
+    """Says each refused chore once at error level, with what to grant and what is not done meanwhile, and once
+    at info level when it works again; the caller counts every refused round in a metric."""
+
+    said: dict[str, str] = field(default_factory=dict)
+
+    def note(self, report: HousekeepingReport, stream: str) -> None:
+        """Log what changed since the last round."""
+        for chore, error in report.refused.items():
+            if self.said.get(chore) != error:
+                self.said[chore] = error
+                needs, meanwhile = CHORES[chore]
+                log.error(
+                    "housekeeping_refused",
+                    stream=stream,
+                    chore=chore,
+                    error=error,
+                    hint=f"grant the worker's Redis user {needs} (README: Redis ACL); until then {meanwhile}",
+                )
+        for chore in report.done:
+            if self.said.pop(chore, None) is not None:
+                log.info("housekeeping_chore_recovered", stream=stream, chore=chore)
 
 
 def loss_key(stream: str) -> str:
@@ -130,38 +194,77 @@ def loss_key(stream: str) -> str:
 
 
 class Housekeeper:
-    """One stream's chores; safe to run from every replica at once."""
+    """One stream's chores for one group; safe to run from every replica at once."""
 
-    def __init__(self, redis: aioredis.Redis, *, stream: str, consumer_idle_ms: int, own_prefix: str) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        stream: str,
+        group: str,
+        consumer_idle_ms: int,
+        own_prefix: str,
+        own_consumers: Sequence[str] = (),
+        presence_ttl_ms: int = 30_000,
+    ) -> None:
         self.redis = redis
         self.stream = stream
+        self.group = group
         self.consumer_idle_ms = consumer_idle_ms
         self.own_prefix = own_prefix
+        self.own_consumers = list(own_consumers)
+        self.presence_ttl_ms = presence_ttl_ms
         self._measure_loss = redis.register_script(_ACCOUNT_LOSS)
         self._delete_if_departed = redis.register_script(_DELETE_IF_DEPARTED)
 
     async def run_once(self) -> HousekeepingReport:
-        """Account losses first (trimming must not hide them), then trim, then remove departed consumers."""
+        """Announce, account losses (trimming must not hide them), trim, then remove departed consumers.
+
+        Raises RedisError only when Redis cannot be reached at all; a chore Redis refuses is reported instead.
+        """
         report = HousekeepingReport()
+        await self._chore(report, "presence", self._announce)
         try:
             groups = await self.redis.xinfo_groups(self.stream)
         except ResponseError as error:
             if is_missing_key(error):
                 return report
-            raise
+            report.refused["trimming"] = _said(error)
+            return report
         if not groups:
             return report  # nobody reads this stream yet: everything in it is still unprocessed
-        run_id = text((await self.redis.info("server"))["run_id"])
-        safe_bounds = []
-        for group in groups:
-            name = text(group["name"])
-            lost = await self._account_loss(name, run_id)
+        own = next((group for group in groups if text(group["name"]) == self.group), None)
+        if own is not None:
+            lost = await self._chore(report, "loss_accounting", self._account_own_loss)
             if lost:
-                report.lost[name] = lost
-            safe_bounds.append(await self._safe_bound(name, text(group["last-delivered-id"])))
-            report.deleted_consumers += await self._remove_departed(name)
-        report.trimmed = await self._trim_below(entry_ids.lowest(*safe_bounds))
+                report.lost[self.group] = lost
+        report.trimmed = await self._chore(report, "trimming", lambda: self._trim_safely(groups)) or 0
+        if own is not None:
+            report.deleted_consumers = await self._chore(report, "consumer_hygiene", self._remove_departed) or []
         return report
+
+    @staticmethod
+    async def _chore(report: HousekeepingReport, name: str, work: Callable[[], Awaitable[_T]]) -> _T | None:
+        """Run one chore; an error reply (NOPERM, an unknown command, ...) is reported, not raised."""
+        try:
+            result = await work()
+        except ResponseError as error:
+            report.refused[name] = _said(error)
+            return None
+        report.done.append(name)
+        return result
+
+    async def _announce(self) -> None:
+        await presence.announce(self.redis, self.stream, self.group, self.own_consumers, self.presence_ttl_ms)
+
+    async def _account_own_loss(self) -> int:
+        run_id = text((await self.redis.info("server"))["run_id"])
+        return await self._account_loss(self.group, run_id)
+
+    async def _trim_safely(self, groups: Sequence[dict[str, object]]) -> int:
+        """Trim below what every group on the stream still needs (other groups are read, never changed)."""
+        bounds = [await self._safe_bound(text(group["name"]), text(group["last-delivered-id"])) for group in groups]
+        return await self._trim_below(entry_ids.lowest(*bounds))
 
     async def _safe_bound(self, group: str, last_delivered: str) -> str:
         """Everything below this id has been delivered to and acknowledged by `group`."""
@@ -197,9 +300,11 @@ class Housekeeper:
             )
         return int(newly)
 
-    async def _remove_departed(self, group: str) -> list[str]:
+    async def _remove_departed(self) -> list[str]:
+        group = self.group
         deleted = []
-        for consumer in await self.redis.xinfo_consumers(self.stream, group):
+        consumers = await self.redis.xinfo_consumers(self.stream, group)
+        for consumer in consumers:
             name = text(consumer["name"])
             if (
                 name.startswith(self.own_prefix)
@@ -211,7 +316,14 @@ class Housekeeper:
                 deleted.append(name)
         if deleted:
             log.info("departed_consumers_deleted", group=group, consumers=deleted)
+        remaining = {text(consumer["name"]) for consumer in consumers} - set(deleted)
+        await presence.forget_departed(self.redis, self.stream, group, remaining, self.consumer_idle_ms)
         return deleted
+
+
+def _said(error: ResponseError) -> str:
+    code = error_code(error)
+    return f"{code}: {error}" if code and not str(error).startswith(code) else str(error)
 
 
 async def recorded_losses(redis: aioredis.Redis, stream: str) -> dict[str, int]:

@@ -3,11 +3,14 @@ and the dead-letter stream. Rendered by `interactionlog status` (`ops.status`) a
 
 Field meanings follow Redis and redis_exporter: `lag` is entries not yet delivered to the group (None when
 Redis cannot tell, e.g. after entries were deleted; never reported as 0 in that case), `pending` is delivered
-but not acknowledged, `oldest_pending_age_s` is how long ago the oldest pending entry was added.
+but not acknowledged, `oldest_pending_age_s` is how long ago the oldest pending entry was added. A consumer is
+`live` when a running worker announced it recently (`presence`), False when none did (its process is gone),
+None when no worker announces consumers of that group at all (a group interactionlog does not run).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,15 +19,17 @@ from redis.exceptions import ResponseError
 
 from .. import entry_ids
 from ..replies import is_missing_key, text
+from .presence import live_until
 
 
 @dataclass(frozen=True)
 class ConsumerStatus:
-    """One consumer of a group, as XINFO CONSUMERS reports it."""
+    """One consumer of a group, as XINFO CONSUMERS reports it, and whether a running worker holds it."""
 
     name: str
     pending: int
     idle_s: float
+    live: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,14 @@ async def _group_status(redis: aioredis.Redis, stream: str, raw: dict[str, Any])
     name = text(raw["name"])
     summary = await redis.xpending(stream, name)
     oldest = text(summary["min"]) if summary.get("min") else None
+    announced = await live_until(redis, stream, name)
+    now_ms = time.time() * 1000
+
+    def live(consumer: str) -> bool | None:
+        return None if announced is None else announced.get(consumer, 0) > now_ms
+
     consumers = [
-        ConsumerStatus(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+        ConsumerStatus(text(c["name"]), int(c["pending"]), int(c["idle"]) / 1000, live(text(c["name"])))
         for c in await redis.xinfo_consumers(stream, name)
     ]
     lag = raw.get("lag")

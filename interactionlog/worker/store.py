@@ -3,9 +3,19 @@
 A batch is COPYed straight into `interaction_logs` in one transaction: in steady state that is all, the same
 work as a bare bulk load. If any row is already present (a redelivery after a crash, a record published twice),
 the COPY fails whole on the unique constraint and the batch takes the idempotent path instead: COPY into a
-per-connection temporary staging table, then one `INSERT ... SELECT ... ON CONFLICT (mcp_id, interaction_id)
-DO NOTHING`. Either way a record is stored once. When PostgreSQL refuses a value (a data or constraint error), the batch
-is retried row by row under savepoints so only the refused rows are dead-lettered and their batch-mates stored.
+temporary staging table created inside that transaction, then one `INSERT ... SELECT ... ON CONFLICT (mcp_id,
+interaction_id) DO NOTHING`. Either way a record is stored once. Nothing lives longer than a transaction on a
+server connection (no session temporary table, no server-side prepared statement), so PgBouncer in transaction
+pooling mode works as well as a direct connection.
+
+PostgreSQL's refusals come in two kinds, told apart by SQLSTATE class (`classify`):
+- *per row*: the row itself is refused (a data exception, a constraint, an operator's trigger raising, ... any
+  class not listed below). The batch is retried row by row under savepoints, so only the refused rows are
+  dead-lettered, with PostgreSQL's message, and their batch-mates are stored.
+- *systemic*: every row would be refused (a missing table or column, a permission, a read-only database: classes
+  0A, 25, 26, 28, 2D, 34, 3D, 3F, 42, F0). Never dead-lettered: `DatabaseRefusedError`, retried, said once at error
+  level with what to do, and the worker is not ready (/readyz 503) until a batch goes through.
+Connection loss and server trouble (08, 40, 53, 55, 57, 58, XX) are outages: `DatabaseUnavailableError`, retried.
 """
 
 from __future__ import annotations
@@ -22,16 +32,26 @@ from psycopg import sql
 from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import AttemptAbandonedError, DatabaseUnavailableError
+from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavailableError
 from ..rows import COLUMNS, INSERT_ROW, TABLE, StoredRow
 
 log = structlog.get_logger(__name__)
 
-# SQLSTATE classes that mean "this row can never be stored as it is": 22 data exception (a value out of
-# range, invalid text), 23 integrity constraint violation (a CHECK or NOT NULL an operator added),
-# 54 program limit exceeded (a value too large for an index). Everything else is treated as transient, so
-# an outage or a missing table (a forgotten `migrate`) stops progress instead of dead-lettering every entry.
-PERMANENT_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+# SQLSTATE classes (PostgreSQL manual, appendix A) of failures that are not the row's fault. Outages: the
+# server or the connection is in trouble. Systemic: the database answers, but would refuse any row (08 aside,
+# a wrong schema, privileges, transaction mode). Every other class is a refusal of the row on its own merits:
+# 22 data exception, 23 constraint, 54 program limit, P0 an operator's trigger raising, 2F/38/39 a routine, ...
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58", "XX"})
+SYSTEMIC_SQLSTATE_CLASSES = frozenset({"0A", "25", "26", "28", "2D", "34", "3D", "3F", "42", "F0"})
+
+# What to do, for the systemic refusals people meet; the message always carries PostgreSQL's own words too.
+_SYSTEMIC_HINTS = {
+    "42P01": "run `interactionlog migrate` against this database (or fix the table an operator's trigger uses)",
+    "42703": "the table lacks a column this worker writes: run `interactionlog migrate`, or restore the column",
+    "42501": "grant the worker's role INSERT and SELECT on interaction_logs (and USAGE on its schema)",
+    "25006": "the database is read-only (a standby, or default_transaction_read_only): point --database-url at "
+    "the primary",
+}
 
 
 @dataclass(frozen=True)
@@ -123,13 +143,21 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-# The staging table lives per connection and empties itself at commit, so concurrent batches never see
-# each other's rows and no cleanup is needed after a crash.
+# The staging table lives for one transaction (created in it, dropped at its end), so concurrent batches never
+# see each other's rows, no cleanup is needed after a crash, and a pooler that hands each transaction another
+# server connection (PgBouncer's transaction mode) never meets a table created on another one. It is only needed
+# when a batch holds an already stored row (a redelivery), so the DDL is rare.
 _CREATE_STAGING = """
-    CREATE TEMPORARY TABLE IF NOT EXISTS interaction_logs_staging (
+    CREATE TEMPORARY TABLE interaction_logs_staging (
         mcp_id TEXT, interaction_id TEXT, "timestamp" TIMESTAMPTZ, method TEXT, tool TEXT, session_id TEXT,
         is_error BOOLEAN, duration_ms DOUBLE PRECISION, trace_id TEXT, data JSONB, stream_entry_id TEXT
-    ) ON COMMIT DELETE ROWS
+    ) ON COMMIT DROP
+"""
+# Readiness: the table exists, the worker may insert into it, and the session is not read-only.
+_READINESS = """
+    SELECT t.c IS NOT NULL, t.c IS NULL OR has_table_privilege(t.c, 'INSERT'),
+           current_setting('transaction_read_only') = 'on'
+    FROM (SELECT to_regclass('interaction_logs') AS c) AS t
 """
 _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS)
 # Binary COPY: psycopg sends values without text escaping and PostgreSQL reads them without parsing text
@@ -160,21 +188,31 @@ class PersistResult:
     refused: list[tuple[StoredRow, str]] = field(default_factory=list)
 
 
+def classify(error: psycopg.Error) -> str:
+    """"outage", "systemic" or "row" (PostgreSQL refused the row itself): see the module docstring."""
+    sqlstate = error.sqlstate
+    if sqlstate is None:  # raised by the client library: the connection, not the data
+        return "outage"
+    if sqlstate[:2] in OUTAGE_SQLSTATE_CLASSES:
+        return "outage"
+    return "systemic" if sqlstate[:2] in SYSTEMIC_SQLSTATE_CLASSES else "row"
+
+
 def is_permanent(error: psycopg.Error) -> bool:
-    """True when PostgreSQL refused the data itself, so retrying the same row can never succeed."""
-    return error.sqlstate is not None and error.sqlstate[:2] in PERMANENT_SQLSTATE_CLASSES
+    """True when PostgreSQL refused the row itself, so retrying the same row can never succeed."""
+    return classify(error) == "row"
 
 
 def describe_database_error(error: Exception) -> str:
-    """A one-line explanation for logs, naming the missing-migration case explicitly."""
+    """A one-line explanation for logs: PostgreSQL's words, its SQLSTATE, and what to do when that is known."""
     if isinstance(error, PoolTimeout):
         return f"no PostgreSQL connection became available ({error})"
     if not isinstance(error, psycopg.Error):
         return str(error)
-    if isinstance(error, psycopg.errors.UndefinedTable):
-        return f"table {TABLE} does not exist: run `interactionlog migrate` against this database"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"{first_line} (SQLSTATE {error.sqlstate})" if error.sqlstate else first_line
+    described = f"{first_line} (SQLSTATE {error.sqlstate})" if error.sqlstate else first_line
+    hint = _SYSTEMIC_HINTS.get(error.sqlstate or "")
+    return f"{described}: {hint}" if hint else described
 
 
 class Store:
@@ -183,6 +221,8 @@ class Store:
     def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
         self._pool = pool
         self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
+        # The systemic refusal of the last batch attempt, until a batch goes through: readiness reports it.
+        self.refusal: str | None = None
 
     @classmethod
     async def open(cls, database_url: str, *, max_connections: int, timeout_s: float = 5.0) -> Store:
@@ -192,7 +232,10 @@ class Store:
             min_size=1,
             max_size=max_connections,
             timeout=timeout_s,
-            configure=_create_staging,
+            configure=_configure,
+            # No server-side prepared statements: behind PgBouncer in transaction mode the next execution may
+            # reach another server connection, where the statement was never prepared.
+            kwargs={"prepare_threshold": None},
             open=False,
             name="interactionlog",
         )
@@ -211,30 +254,59 @@ class Store:
         except (psycopg.Error, PoolTimeout) as error:
             raise DatabaseUnavailableError(f"PostgreSQL is unreachable: {describe_database_error(error)}") from error
 
+    async def readiness_problem(self) -> str | None:
+        """Why this worker cannot store anything right now (PostgreSQL unreachable, the table missing, no INSERT
+        privilege, a read-only session, or the last batch's systemic refusal), or None when it can."""
+        if self.refusal is not None:
+            return self.refusal
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(_READINESS)
+                present, insertable, read_only = await cursor.fetchone() or (False, False, False)
+        except (psycopg.Error, PoolTimeout) as error:
+            return f"PostgreSQL is unreachable: {describe_database_error(error)}"
+        if not present:
+            return f"table {TABLE} does not exist: run `interactionlog migrate` against this database"
+        if not insertable:
+            return f"the worker's role may not INSERT into {TABLE}: {_SYSTEMIC_HINTS['42501']}"
+        if read_only:
+            return f"the session is read-only: {_SYSTEMIC_HINTS['25006']}"
+        return None
+
     async def persist_batch(self, rows: Sequence[StoredRow]) -> PersistResult:
         """Store `rows` in one transaction, skipping (mcp_id, interaction_id) pairs already present.
 
-        Raises DatabaseUnavailableError when PostgreSQL is unreachable or the batch must be retried as a whole; the
-        caller must then acknowledge nothing. Refused rows come back in `PersistResult.refused`.
+        Raises DatabaseUnavailableError when PostgreSQL is unreachable or the batch must be retried as a whole, and
+        its DatabaseRefusedError when PostgreSQL would refuse any row (see the module docstring); the caller must then
+        acknowledge nothing. Rows refused on their own merits come back in `PersistResult.refused`.
         """
         if not rows:
             return PersistResult()
         try:
-            async with self._pool.connection() as conn:
-                try:
-                    try:
-                        return await self._copy_into_table(conn, rows)
-                    except psycopg.errors.UniqueViolation:
-                        # Some rows are stored already (a redelivery, or a record published twice): take the
-                        # idempotent path for this batch.
-                        return await self._persist_copy(conn, rows)
-                except psycopg.Error as error:
-                    if not is_permanent(error) or conn.broken:
-                        raise
-                    log.info("batch_refused_isolating_rows", rows=len(rows), error=describe_database_error(error))
-                    return await self._persist_row_by_row(conn, rows)
+            result = await self._persist(rows)
         except (psycopg.Error, PoolTimeout) as error:
-            raise DatabaseUnavailableError(f"could not persist batch: {describe_database_error(error)}") from error
+            described = describe_database_error(error)
+            if isinstance(error, psycopg.Error) and classify(error) == "systemic":
+                self.refusal = f"PostgreSQL refuses every row: {described}"
+                raise DatabaseRefusedError(f"could not persist batch: {self.refusal}") from error
+            raise DatabaseUnavailableError(f"could not persist batch: {described}") from error
+        self.refusal = None
+        return result
+
+    async def _persist(self, rows: Sequence[StoredRow]) -> PersistResult:
+        async with self._pool.connection() as conn:
+            try:
+                try:
+                    return await self._copy_into_table(conn, rows)
+                except psycopg.errors.UniqueViolation:
+                    # Some rows are stored already (a redelivery, or a record published twice): take the
+                    # idempotent path for this batch.
+                    return await self._persist_copy(conn, rows)
+            except psycopg.Error as error:
+                if not is_permanent(error) or conn.broken:
+                    raise
+                log.info("batch_refused_isolating_rows", rows=len(rows), error=describe_database_error(error))
+                return await self._persist_row_by_row(conn, rows)
 
     async def persist_batch_within(self, rows: Sequence[StoredRow], timeout_s: float) -> PersistResult:
         """`persist_batch`, abandoned if it takes longer than `timeout_s`: raises `AttemptAbandonedError` then.
@@ -273,6 +345,7 @@ class Store:
     @staticmethod
     async def _persist_copy(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:
         async with conn.transaction(), conn.cursor() as cursor:
+            await cursor.execute(_CREATE_STAGING)
             await _copy_rows(cursor, _COPY_STAGING, rows)
             await cursor.execute(_MOVE_STAGING)
             inserted = max(cursor.rowcount, 0)
@@ -305,16 +378,24 @@ async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, 
             await copy.write_row(row)
 
 
-async def _create_staging(conn: psycopg.AsyncConnection[Any]) -> None:
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Client-side only: nothing is set on the server session, which a transaction pooler would not keep.
     conn.adapters.register_dumper(None, _JsonTextDumper)  # by oid only: used where set_types() says jsonb
-    await conn.execute(_CREATE_STAGING)
-    await conn.commit()
 
 
 async def migrate(database_url: str) -> list[Migration]:
     """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly."""
+    _, applied = await migrate_and_name(database_url)
+    return applied
+
+
+async def migrate_and_name(database_url: str) -> tuple[str, list[Migration]]:
+    """`migrate`, also returning which database it migrated, as the server names it (``database x on host:port
+    as user u``): libpq fills in what a URL omits (PG* variables, defaults), so the URL alone may not say."""
     applied: list[Migration] = []
     async with await psycopg.AsyncConnection.connect(database_url) as conn, conn.transaction():
+        info = conn.info
+        where = f"database {info.dbname} on {info.host}:{info.port} as user {info.user}"
         # One migrator at a time: a second `migrate` waits here, then finds nothing left to do.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('interactionlog_migrate'))")
         await conn.execute(
@@ -334,7 +415,7 @@ async def migrate(database_url: str) -> list[Migration]:
                 (migration.version, migration.description),
             )
             applied.append(migration)
-    return applied
+    return where, applied
 
 
 async def schema_version(database_url: str) -> int:

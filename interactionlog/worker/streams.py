@@ -1,8 +1,10 @@
 """The Redis Streams adapter: group creation, reads, claims, delivery counts, holding, acks and dead letters.
 
 Every call translates Redis's failures into the worker's vocabulary: a lost connection or a timeout becomes
-`RedisUnavailableError`; a missing group (NOGROUP: the group or the whole stream was deleted) is recreated at id 0
-and the read returns nothing, so the worker carries on instead of dying.
+`RedisUnavailableError`; an error reply Redis may stop giving (OOM, READONLY, LOADING, BUSY, NOPERM, ...: see
+`replies.REFUSAL_CODES`) becomes `RedisRefusedError`, which callers retry in place without re-reading anything;
+a missing group (NOGROUP: the group or the whole stream was deleted) is recreated at id 0 and the read returns
+nothing, so the worker carries on instead of dying.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..errors import RedisUnavailableError, TransientError
-from ..replies import is_error, text
+from ..errors import RedisRefusedError, RedisUnavailableError, TransientError, WrongKeyTypeError
+from ..replies import error_code, is_error, is_refusal, text
 from ..retry import raise_if_cancelling
 from .dead_letters import DeadLetter, dead_letter_fields
 
@@ -90,13 +92,31 @@ class StreamGroup:
         group: str,
         dead_letter_stream: str,
         on_recreated: Callable[[bool], None] | None = None,
+        dead_letter_maxlen: int | None = None,
     ) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
         self.dead_letter_stream = dead_letter_stream
+        # The dead-letter stream's own cap (approximate, like XADD's MAXLEN ~); None leaves it uncapped.
+        self.dead_letter_maxlen = dead_letter_maxlen
         # Called with whether the stream itself was gone, each time a vanished group is recreated.
         self.on_recreated = on_recreated
+
+    async def check_key_types(self) -> None:
+        """Raise WrongKeyTypeError when the stream's or the dead-letter stream's key holds another type (a string
+        someone SET by mistake): the worker would otherwise fail on it at every read or every dead letter."""
+        for key, role in ((self.stream, "stream"), (self.dead_letter_stream, "dead-letter stream")):
+            try:
+                await self.redis.xlen(key)  # 0 for a missing key, WRONGTYPE for a key that is not a stream
+            except ResponseError as error:
+                if error_code(error) == "WRONGTYPE":
+                    raise WrongKeyTypeError(key, role) from None
+                if is_refusal(error):
+                    raise RedisRefusedError(f"Redis refused XLEN {key}: {error}") from error
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
 
     async def ensure_group(self) -> bool:
         """Create the group at id 0 (creating the stream too) unless it exists; True when it was created.
@@ -187,10 +207,14 @@ class StreamGroup:
                 lambda: self.redis.xclaim(self.stream, self.group, consumer, 0, list(ids), justid=True)
             )
 
-    async def settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> None:
-        """Dead-letter and acknowledge in one MULTI/EXEC, so an entry is never acked without its dead letter."""
+    async def settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
+        """Dead-letter and acknowledge in one MULTI/EXEC, so an entry is never acked without its dead letter.
+
+        With a dead-letter cap, the same MULTI trims the dead-letter stream to about that many entries (XTRIM
+        MAXLEN ~); returns how many old dead letters that removed, for the caller to count as lost.
+        """
         if not ack_ids and not dead_letters:
-            return
+            return 0
         pipe = self.redis.pipeline(transaction=True)
         failed_at = datetime.now(UTC).isoformat()
         for letter in dead_letters:
@@ -198,10 +222,14 @@ class StreamGroup:
                 letter, stream=self.stream, group=self.group, consumer=consumer, failed_at=failed_at
             )
             pipe.xadd(self.dead_letter_stream, cast(dict[Any, Any], fields))
+        trimming = bool(dead_letters) and self.dead_letter_maxlen is not None
+        if trimming:
+            pipe.xtrim(self.dead_letter_stream, maxlen=self.dead_letter_maxlen, approximate=True)
         ids = [*ack_ids, *(letter.entry.id for letter in dead_letters)]
         if ids:
             pipe.xack(self.stream, self.group, *ids)
-        await self._call(pipe.execute())
+        replies = await self._call(pipe.execute(), keys=(self.stream, self.dead_letter_stream))
+        return int(replies[len(dead_letters)]) if trimming else 0
 
     async def _with_group(self, command: Callable[[], Awaitable[_T]]) -> _T | None:
         """Run a group command; when the group has vanished, recreate it and return None (nothing read)."""
@@ -227,10 +255,20 @@ class StreamGroup:
             self.on_recreated(stream_existed)
         return None
 
-    @staticmethod
-    async def _call(awaitable: Awaitable[_T]) -> _T:
+    async def _call(self, awaitable: Awaitable[_T], keys: Sequence[str] = ()) -> _T:
         try:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
+        except ResponseError as error:
+            if not is_refusal(error):
+                raise
+            code = error_code(error)
+            if code == "WRONGTYPE":
+                named = " or ".join(repr(key) for key in keys or (self.stream,))
+                raise RedisRefusedError(
+                    f"Redis refused a command: the key {named} holds a value that is not a stream (WRONGTYPE); "
+                    "rename or delete it, nothing is acknowledged meanwhile"
+                ) from error
+            raise RedisRefusedError(f"Redis refused a command ({code}), retrying: {error}") from error
 

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from tests.pipeline import wait_until
 
-from .producer import Ledger, Outcome
+from .producer import Ledger, Outcome, user_of
 
 POLL_S = 0.1
 
@@ -104,15 +104,17 @@ def stored_state(database_url: str, mcp_id: str) -> StoredState:
     unexpected: list[str] = []
     corrupted: list[str] = []
     with psycopg.connect(database_url) as conn:
-        cursor = conn.execute("SELECT mcp_id, interaction_id, data->'request'->>'seq', tool FROM interaction_logs")
-        for row_mcp_id, interaction_id, payload_seq, tool in cursor:
+        cursor = conn.execute(
+            "SELECT mcp_id, interaction_id, data->'request'->>'seq', tool, data->>'user_id' FROM interaction_logs"
+        )
+        for row_mcp_id, interaction_id, payload_seq, tool, user_id in cursor:
             if row_mcp_id != mcp_id or not interaction_id.isdigit():
                 unexpected.append(f"{row_mcp_id}/{interaction_id}")
                 continue
             seq = int(interaction_id)
             rows[seq] += 1
-            if payload_seq != str(seq) or tool != "fault_probe":
-                corrupted.append(f"{interaction_id} carries seq {payload_seq!r}, tool {tool!r}")
+            if payload_seq != str(seq) or tool != "fault_probe" or user_id != user_of(seq):
+                corrupted.append(f"{interaction_id} carries seq {payload_seq!r}, tool {tool!r}, user_id {user_id!r}")
     return StoredState(rows, unexpected, corrupted)
 
 

@@ -49,8 +49,15 @@ def interaction_id(seq: int) -> str:
     return f"{seq:08d}"
 
 
+def user_of(seq: int) -> str:
+    """The `user_id` of record `seq`: a field of the MCP author's own, checked in the table like the payload."""
+    return f"user-{seq % 13}"
+
+
 def make_record(mcp_id: str, seq: int, pad_bytes: int = 64) -> dict[str, Any]:
-    """Record `seq` of a run: realistic fields, its seq repeated in the payload to detect corruption."""
+    """Record `seq` of a run: realistic fields, fields of the MCP author's own (`user_id`, `model`, `tokens`:
+    top-level fields the wire format does not define, which must be stored as sent), and its seq repeated in the
+    payload and in `user_id` to detect corruption."""
     return {
         "mcp_id": mcp_id,
         "interaction_id": interaction_id(seq),
@@ -60,6 +67,9 @@ def make_record(mcp_id: str, seq: int, pad_bytes: int = 64) -> dict[str, Any]:
         "request": {"seq": seq, "pad": "x" * pad_bytes},
         "response": {"content": [{"type": "text", "text": f"answer {seq}"}]},
         "duration_ms": float(seq % 1000),
+        "user_id": user_of(seq),
+        "model": "fault-model-1",
+        "tokens": {"input": seq % 500, "output": 12.50},
     }
 
 
