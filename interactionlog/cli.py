@@ -30,6 +30,7 @@ from .gateway_commands import serve, tokens
 from .logs import configure_logging
 from .ops import dlq, query, status
 from .ops.publish_file import read_json_lines
+from .ops.terminal import printable
 from .redact import redact_text, redact_url
 from .settings import Settings, load_settings, settings_options
 from .worker.daemon import run_worker
@@ -195,8 +196,10 @@ def dlq_list(count: int, reason: str | None, as_json: bool, **values: Any) -> No
         else:
             fields = view.fields
             click.echo(
-                f"{view.id} source {fields.get('source_id', '?')} [{fields.get('error_type', '?')}] "
-                f"after {fields.get('deliveries', '?')} deliveries: {fields.get('error', '')}"
+                printable(
+                    f"{view.id} source {fields.get('source_id', '?')} [{fields.get('error_type', '?')}] "
+                    f"after {fields.get('deliveries', '?')} deliveries: {fields.get('error', '')}"
+                )
             )
 
 

@@ -99,10 +99,12 @@ async def replay_dead_letters(
     if ids:
         for entry_id in ids:
             try:
-                entry_ids.parse(entry_id)
+                ms, seq = entry_ids.parse(entry_id)
             except ValueError:
                 raise ValueError(f"{entry_id!r} is not an entry id (<milliseconds>-<sequence>)") from None
-            found = cast(list[RawEntry], await redis.xrange(dead_letter_stream, min=entry_id, max=entry_id))
+            # Exactly that id: XRANGE reads a bare <milliseconds> as a range (every sequence of that millisecond).
+            exact = f"{ms}-{seq}"
+            found = cast(list[RawEntry], await redis.xrange(dead_letter_stream, min=exact, max=exact))
             if not found:
                 outcome.not_found.append(entry_id)
             chosen.extend(found)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ..worker.state import PipelineStatus
+from .terminal import printable
 
 
 def render_status(status: PipelineStatus) -> str:
     """The human-readable form of `interactionlog status`."""
     lines = [
-        f"stream {status.stream}: "
+        f"stream {printable(status.stream)}: "
         + (f"{status.length} entries" if status.stream_exists else "does not exist yet (no entry published)"),
         f"dead letters ({status.dead_letter_stream}): {status.dead_letters}",
     ]
@@ -21,11 +22,11 @@ def render_status(status: PipelineStatus) -> str:
         known = all(consumer.live is not None for consumer in group.consumers)
         split = f" ({live} live, {len(group.consumers) - live} departed)" if group.consumers and known else ""
         lines.append(
-            f"group {group.name}: lag {lag}, pending {group.pending}, oldest pending age {age}, "
+            f"group {printable(group.name)}: lag {lag}, pending {group.pending}, oldest pending age {age}, "
             f"consumers {len(group.consumers)}{split}"
         )
         lines.extend(
-            f"  consumer {c.name}: {_liveness(c.live)}pending {c.pending}, idle {c.idle_s:.1f}s"
+            f"  consumer {printable(c.name)}: {_liveness(c.live)}pending {c.pending}, idle {c.idle_s:.1f}s"
             for c in group.consumers
         )
     return "\n".join(lines)
