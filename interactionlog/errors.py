@@ -68,7 +68,11 @@ class PublishUnavailableError(PublishError, ConnectionError):
 class PermanentEntryError(InteractionlogError):
     """A stream entry that can never be stored; it is dead-lettered with `reason` and acknowledged."""
 
+    MAX_CHARS = 2000  # it goes into a log line and a dead letter's `error` field: never megabytes of input
+
     def __init__(self, reason: str, message: str) -> None:
+        if len(message) > self.MAX_CHARS:
+            message = f"{message[: self.MAX_CHARS - 40]}... ({len(message)} characters in all)"
         super().__init__(message)
         self.reason = reason
 

@@ -210,11 +210,36 @@ def describe_validation_error(error: ValidationError, source: object = None) -> 
         prefix = "Input should be "
         rest = [other.removeprefix(prefix) if first.startswith(prefix) else other for other in others]
         text = ", or ".join([first, *rest])
-        shown = repr(value)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        problems.append(f"field '{field}': {text} (got {shown})")
-    return "; ".join(problems)
+        problems.append(f"field '{bounded(field, 80)}': {text} ({_preview(field, value)})")
+    return bounded("; ".join(problems), MAX_MESSAGE_CHARS)
+
+
+# Error texts reach logs and `dlq list`: a preview of a value is short, and never taken from where a secret may
+# be (text of any field, the payload fields, a key named like a credential); containers are described only.
+MAX_MESSAGE_CHARS = 2000
+_PAYLOAD_FIELDS = frozenset({"record", "request", "response", "error", "metadata", "client"})
+_SECRET_NAME = re.compile(r"pass|secret|token|key|auth|cookie|credential|session", re.IGNORECASE)
+
+
+def _preview(field: str, value: object) -> str:
+    """What an error message may say of the offending value."""
+    if isinstance(value, dict):
+        return f"got an object of {len(value)} field(s)"
+    if isinstance(value, list | tuple):
+        return f"got a list of {len(value)}"
+    if isinstance(value, str | bytes):  # text may be anything, a pasted credential included
+        return f"got a {type(value).__name__} of {len(value)} characters, not shown"
+    top = field.split(".", 1)[0]
+    if top in _PAYLOAD_FIELDS or _SECRET_NAME.search(field):
+        return f"got a {type(value).__name__}, value not shown"
+    return f"got {bounded(repr(value), 40)}"
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 30, 10)]}... ({len(text)} characters in all)"
 
 
 def _parsed(source: object) -> object:

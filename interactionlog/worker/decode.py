@@ -17,6 +17,7 @@ from ..record import (
     VERSION_FIELD,
     WIRE_VERSION,
     Interaction,
+    bounded,
     describe_validation_error,
     ensure_storable,
     format_timestamp,
@@ -51,16 +52,17 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
     version = fields.get(VERSION_FIELD)
     data = fields.get(DATA_FIELD)
     if version is None or data is None:
-        names = sorted(name.decode("utf-8", "replace") for name in fields)
+        names = sorted(bounded(name.decode("utf-8", "replace"), 40) for name in list(fields)[:10])
+        more = f" and {len(fields) - len(names)} more" if len(fields) > len(names) else ""
         raise PermanentEntryError(
             "not_wire_format",
-            f"entry has fields {names}, expected 'v' and 'data'; publish with "
+            f"entry has fields {names}{more}, expected 'v' and 'data'; publish with "
             "XADD <stream> MAXLEN ~ <cap> * v 1 data <JSON object>",
         )
     if version != WIRE_VERSION:
         raise PermanentEntryError(
             "unsupported_version",
-            f"wire version {version.decode('utf-8', 'replace')!r} is not supported by this worker "
+            f"wire version {bounded(repr(version.decode('utf-8', 'replace')), 40)} is not supported by this worker "
             f"(it reads version {WIRE_VERSION.decode()}); upgrade the worker or publish with v 1",
         )
     record = validate_data(data, max_record_bytes)
