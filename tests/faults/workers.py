@@ -163,6 +163,9 @@ class WorkerFleet:
     flags: Mapping[str, str] = field(default_factory=dict)
     workers: list[Worker] = field(default_factory=list)
     _incarnations: int = 0
+    # Workers started without their own metrics port all get this one, as several workers started from the same
+    # default settings on one host would: the first to bind it serves it, the others log once and consume anyway.
+    shared_metrics_port: int = field(default_factory=free_port)
 
     def start(
         self,
@@ -176,7 +179,14 @@ class WorkerFleet:
         """Start a worker (under `prefix` to take over a dead one's consumer names), optionally set to crash."""
         prefix = prefix or new_prefix()
         port = free_port() if metrics else 0
-        options = {**FAST_FLAGS, **self.flags, **flags, "metrics_port": str(port), "consumer_prefix": prefix}
+        options = {
+            **FAST_FLAGS,
+            **self.flags,
+            **flags,
+            "metrics_port": str(port or self.shared_metrics_port),
+            "metrics_host": "127.0.0.1",
+            "consumer_prefix": prefix,
+        }
         options.setdefault("concurrency", str(self.concurrency))
         command = [sys.executable, "-m", "interactionlog", "worker"]
         command += ["--redis-url", self.redis_url, "--database-url", self.database_url]
