@@ -15,6 +15,7 @@ resets mid-request is logged at debug level, as one structured line like every o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -109,7 +110,7 @@ class MetricsServer:
         task = asyncio.current_task()
         assert task is not None  # start_server runs each connection in a task of its own
         if self._open >= MAX_CONNECTIONS and not self._evict_oldest_idle():
-            writer.close()
+            await _close(writer)
             return
         self._open += 1
         self._idle[task] = None
@@ -124,7 +125,7 @@ class MetricsServer:
         finally:
             self._open -= 1
             self._idle.pop(task, None)
-            writer.close()
+            await _close(writer)
 
     def _evict_oldest_idle(self) -> bool:
         """Make room by closing the connection that has waited longest without sending a request: a flood of
@@ -213,3 +214,11 @@ async def _next_request(connection: h11.Connection, reader: asyncio.StreamReader
         if isinstance(event, h11.Request):
             return event
         return None
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a connection and collect how it ended: a reset left unread in its closing future would be logged
+    by asyncio as "Future exception was never retrieved", with a traceback, outside the log format."""
+    writer.close()
+    with contextlib.suppress(OSError, asyncio.CancelledError):
+        await writer.wait_closed()
