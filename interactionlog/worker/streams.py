@@ -33,6 +33,9 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 
+# How long releasing a batch waits for its heartbeat to stop (a cancelled one stops within a turn of the loop).
+HEARTBEAT_STOP_WAIT_S = 1.0
+
 
 def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int) -> aioredis.Redis:
     """A Redis client for workers and operator commands.
@@ -184,17 +187,29 @@ class StreamGroup:
         would claim it again and again, each claim counting as a delivery, until max_deliveries dead-lettered
         perfectly good entries.
         """
-        heartbeat = asyncio.create_task(self._keep_holding(consumer, ids, claim_idle_ms / 3000))
+        released = asyncio.Event()
+        heartbeat = asyncio.create_task(self._keep_holding(consumer, ids, claim_idle_ms / 3000, released))
         try:
             yield
         finally:
+            released.set()
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            # Wait for the heartbeat, but never let it decide how this block ends: a `suppress(CancelledError)`
+            # around `await heartbeat` would also swallow a cancellation of the caller's own (its shutdown), and a
+            # heartbeat whose cancellation got lost (Python 3.11's asyncio.timeout can turn a cancel into the
+            # TimeoutError of a Redis read) would hold the caller forever. The flag ends that one at its next turn.
+            await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_WAIT_S)
+            if heartbeat.done() and not heartbeat.cancelled() and heartbeat.exception() is not None:
+                log.warning("heartbeat_failed", error=str(heartbeat.exception()))
 
-    async def _keep_holding(self, consumer: str, ids: Sequence[str], interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
+    async def _keep_holding(
+        self, consumer: str, ids: Sequence[str], interval_s: float, released: asyncio.Event
+    ) -> None:
+        while not released.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), timeout=interval_s)
+            if released.is_set():
+                return
             with contextlib.suppress(TransientError):  # Redis away: then nobody can claim them either
                 await self.reset_idle(consumer, ids)
             raise_if_cancelling()  # redis-py may have swallowed the cancellation that ends the hold
