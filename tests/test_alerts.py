@@ -63,8 +63,8 @@ def test_every_alert_is_proven_to_fire() -> None:
 
 
 def test_counter_alerts_fire_on_counters_that_start_with_the_worker() -> None:
-    """Every alert on the increase of a worker counter fires in a case whose counter series first appears after the test's
-    start already above 0: a worker that counted the event before Prometheus first scraped it."""
+    """Every alert on the increase of a worker counter fires in a case whose counter first appears after the
+    test's start, already above 0: a worker that counted the event before Prometheus first scraped it."""
     for rule in alert_rules():
         counters = set(re.findall(r"(?:increase|rate)\((interactionlog_\w+_total)", rule["expr"]))
         if not counters:

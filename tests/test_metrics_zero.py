@@ -52,7 +52,7 @@ def test_every_counter_label_set_is_exported_at_zero_before_any_event() -> None:
 def reasons_in_the_worker() -> set[str]:
     """Every literal reason the worker's code dead-letters with: PermanentEntryError(reason, ...) and
     DeadLetter(entry, reason, ...)."""
-    found = set()
+    found: set[str] = set()
     for path in WORKER.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
@@ -60,7 +60,7 @@ def reasons_in_the_worker() -> set[str]:
             position = {"PermanentEntryError": 0, "DeadLetter": 1}.get(node.func.id)
             if position is not None and len(node.args) > position:
                 argument = node.args[position]
-                if isinstance(argument, ast.Constant):  # else passed on, as DeadLetter(entry, error.reason, ...)
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):  # else passed on
                     found.add(argument.value)
     return found
 
