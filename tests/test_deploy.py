@@ -201,12 +201,10 @@ def test_the_metric_name_parser_sees_through_promql() -> None:
 
 
 def tool(name: str) -> str | None:
-    """An executable on PATH or beside this interpreter (the dev extra installs kubectl, hadolint and
-    docker-compose into the virtualenv's bin/)."""
-    found = shutil.which(name)
-    if found is None and (Path(sys.executable).parent / name).exists():
-        found = str(Path(sys.executable).parent / name)
-    return found
+    """An executable beside this interpreter (the dev extra installs kubectl, hadolint and docker-compose into the
+    virtualenv's bin/, at the versions pyproject asks for), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
 
 
 def promtool() -> str:
@@ -322,11 +320,14 @@ def test_secrets_come_from_the_secret_and_every_variable_is_a_setting() -> None:
 
 
 def test_the_metrics_server_listens_on_every_interface_of_the_pod_and_container() -> None:
-    """INTERACTIONLOG_METRICS_HOST is 0.0.0.0 in settings.env (the Deployment's) and in compose's worker, whatever
-    the worker's own default: the kubelet's probes and Prometheus reach a pod or container by its address."""
+    """INTERACTIONLOG_METRICS_HOST is 0.0.0.0 in settings.env (the Deployment's), in compose's worker and in the
+    image, whatever the worker's own default: the kubelet's probes and Prometheus reach a pod or container by its
+    address."""
     every_interface = "0.0.0.0"  # noqa: S104  # what the test asserts, not a bind
     assert settings_env()["INTERACTIONLOG_METRICS_HOST"] == every_interface
     assert compose()["services"]["worker"]["environment"]["INTERACTIONLOG_METRICS_HOST"] == every_interface
+    image_env = " ".join(arguments for op, arguments in dockerfile_stages()[-1] if op == "ENV")
+    assert f"INTERACTIONLOG_METRICS_HOST={every_interface}" in image_env.split()
 
 
 def test_keda_scales_the_worker_on_lag_and_pending_of_its_group() -> None:
