@@ -12,12 +12,28 @@ from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
+from .errors import TransientError
+
 NAMESPACE = "interactionlog"
 LABELS = ("stream", "group")
 
 _PERSIST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+# Every `reason` a worker dead-letters with (worker/decode.py, worker/consumer.py); tests/test_metrics_zero.py
+# fails when the worker gains a reason this list lacks.
+DEAD_LETTER_REASONS = (
+    "not_wire_format",
+    "unsupported_version",
+    "too_large",
+    "invalid_json",
+    "not_json_object",
+    "invalid_record",
+    "unstorable_value",
+    "refused_by_database",
+    "max_deliveries",
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,7 @@ class WorkerMetrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
             return Histogram(name, doc, LABELS, namespace=NAMESPACE, registry=registry, buckets=buckets)
 
-        return cls(
+        metrics = cls(
             registry=registry,
             persisted=counter("entries_persisted", "Entries newly stored in PostgreSQL."),
             duplicates=counter(
@@ -110,6 +126,33 @@ class WorkerMetrics:
             stream=stream,
             group=group,
         )
+        metrics.export_zeros()
+        return metrics
+
+    def export_zeros(self) -> None:
+        """Create every label set this worker can ever use, at 0, so each series exists from the first scrape.
+
+        A counter first seen at 1 has no earlier sample for `increase()` to compare with, so an alert on its first
+        event would never fire, and a dashboard panel would say "No data" rather than 0.
+        """
+        labels = self.labels()
+        for metric in (
+            self.persisted,
+            self.duplicates,
+            self.reclaimed,
+            self.acked_after_deletion,
+            self.lost_to_trimming,
+            self.batch_size,
+            self.persist_seconds,
+            self.end_to_end_seconds,
+        ):
+            metric.labels(**labels)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(**labels, reason=reason)
+        for component in _transient_components():
+            self.transient_errors.labels(**labels, component=component)
+        for vanished in ("true", "false"):
+            self.groups_recreated.labels(**labels, stream_vanished=vanished)
 
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""
@@ -167,6 +210,16 @@ class WorkerMetrics:
             self.acked_after_deletion.labels(**labels).inc(deleted)
         for reason in dead_letter_reasons:
             self.dead_lettered.labels(**labels, reason=reason).inc()
+
+
+def _transient_components() -> set[str]:
+    """The `component` of every concrete transient error (redis, postgres): the label values of transient_errors."""
+    found, pending = set(), list(TransientError.__subclasses__())
+    while pending:
+        kind = pending.pop()
+        found.add(kind.component)
+        pending.extend(kind.__subclasses__())
+    return found
 
 
 @dataclass(frozen=True)
