@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import redis
 import redis.asyncio as aioredis
@@ -27,6 +27,8 @@ from ..errors import InvalidRecordError, PublishError, PublishUnavailableError, 
 from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
+from . import transports
+from .transports import hybrid
 
 # The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
 DEFAULT_TIMEOUT_S = 1.0
@@ -58,12 +60,17 @@ class _PublisherCore:
         stream: str = DEFAULT_STREAM,
         maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        transport: Any = None,
         strict: bool = False,
     ) -> None:
         """Publish through `client` (a redis-py client of the twin's kind) to `stream`, capped at about `maxlen`
         entries, refusing records whose JSON is over `max_record_bytes` and, when `strict`, records with fields
-        the wire format does not define; raises ValueError for a bad cap."""
+        the wire format does not define; raises ValueError for a bad cap.
+
+        With a `transport` (a `client.transports` object of the twin's kind), entries go there instead and
+        `client` is None: `stream` and `maxlen` are then the gateway's or moot, validation stays the same."""
         self._redis = client
+        self.transport = transport
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
         self.stream = stream
@@ -101,8 +108,7 @@ class _PublisherCore:
 
     def _failed(self, error: RedisError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
         """The PublishError for a failed round trip, carrying the records' interaction ids and entries."""
-        ids = tuple(_interaction_id(fields) for fields in entries)
-        shown = ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]} ({len(ids)} records)"
+        shown = _shown_ids(entries)
         failure: PublishError
         if isinstance(error, RedisConnectionError | RedisTimeoutError):
             failure = PublishUnavailableError(
@@ -115,9 +121,7 @@ class _PublisherCore:
                 f"Redis refused interaction_id {shown} for stream {self.stream!r} (records before the refused one "
                 f"may have been added; publishing error.entries again stores each once): {error}"
             )
-        failure.interaction_ids = ids
-        failure.entries = tuple(entries)
-        return failure
+        return carrying(failure, entries)
 
     @classmethod
     def from_url(
@@ -128,17 +132,82 @@ class _PublisherCore:
         maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
         strict: bool = False,
     ) -> Self:
         """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs), waiting
         at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`. `strict` refuses
-        fields the wire format does not define (a typo such as `tool_name`), pointing to `metadata`."""
+        fields the wire format does not define (a typo such as `tool_name`), pointing to `metadata`.
+
+        Other schemes go through a transport (`client.transports`): http(s):// and grpc(s):// to
+        `interactionlog serve` with the MCP's `token` (or `?token=` in the URL), postgresql:// straight into the
+        table, and `hybrid:URL|URL|...` to the first healthy of several (see `from_urls`)."""
+        scheme = transports.scheme_of(url)
+        if scheme == transports.HYBRID_SCHEME:
+            return cls.from_urls(
+                transports.hybrid_members(url),
+                stream=stream,
+                maxlen=maxlen,
+                max_record_bytes=max_record_bytes,
+                timeout_s=timeout_s,
+                token=token,
+                strict=strict,
+            )
+        if scheme not in transports.REDIS_SCHEMES:
+            transport = cls._open_transport(url, timeout_s=timeout_s, token=token)
+            return cls(
+                None,
+                stream=stream,
+                maxlen=maxlen,
+                max_record_bytes=max_record_bytes,
+                strict=strict,
+                transport=transport,
+            )
         client = cls._connect(url, timeout_s)
         return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, strict=strict)
+
+    @classmethod
+    def from_urls(
+        cls,
+        urls: Sequence[str],
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_STREAM_MAXLEN,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        failure_threshold: int = hybrid.DEFAULT_FAILURE_THRESHOLD,
+        reset_timeout_s: float = hybrid.DEFAULT_RESET_TIMEOUT_S,
+        strict: bool = False,
+    ) -> Self:
+        """A hybrid publisher: each batch goes to the first of `urls` whose circuit breaker is closed (or
+        half-open), falling through to the next when one does not confirm. Same methods and errors as any
+        publisher; `transport.counts()` says how many records each URL took."""
+        members = [
+            cls.from_url(url, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, timeout_s=timeout_s,
+                         token=token)
+            for url in urls
+        ]  # fmt: skip
+        transport = cls._hybrid(members, urls, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
+        return cls(
+            None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport, strict=strict
+        )
+
+    _open_transport: ClassVar[Any]
+    _hybrid: ClassVar[Any]
 
     @staticmethod
     def _connect(url: str, timeout_s: float) -> Any:
         raise NotImplementedError
+
+
+def carrying(error: PublishError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
+    """`error` with what was being sent attached (unless a transport attached it already): the entries, exactly
+    as sent, and their interaction ids, so the caller can publish the same records again."""
+    if not error.entries:
+        error.entries = tuple(entries)
+        error.interaction_ids = tuple(_interaction_id(fields) for fields in entries)
+    return error
 
 
 def _interaction_id(fields: dict[bytes, bytes]) -> str:
@@ -147,6 +216,11 @@ def _interaction_id(fields: dict[bytes, bytes]) -> str:
         return str(json.loads(fields[DATA_FIELD])["interaction_id"])
     except (KeyError, ValueError, TypeError):
         return "?"
+
+
+def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
+    first = _interaction_id(entries[0])
+    return first if len(entries) == 1 else f"{first} .. {_interaction_id(entries[-1])} ({len(entries)} records)"
 
 
 def _client_options(timeout_s: float) -> dict[str, Any]:
@@ -163,6 +237,9 @@ class Publisher(_PublisherCore):
     """Publishes interactions from synchronous code. Thread-safe: redis-py pools its connections."""
 
     _redis: redis.Redis
+    transport: transports.Transport | None
+    _open_transport = staticmethod(transports.open_transport)
+    _hybrid = hybrid.HybridTransport
 
     @staticmethod
     def _connect(url: str, timeout_s: float) -> redis.Redis:
@@ -189,6 +266,12 @@ class Publisher(_PublisherCore):
         """XADD entries already built by `encode_fields`, pipelined; for callers that validate line by line."""
         if not entries:
             return []
+        if self.transport is not None:
+            try:
+                return self.transport.publish_encoded(entries)
+            except PublishError as error:
+                carrying(error, entries)
+                raise
         pipe = self._redis.pipeline(transaction=False)
         self._queue_xadds(pipe, entries)
         try:
@@ -199,7 +282,10 @@ class Publisher(_PublisherCore):
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._redis.close()
+        if self.transport is not None:
+            self.transport.close()
+        else:
+            self._redis.close()
 
     def __enter__(self) -> Self:
         return self
@@ -214,6 +300,9 @@ class AsyncPublisher(_PublisherCore):
     """Publishes interactions from asyncio code; same validation, errors and wire format as `Publisher`."""
 
     _redis: aioredis.Redis
+    transport: transports.AsyncTransport | None
+    _open_transport = staticmethod(transports.open_async_transport)
+    _hybrid = hybrid.AsyncHybridTransport
 
     @staticmethod
     def _connect(url: str, timeout_s: float) -> aioredis.Redis:
@@ -234,6 +323,12 @@ class AsyncPublisher(_PublisherCore):
         """XADD entries already built by `encode_fields`, pipelined."""
         if not entries:
             return []
+        if self.transport is not None:
+            try:
+                return await self.transport.publish_encoded(entries)
+            except PublishError as error:
+                carrying(error, entries)
+                raise
         pipe = self._redis.pipeline(transaction=False)
         self._queue_xadds(pipe, entries)
         try:
@@ -244,7 +339,10 @@ class AsyncPublisher(_PublisherCore):
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._redis.aclose()
+        if self.transport is not None:
+            await self.transport.close()
+        else:
+            await self._redis.aclose()
 
     async def __aenter__(self) -> Self:
         return self

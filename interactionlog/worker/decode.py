@@ -8,9 +8,6 @@ in `data` as sent; `data` is the publisher's JSON text, with only those defaults
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import NamedTuple
-
 from pydantic import ValidationError
 
 from .. import entry_ids
@@ -25,22 +22,9 @@ from ..record import (
     format_timestamp,
     splice_fields,
 )
+from ..rows import StoredRow, row_of
 
-
-class StoredRow(NamedTuple):
-    """A validated entry, shaped as one row of the `interaction_logs` table."""
-
-    mcp_id: str
-    interaction_id: str
-    timestamp: datetime
-    method: str | None
-    tool: str | None
-    session_id: str | None
-    is_error: bool | None
-    duration_ms: float | None
-    trace_id: str | None
-    data: str
-    stream_entry_id: str
+__all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
 
 
 def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[str, str]:
@@ -79,6 +63,26 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
             f"wire version {version.decode('utf-8', 'replace')!r} is not supported by this worker "
             f"(it reads version {WIRE_VERSION.decode()}); upgrade the worker or publish with v 1",
         )
+    record = validate_data(data, max_record_bytes)
+    missing = {"interaction_id", "timestamp"} - record.model_fields_set
+    # The publisher's JSON goes to the data column as sent: already validated, cheaper than re-encoding it,
+    # and exact (PostgreSQL keeps numbers as numeric, where a round trip through Python would turn them into
+    # doubles). Defaults a raw record lacks are spliced into its text, never re-encoded.
+    encoded = data.decode()
+    if missing:
+        encoded = splice_fields(encoded, entry_defaults(entry_id, missing))
+        values = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
+        record = record.model_copy(update={name: values[name] for name in missing})
+    try:
+        ensure_storable(encoded, record)
+    except InvalidRecordError as error:
+        raise PermanentEntryError("unstorable_value", str(error)) from error
+    return row_of(record, encoded, entry_id)
+
+
+def validate_data(data: bytes, max_record_bytes: int) -> Interaction:
+    """Validate one record's JSON text (an entry's `data`, or a record sent to a gateway), or raise
+    `PermanentEntryError` with the reason: too_large, invalid_json, not_json_object or invalid_record."""
     if len(data) > max_record_bytes:
         raise PermanentEntryError(
             "too_large",
@@ -98,29 +102,4 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
                 "not_json_object", "data is JSON but not a JSON object; send one object per record"
             ) from error
         raise PermanentEntryError("invalid_record", describe_validation_error(error, data)) from error
-    missing = {"interaction_id", "timestamp"} - record.model_fields_set
-    # The publisher's JSON goes to the data column as sent: already validated, cheaper than re-encoding it,
-    # and exact (PostgreSQL keeps numbers as numeric, where a round trip through Python would turn them into
-    # doubles). Defaults a raw record lacks are spliced into its text, never re-encoded.
-    encoded = data.decode()
-    if missing:
-        encoded = splice_fields(encoded, entry_defaults(entry_id, missing))
-        values = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
-        record = record.model_copy(update={name: values[name] for name in missing})
-    try:
-        ensure_storable(encoded, record)
-    except InvalidRecordError as error:
-        raise PermanentEntryError("unstorable_value", str(error)) from error
-    return StoredRow(
-        record.mcp_id,
-        record.interaction_id,
-        record.timestamp,
-        record.method,
-        record.tool,
-        record.session_id,
-        record.is_error,
-        record.duration_ms,
-        record.trace_id,
-        encoded,
-        entry_id,
-    )
+    return record
