@@ -108,8 +108,7 @@ class _PublisherCore:
 
     def _failed(self, error: RedisError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
         """The PublishError for a failed round trip, carrying the records' interaction ids and entries."""
-        ids = tuple(_interaction_id(fields) for fields in entries)
-        shown = ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]} ({len(ids)} records)"
+        shown = _shown_ids(entries)
         failure: PublishError
         if isinstance(error, RedisConnectionError | RedisTimeoutError):
             failure = PublishUnavailableError(
@@ -122,9 +121,7 @@ class _PublisherCore:
                 f"Redis refused interaction_id {shown} for stream {self.stream!r} (records before the refused one "
                 f"may have been added; publishing error.entries again stores each once): {error}"
             )
-        failure.interaction_ids = ids
-        failure.entries = tuple(entries)
-        return failure
+        return carrying(failure, entries)
 
     @classmethod
     def from_url(
@@ -159,9 +156,13 @@ class _PublisherCore:
         if scheme not in transports.REDIS_SCHEMES:
             transport = cls._open_transport(url, timeout_s=timeout_s, token=token)
             return cls(
-                None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport,
+                None,
+                stream=stream,
+                maxlen=maxlen,
+                max_record_bytes=max_record_bytes,
                 strict=strict,
-            )  # fmt: skip
+                transport=transport,
+            )
         client = cls._connect(url, timeout_s)
         return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, strict=strict)
 
@@ -200,12 +201,26 @@ class _PublisherCore:
         raise NotImplementedError
 
 
+def carrying(error: PublishError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
+    """`error` with what was being sent attached (unless a transport attached it already): the entries, exactly
+    as sent, and their interaction ids, so the caller can publish the same records again."""
+    if not error.entries:
+        error.entries = tuple(entries)
+        error.interaction_ids = tuple(_interaction_id(fields) for fields in entries)
+    return error
+
+
 def _interaction_id(fields: dict[bytes, bytes]) -> str:
     """The interaction id inside an encoded entry (on the error path only, so parsing it again is fine)."""
     try:
         return str(json.loads(fields[DATA_FIELD])["interaction_id"])
     except (KeyError, ValueError, TypeError):
         return "?"
+
+
+def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
+    first = _interaction_id(entries[0])
+    return first if len(entries) == 1 else f"{first} .. {_interaction_id(entries[-1])} ({len(entries)} records)"
 
 
 def _client_options(timeout_s: float) -> dict[str, Any]:
@@ -252,7 +267,11 @@ class Publisher(_PublisherCore):
         if not entries:
             return []
         if self.transport is not None:
-            return self.transport.publish_encoded(entries)
+            try:
+                return self.transport.publish_encoded(entries)
+            except PublishError as error:
+                carrying(error, entries)
+                raise
         pipe = self._redis.pipeline(transaction=False)
         self._queue_xadds(pipe, entries)
         try:
@@ -305,7 +324,11 @@ class AsyncPublisher(_PublisherCore):
         if not entries:
             return []
         if self.transport is not None:
-            return await self.transport.publish_encoded(entries)
+            try:
+                return await self.transport.publish_encoded(entries)
+            except PublishError as error:
+                carrying(error, entries)
+                raise
         pipe = self._redis.pipeline(transaction=False)
         self._queue_xadds(pipe, entries)
         try:

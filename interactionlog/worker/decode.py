@@ -25,7 +25,7 @@ from ..record import (
 )
 from ..rows import StoredRow, row_of
 
-__all__ = ["StoredRow", "decode_entry", "validate_data"]
+__all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
 
 
 def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[str, str]:

@@ -197,7 +197,8 @@ class StreamGroup:
             # Wait for the heartbeat, but never let it decide how this block ends: a `suppress(CancelledError)`
             # around `await heartbeat` would also swallow a cancellation of the caller's own (its shutdown), and a
             # heartbeat whose cancellation got lost (Python 3.11's asyncio.timeout can turn a cancel into the
-            # TimeoutError of a Redis read) would hold the caller forever. The flag ends that one at its next turn.
+            # TimeoutError of a Redis read, and redis-py can swallow one) would hold the caller forever. The flag ends
+            # that one at its next turn.
             await asyncio.wait({heartbeat}, timeout=HEARTBEAT_STOP_WAIT_S)
             if heartbeat.done() and not heartbeat.cancelled() and heartbeat.exception() is not None:
                 log.warning("heartbeat_failed", error=str(heartbeat.exception()))
