@@ -102,6 +102,16 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
     Pattern("stripe_key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}\b"), ("_live_", "_test_")),
     Pattern("api_key", re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}"), ("sk-",)),
     Pattern("url_password", re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"), ("://",)),
+    # "password=hunter2", "api_key: abc", '"token": "abc"' inside a text (a tool that returns JSON or logs as text).
+    Pattern(
+        "key",
+        re.compile(
+            r"(?i:\b(?:[a-z0-9]+[_-])?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key|auth|authorization"
+            r"|credentials?|cookie|private[_-]?key|access[_-]?key|csrf|xsrf|sessionid|signature)(?:[_-][a-z0-9]+)?)"
+            r"[\"']?\s*[:=]\s*[\"']?(?P<secret>(?!\[redacted:)[^\"'\s,;&}]{3,})"
+        ),
+        ("pass", "pwd", "secret", "token", "key", "auth", "cred", "cookie", "csrf", "xsrf", "session", "signature"),
+    ),
     Pattern(_CARD, re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), (), looks_like_card),
 )
 
@@ -140,7 +150,7 @@ class Scrubber:
 
     - `extra_keys`: more key names (words or `word_word` pairs, any case) whose values are scrubbed;
     - `extra_patterns`: more regular expressions (text or compiled) whose matches in any string are scrubbed,
-      marked ``[redacted:pattern]``;
+      marked ``[redacted:pattern]`` (only the group named `secret`, if the expression has one);
     - `allow_keys`: key names whose values are never scrubbed (exact, case-insensitive), e.g. `token_count`;
     - `callback`: runs last with the record's payload fields (a dict holding those of `request`, `response`,
       `error`, `metadata` the record has) and returns them, changed as it likes;
@@ -219,7 +229,11 @@ class Scrubber:
                 if pattern.check is not None and not pattern.check(match.group(0)):
                     return match.group(0)
                 counts[pattern.kind] += 1
-                return marker(pattern.kind)
+                if "secret" not in match.re.groupindex:
+                    return marker(pattern.kind)
+                # Only the value is replaced: the key before it stays, saying what was there.
+                start, end = match.start("secret") - match.start(), match.end("secret") - match.start()
+                return match.group(0)[:start] + marker(pattern.kind) + match.group(0)[end:]
 
             text = pattern.regex.sub(replace, text)
             lowered = text.lower()
