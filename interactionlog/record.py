@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, Val
 from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidRecordError
+from .scrub import scrub_text
 
 WIRE_VERSION = b"1"
 VERSION_FIELD = b"v"
@@ -94,7 +95,7 @@ def describe_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False):
         field = ".".join(str(part) for part in item["loc"]) or "record"
-        value = repr(item.get("input"))
+        value = scrub_text(repr(item.get("input")))  # error texts reach dead letters and logs: no secrets
         if len(value) > 60:
             value = value[:57] + "..."
         problems.append(f"field '{field}': {item['msg']} (got {value})")

@@ -310,6 +310,11 @@ def _is_marker(value: object) -> bool:
 DEFAULT_SCRUBBER = Scrubber()
 
 
+def scrub_text(text: str) -> str:
+    """`text` with the default credential patterns scrubbed: for error messages that quote a value."""
+    return DEFAULT_SCRUBBER.scrub_text(text, Counter())
+
+
 def _triggers(scrubber: Scrubber, data: bytes) -> bool:
     """The worker's cheap pre-check over a record's raw JSON: could a denied key or a credential be in it?
 

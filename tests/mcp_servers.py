@@ -14,6 +14,16 @@ import os
 import sys
 from typing import Any
 
+import anyio
+import mcp_types as types
+import uvicorn
+from fastmcp import FastMCP
+from fastmcp.tools import ToolResult
+from mcp.server.lowlevel import Server
+from mcp.server.mcpserver import MCPServer
+from mcp.server.stdio import stdio_server
+from mcp_types import CallToolResult, TextContent
+
 from interactionlog.mcp import instrument
 
 SERVER_NAME = "test-server"
@@ -29,8 +39,6 @@ def _echo_text(arguments: dict[str, Any]) -> str:
 
 def mcpserver() -> Any:
     """An MCPServer (official SDK 2.x, high level)."""
-    from mcp.server.mcpserver import MCPServer
-    from mcp_types import CallToolResult, TextContent
 
     server = MCPServer(SERVER_NAME, version=SERVER_VERSION)
 
@@ -69,8 +77,6 @@ def mcpserver() -> Any:
 
 def lowlevel() -> Any:
     """A low-level Server (official SDK 2.x) with hand-written handlers."""
-    import mcp_types as types
-    from mcp.server.lowlevel import Server
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         arguments = params.arguments or {}
@@ -79,10 +85,10 @@ def lowlevel() -> Any:
         elif params.name == "explode":
             raise ValueError(f"exploded: {arguments.get('reason')}")
         elif params.name == "refuse":
-            return types.CallToolResult(content=[types.TextContent(type="text", text=REFUSAL)], is_error=True)
+            return types.CallToolResult(content=[TextContent(type="text", text=REFUSAL)], is_error=True)
         else:
             text = _echo_text(arguments.get("payload", {}))
-        return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
+        return CallToolResult(content=[TextContent(type="text", text=text)])
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         schema = {"type": "object"}
@@ -95,7 +101,7 @@ def lowlevel() -> Any:
 
     async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         name = (params.arguments or {}).get("name", "")
-        message = types.PromptMessage(role="user", content=types.TextContent(type="text", text=f"Say hello to {name}."))
+        message = types.PromptMessage(role="user", content=TextContent(type="text", text=f"Say hello to {name}."))
         return types.GetPromptResult(messages=[message])
 
     return Server(
@@ -110,9 +116,6 @@ def lowlevel() -> Any:
 
 def fastmcp() -> Any:
     """A FastMCP server of the standalone fastmcp package."""
-    from fastmcp import FastMCP
-    from fastmcp.tools import ToolResult
-    from mcp_types import TextContent
 
     server = FastMCP(SERVER_NAME, version=SERVER_VERSION)
 
@@ -153,11 +156,8 @@ FLAVOURS = {"mcpserver": mcpserver, "lowlevel": lowlevel, "fastmcp": fastmcp}
 
 
 def _run_lowlevel(server: Any, transport: str, port: int) -> None:
-    import anyio
-    import uvicorn
 
     if transport == "stdio":
-        from mcp.server.stdio import stdio_server
 
         async def main() -> None:
             async with stdio_server() as (read_stream, write_stream):

@@ -23,6 +23,7 @@ from ..record import (
     encode_record,
     ensure_storable,
 )
+from ..scrub import scrub_stored_json
 
 
 class StoredRow(NamedTuple):
@@ -41,8 +42,11 @@ class StoredRow(NamedTuple):
     stream_entry_id: str
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int) -> StoredRow:
+def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True) -> StoredRow:
     """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
+
+    With `scrub` (the `scrub_payloads` setting), secrets in the payload are replaced by markers before storage;
+    the data column otherwise holds the publisher's JSON unchanged (see `scrub.scrub_stored_json`).
 
     A record sent without `interaction_id` or `timestamp` (a plain XADD from another language) gets them
     from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once.
@@ -95,6 +99,8 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
             ensure_storable(encoded, record)
     except InvalidRecordError as error:
         raise PermanentEntryError("unstorable_value", str(error)) from error
+    if scrub:  # the worker's scrubbing pass: covers publishers in any language
+        encoded = scrub_stored_json(encoded)
     return StoredRow(
         record.mcp_id,
         record.interaction_id,
