@@ -4,7 +4,7 @@
     python -m tests.mcp_servers <flavour> http <port>
 
 flavour: `mcpserver` (official SDK 2.x MCPServer), `lowlevel` (official SDK 2.x low-level Server), `fastmcp`
-(the standalone package). Every server offers the same things: tools `add`, `explode` (raises), `refuse`
+(the standalone package). Every server offers the same things: tools `add`, `explode` (raises), `whoami` (its pid), `refuse`
 (returns a result with isError), `echo` (returns its arguments; the secrets test plants values in them), a
 resource `config://app` and a prompt `greet`. `instrument()` takes its settings from INTERACTIONLOG_* variables.
 """
@@ -31,6 +31,7 @@ SERVER_VERSION = "1.2.3"
 RESOURCE_URI = "config://app"
 RESOURCE_TEXT = '{"region": "eu-north-1"}'
 REFUSAL = "the city is not known"
+LOG_VARIABLE = "TEST_MCP_SERVER_LOG"  # where a stdio server's stderr goes (the SDK's client passes it through)
 
 
 def _echo_text(arguments: dict[str, Any]) -> str:
@@ -62,6 +63,11 @@ def mcpserver() -> Any:
         """Returns its argument as JSON text."""
         return _echo_text(payload)
 
+    @server.tool()
+    def whoami() -> int:
+        """The server's process id."""
+        return os.getpid()
+
     @server.resource(RESOURCE_URI)
     def config() -> str:
         """A configuration document."""
@@ -84,6 +90,8 @@ def lowlevel() -> Any:
             text = str(arguments["a"] + arguments["b"])
         elif params.name == "explode":
             raise ValueError(f"exploded: {arguments.get('reason')}")
+        elif params.name == "whoami":
+            text = str(os.getpid())
         elif params.name == "refuse":
             return types.CallToolResult(content=[TextContent(type="text", text=REFUSAL)], is_error=True)
         else:
@@ -93,7 +101,7 @@ def lowlevel() -> Any:
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         schema = {"type": "object"}
         return types.ListToolsResult(
-            tools=[types.Tool(name=name, input_schema=schema) for name in ("add", "explode", "refuse", "echo")]
+            tools=[types.Tool(name=name, input_schema=schema) for name in ("add", "explode", "refuse", "echo", "whoami")]
         )
 
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
@@ -139,6 +147,11 @@ def fastmcp() -> Any:
         """Returns its argument as JSON text."""
         return _echo_text(payload)
 
+    @server.tool
+    def whoami() -> int:
+        """The server's process id."""
+        return os.getpid()
+
     @server.resource(RESOURCE_URI)
     def config() -> str:
         """A configuration document."""
@@ -171,6 +184,8 @@ def _run_lowlevel(server: Any, transport: str, port: int) -> None:
 def main(argv: list[str]) -> None:
     """Build the flavour's server, instrument it, and serve it on the transport."""
     flavour, transport = argv[0], argv[1]
+    if log := os.environ.get(LOG_VARIABLE):
+        os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
     port = int(argv[2]) if len(argv) > 2 else 0
     server = FLAVOURS[flavour]()
     handle = instrument(server)
