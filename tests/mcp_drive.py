@@ -73,7 +73,7 @@ def _listening(port: int) -> bool:
 @asynccontextmanager
 async def connected(target: Any, mode: str = "legacy") -> AsyncIterator[Client]:
     """An initialized client of `target` (stdio parameters or an HTTP URL)."""
-    async with Client(target, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(target, mode=mode) as client:
         yield client
 
 

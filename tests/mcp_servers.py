@@ -4,8 +4,9 @@
     python -m tests.mcp_servers <flavour> http <port>
 
 flavour: `mcpserver` (official SDK 2.x MCPServer), `lowlevel` (official SDK 2.x low-level Server), `fastmcp`
-(the standalone package). Every server offers the same things: tools `add`, `explode` (raises), `whoami` (its pid), `refuse`
-(returns a result with isError), `echo` (returns its arguments; the secrets test plants values in them), a
+(the standalone package). Every server offers the same things: tools `add`, `explode` (raises), `whoami` (its
+pid), `refuse` (returns a result with isError), `echo` (returns its arguments; the secrets test plants values
+in them), a
 resource `config://app` and a prompt `greet`. `instrument()` takes its settings from INTERACTIONLOG_* variables.
 """
 
@@ -100,9 +101,8 @@ def lowlevel() -> Any:
 
     async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         schema = {"type": "object"}
-        return types.ListToolsResult(
-            tools=[types.Tool(name=name, input_schema=schema) for name in ("add", "explode", "refuse", "echo", "whoami")]
-        )
+        names = ("add", "explode", "refuse", "echo", "whoami")
+        return types.ListToolsResult(tools=[types.Tool(name=name, input_schema=schema) for name in names])
 
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         return types.ReadResourceResult(contents=[types.TextResourceContents(uri=str(params.uri), text=RESOURCE_TEXT)])

@@ -37,7 +37,7 @@ async def _exercise(target: Any) -> dict[str, Any]:
     """Every kind of call the tests check; returns what the client saw."""
     seen: dict[str, Any] = {}
     async with connected(target) as client:
-        seen["add"] = await client.call_tool("add", {"a": 2, "b": 3}, meta={"traceparent": TRACEPARENT})
+        seen["add"] = await client.call_tool("add", {"a": 2, "b": 3}, meta={"traceparent": TRACEPARENT})  # type: ignore[arg-type]
         try:
             seen["explode"] = await client.call_tool("explode", {"reason": "boom"})
         except MCPError as error:  # the low-level server answers a raising handler with a JSON-RPC error
@@ -51,7 +51,8 @@ async def _exercise(target: Any) -> dict[str, Any]:
 
 def _stored(database_url: str) -> dict[str, dict[str, Any]]:
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT tool, method, session_id, is_error, trace_id, data FROM interaction_logs").fetchall()
+        query = "SELECT tool, method, session_id, is_error, trace_id, data FROM interaction_logs"
+        rows = conn.execute(query).fetchall()
     return {tool: {"method": method, "session_id": session, "is_error": is_error, "trace_id": trace, "data": data}
             for tool, method, session, is_error, trace, data in rows}  # fmt: skip
 
@@ -82,10 +83,13 @@ def test_every_call_of_an_instrumented_server_is_stored_with_its_facts_and_witho
     }  # fmt: skip
     add = stored["add"]["data"]
     assert add["request"]["arguments"] == {"a": 2, "b": 3}
-    assert add["response"]["content"][0]["text"] == "5" and add["is_error"] is False
-    assert add["duration_ms"] > 0 and add["request_id"] not in (None, "")
+    assert add["response"]["content"][0]["text"] == "5"
+    assert add["is_error"] is False
+    assert add["duration_ms"] > 0
+    assert add["request_id"] not in (None, "")
     assert add["client"]["name"] == "mcp"
-    assert add["metadata"]["mcp.server.name"] == SERVER_NAME and add["metadata"]["mcp.server.version"] == SERVER_VERSION
+    assert add["metadata"]["mcp.server.name"] == SERVER_NAME
+    assert add["metadata"]["mcp.server.version"] == SERVER_VERSION
     assert add["metadata"]["mcp.protocol.version"]
     assert add["metadata"]["network.transport"] == ("pipe" if transport == "stdio" else "tcp")
     assert stored["add"]["trace_id"] == TRACE_ID
@@ -97,7 +101,8 @@ def test_every_call_of_an_instrumented_server_is_stored_with_its_facts_and_witho
         assert explode["data"]["error"] == {"type": "ValueError", "message": "exploded: boom"}
     else:
         assert seen["explode"].is_error
-    assert stored["refuse"]["is_error"] is True and seen["refuse"].is_error
+    assert stored["refuse"]["is_error"] is True
+    assert seen["refuse"].is_error
     assert stored["refuse"]["data"]["response"]["content"][0]["text"] == REFUSAL
     assert stored["refuse"]["data"]["metadata"]["error.type"] == "tool_error"
     assert stored["config://app"]["data"]["response"]["contents"][0]["text"] == RESOURCE_TEXT
@@ -105,7 +110,8 @@ def test_every_call_of_an_instrumented_server_is_stored_with_its_facts_and_witho
     assert "Ann" in json.dumps(stored["greet"]["data"]["response"])
 
     sessions = {row["session_id"] for row in stored.values()}
-    assert len(sessions) == 1 and None not in sessions, sessions
+    assert len(sessions) == 1, sessions
+    assert None not in sessions
 
     # The client saw the secrets echoed back unchanged: the instrumentation never changes a result.
     echoed = json.loads(seen["echo"].content[0].text)
@@ -132,7 +138,7 @@ def test_instrument_recognises_each_flavour_and_is_safe_to_call_twice(redis_url:
         handle.close()
         assert instrument(server, url=redis_url, spool_dir=False) is not handle
         instrument(server).close()
-    with pytest.raises(TypeError, match="does not know a builtins.object"):
+    with pytest.raises(TypeError, match=r"does not know a builtins\.object"):
         detect_flavour(object())
 
 
@@ -150,7 +156,8 @@ def test_a_non_python_publishers_secrets_are_scrubbed_by_the_worker(
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT data::text FROM interaction_logs").fetchone()
     assert row is not None
-    assert "s3cret-value" not in row[0] and "abcdefghijklmnop1234" not in row[0]
+    assert "s3cret-value" not in row[0]
+    assert "abcdefghijklmnop1234" not in row[0]
     stored = json.loads(row[0])
     assert stored["request"] == {"user": "ann", "password": "[redacted:key]", "n": 1.50}
     assert stored["response"] == {"text": "use [redacted:bearer_token]"}
