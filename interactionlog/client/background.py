@@ -14,8 +14,10 @@ spool oldest first, so records reach Redis in the order they were published. Rep
 carries its `interaction_id`, and the worker stores a record once however often it is XADDed.
 
 What a SIGKILL of the process can lose: the records still in the in-memory queue or in the batch being sent,
-that is the records published since the thread last took a batch (while Redis answers, a few milliseconds'
-worth; while it does not, at most one batch wait, `spool_interval_s`). Everything the spool committed survives
+that is the records published since the thread last took a batch: while Redis answers, those of the last
+`linger_s` (20 ms) plus the batch in flight; while it does not, the same, since each batch is spooled at once
+(a frozen Redis holds one batch in flight for up to about 2 x the publisher's `timeout_s`). Everything the spool
+committed survives
 (see `client.spool` for its fsync policy).
 """
 
@@ -56,6 +58,7 @@ DEFAULT_QUEUE_MAX = 10_000
 DEFAULT_BATCH_MAX = 500
 DEFAULT_SPOOL_INTERVAL_S = 1.0
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
+DEFAULT_LINGER_S = 0.02
 
 
 # Interaction ids drawn from a PRNG seeded by the OS (and re-seeded in a forked child, so that two processes
@@ -103,6 +106,7 @@ class BackgroundPublisher:
         breaker: CircuitBreaker | None = None,
         spool_interval_s: float = DEFAULT_SPOOL_INTERVAL_S,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        linger_s: float = DEFAULT_LINGER_S,
         registry: CollectorRegistry | None = None,
     ) -> None:
         if queue_max < 1 or batch_max < 1:
@@ -119,6 +123,7 @@ class BackgroundPublisher:
         self.breaker = breaker if breaker is not None else CircuitBreaker(failure_threshold=1, reset_timeout_s=1.0)
         self.spool_interval_s = spool_interval_s
         self.close_timeout_s = close_timeout_s
+        self.linger_s = linger_s
         self.metrics = ClientMetrics.create(registry)
         self.metrics.queue_depth.set_function(lambda: len(self._queue))
         self._queue: collections.deque[Interaction | Callable[[], Mapping[str, Any]]] = collections.deque()
@@ -260,6 +265,10 @@ class BackgroundPublisher:
             self._wake.wait(timeout=self.spool_interval_s)
             self._wake.clear()
             stopping = self._stopping.is_set()
+            if not stopping and len(self._queue) < self.batch_max:
+                # Linger so that records arriving together leave together: one pipelined round trip and one
+                # turn of this thread per batch, instead of a GIL hand-over per record in the request path.
+                self._stopping.wait(self.linger_s)
             try:
                 if self.spool is not None and time.monotonic() - last_check >= self.spool_interval_s:
                     last_check = time.monotonic()
@@ -286,6 +295,7 @@ class BackgroundPublisher:
             taken += 1
             if entry is not None:
                 batch.append(entry)
+            time.sleep(0)  # let a waiting request thread take the GIL between records, not after the whole batch
         return batch
 
     def _drain_queue(self, stopping: bool) -> None:
