@@ -62,8 +62,12 @@ async def _calls(server: MCPServer, count: int) -> list[float]:
     return samples
 
 
-def _scenario(name: str, count: int, redis: RedisServer | None, spool: Path,
-              before: Callable[[], None] = lambda: None) -> tuple[str, list[float], Instrumentation | None]:  # fmt: skip
+Result = tuple[str, list[float], Instrumentation | None]
+
+
+def _scenario(
+    name: str, count: int, redis: RedisServer | None, spool: Path, before: Callable[[], None] = lambda: None
+) -> Result:
     server = _server()
     handle = instrument(server, url=redis.url, spool_dir=spool, mcp_id="bench") if redis is not None else None
     before()
