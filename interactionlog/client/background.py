@@ -90,8 +90,8 @@ class BackgroundPublisher:
     """Publishes records from any thread without waiting on the network; see the module docstring.
 
     `sender` is a synchronous `Publisher` (used from the background thread only); `spool` may be None, in which
-    case records that cannot be sent are dropped, counted and logged. `oversize="truncate"` truncates the
-    payloads of a record over the size cap (with a marker and the original size) instead of refusing it.
+    case records that cannot be sent are dropped, counted and logged. `oversize="truncate"` (the default) truncates
+    the payloads of a record over the size cap, with a marker and the original size; "refuse" drops it, counted.
     """
 
     def __init__(
@@ -102,7 +102,7 @@ class BackgroundPublisher:
         queue_max: int = DEFAULT_QUEUE_MAX,
         batch_max: int = DEFAULT_BATCH_MAX,
         scrubber: Scrubber = DEFAULT_SCRUBBER,
-        oversize: Oversize = "refuse",
+        oversize: Oversize = "truncate",
         breaker: CircuitBreaker | None = None,
         spool_interval_s: float = DEFAULT_SPOOL_INTERVAL_S,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
@@ -154,7 +154,7 @@ class BackgroundPublisher:
         queue_max: int = DEFAULT_QUEUE_MAX,
         batch_max: int = DEFAULT_BATCH_MAX,
         scrubber: Scrubber = DEFAULT_SCRUBBER,
-        oversize: Oversize = "refuse",
+        oversize: Oversize = "truncate",
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         registry: CollectorRegistry | None = None,
         **publisher_options: Any,
@@ -188,7 +188,8 @@ class BackgroundPublisher:
     def publish(self, record: Record) -> str:
         """Validate and enqueue `record`; returns its `interaction_id` without waiting on the network.
 
-        Scrubbing and encoding happen on the background thread. Raises `InvalidRecordError` (nothing enqueued)
+        Scrubbing, encoding and the size check happen on the background thread (an oversize record is truncated,
+        or with `oversize="refuse"` dropped, counted and logged). Raises `InvalidRecordError` (nothing enqueued)
         and `PublishError` after `close()`. A full queue spools the record from this thread (a local disk write).
         """
         if isinstance(record, Interaction):
