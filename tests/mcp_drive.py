@@ -20,7 +20,7 @@ from tests.pipeline import wait_until
 from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-SERVER = [sys.executable, "-m", "tests.mcp_servers"]
+SERVERS = "tests.mcp_servers"
 
 
 def server_env(redis_url: str, spool_dir: Path, **extra: str) -> dict[str, str]:
@@ -34,22 +34,26 @@ def server_env(redis_url: str, spool_dir: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def stdio_target(flavour: str, env: Mapping[str, str], log: Path) -> StdioServerParameters:
+def stdio_target(
+    flavour: str, env: Mapping[str, str], log: Path, python: str = sys.executable, module: str = SERVERS
+) -> StdioServerParameters:
     """Parameters that make the client start the flavour's server over stdio, its stderr going to `log`."""
     return StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "tests.mcp_servers", flavour, "stdio"],
+        command=python,
+        args=["-m", module, flavour, "stdio"],
         env={**env, LOG_VARIABLE: str(log)},
         cwd=str(REPO),
     )
 
 
 @contextmanager
-def http_server(flavour: str, env: Mapping[str, str], log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def http_server(
+    flavour: str, env: Mapping[str, str], log: Path, python: str = sys.executable, module: str = SERVERS
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """The flavour's server on streamable HTTP; yields its URL and process, and terminates it afterwards."""
     port = free_port()
     with log.open("ab") as output:
-        process = subprocess.Popen([*SERVER, flavour, "http", str(port)], env=dict(env), cwd=REPO,
+        process = subprocess.Popen([python, "-m", module, flavour, "http", str(port)], env=dict(env), cwd=REPO,
                                    stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_until(lambda: _listening(port) or process.poll() is not None, timeout_s=60, what="the MCP server")

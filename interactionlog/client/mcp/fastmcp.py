@@ -8,6 +8,7 @@ result with `isError: true`. Results are converted to their MCP wire form on the
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -23,9 +24,23 @@ def _wire_result(method: str, params: Any, result: Any) -> Any:
         return {"content": converted} if isinstance(converted, list) else converted
     if method == "resources/read" and callable(getattr(result, "to_mcp_result", None)):
         return result.to_mcp_result(getattr(params, "uri", ""))
+    if method == "resources/read" and isinstance(result, list):  # fastmcp 2.x: the SDK's ReadResourceContents
+        return {"contents": [_resource_contents(str(getattr(params, "uri", "")), item) for item in result]}
     if method == "prompts/get" and callable(getattr(result, "to_mcp_prompt_result", None)):
         return result.to_mcp_prompt_result()
     return result
+
+
+def _resource_contents(uri: str, item: Any) -> Any:
+    content = getattr(item, "content", None)
+    if content is None:
+        return item
+    contents: dict[str, Any] = {"uri": uri, "mimeType": getattr(item, "mime_type", None)}
+    if isinstance(content, bytes):
+        contents["blob"] = base64.b64encode(content).decode()
+    else:
+        contents["text"] = content
+    return {key: value for key, value in contents.items() if value is not None}
 
 
 def _load_middleware_base() -> type:
