@@ -34,10 +34,10 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
-async def _exercise(target: Any) -> dict[str, Any]:
+async def _exercise(target: Any, mode: str) -> dict[str, Any]:
     """Every kind of call the tests check; returns what the client saw."""
     seen: dict[str, Any] = {}
-    async with connected(target) as client:
+    async with connected(target, mode) as client:
         seen["add"] = await client.call_tool("add", {"a": 2, "b": 3}, meta={"traceparent": TRACEPARENT})  # type: ignore[arg-type]
         try:
             seen["explode"] = await client.call_tool("explode", {"reason": "boom"})
@@ -75,10 +75,12 @@ def exercise_and_check(
     log = tmp_path / "server.log"
     with running_worker(redis_url, database_url, tmp_path) as worker:
         if transport == "stdio":
-            seen = asyncio.run(_exercise(stdio_target(flavour, env, log, python, module)))
+            # "auto": the 2026-07-28 protocol where the server speaks it (no handshake), else the handshake.
+            seen = asyncio.run(_exercise(stdio_target(flavour, env, log, python, module), "auto"))
         else:
+            # The handshake, so that the server hands out an Mcp-Session-Id (the 2026 protocol has none).
             with http_server(flavour, env, log, python, module) as (url, _):
-                seen = asyncio.run(_exercise(url))
+                seen = asyncio.run(_exercise(url, "legacy"))
         wait_until(lambda: count_rows(database_url) >= 6, what="six stored interactions")
     stored = _stored(database_url)
     assert count_rows(database_url) == 6
