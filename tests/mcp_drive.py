@@ -15,7 +15,7 @@ from typing import Any
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from tests.mcp_servers import LOG_VARIABLE
+from tests.mcp_tools import LOG_VARIABLE
 from tests.pipeline import wait_until
 from tests.servers import free_port
 

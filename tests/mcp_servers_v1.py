@@ -4,13 +4,12 @@
     .venv-mcp1/bin/python -m tests.mcp_servers_v1 <flavour> http <port>
 
 flavour: `lowlevel1` (1.x low-level Server, decorators), `fastmcp1` (1.x's own FastMCP), `fastmcp2` (the
-standalone fastmcp 2.x, built on SDK 1.x). The tools, resource and prompt are those of `tests.mcp_servers`,
+standalone fastmcp 2.x, built on SDK 1.x). They offer what `tests.mcp_servers` offers, from `tests.mcp_tools`,
 except that fastmcp 2.x has no way to return a tool error result: its `refuse` raises a ToolError instead.
 This module is type-checked against no SDK (the main virtualenv holds 2.x): see the mypy override.
 """
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -31,43 +30,32 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from interactionlog.mcp import instrument
-
-SERVER_NAME = "test-server"
-SERVER_VERSION = "1.2.3"
-RESOURCE_URI = "config://app"
-RESOURCE_TEXT = '{"region": "eu-north-1"}'
-REFUSAL = "the city is not known"
-LOG_VARIABLE = "TEST_MCP_SERVER_LOG"
-TOOLS = ("add", "explode", "refuse", "echo", "whoami")
+from tests import mcp_tools
+from tests.mcp_tools import REFUSAL, RESOURCE_URI, SERVER_NAME, SERVER_VERSION, TOOL_NAMES
 
 
 def lowlevel1() -> Any:
-    """A 1.x low-level Server with decorator-registered handlers."""
+    """A 1.x low-level Server with decorator-registered handlers around the same functions."""
     server: Any = Server(SERVER_NAME, version=SERVER_VERSION)
 
     @server.list_tools()
     async def list_tools() -> list[types.Tool]:
-        return [types.Tool(name=name, inputSchema={"type": "object"}) for name in TOOLS]
+        return [types.Tool(name=name, inputSchema={"type": "object"}) for name in TOOL_NAMES]
 
     @server.call_tool()
     async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
-        if name == "add":
-            return [types.TextContent(type="text", text=str(arguments["a"] + arguments["b"]))]
-        if name == "explode":
-            raise ValueError(f"exploded: {arguments.get('reason')}")
         if name == "refuse":
-            return types.CallToolResult(content=[types.TextContent(type="text", text=REFUSAL)], isError=True)
-        if name == "whoami":
-            return [types.TextContent(type="text", text=str(os.getpid()))]
-        return [types.TextContent(type="text", text=json.dumps(arguments.get("payload", {}), sort_keys=True))]
+            return CallToolResult(content=[TextContent(type="text", text=REFUSAL)], isError=True)
+        tool = {tool.__name__: tool for tool in mcp_tools.PLAIN_TOOLS}[name]
+        return [TextContent(type="text", text=str(tool(**arguments)))]
 
     @server.list_resources()
     async def list_resources() -> list[types.Resource]:
-        return [types.Resource(uri=RESOURCE_URI, name="config")]  # type: ignore[arg-type]
+        return [types.Resource(uri=RESOURCE_URI, name="config")]
 
     @server.read_resource()
     async def read_resource(uri: Any) -> list[ReadResourceContents]:
-        return [ReadResourceContents(content=RESOURCE_TEXT, mime_type="text/plain")]
+        return [ReadResourceContents(content=mcp_tools.config(), mime_type="text/plain")]
 
     @server.list_prompts()
     async def list_prompts() -> list[types.Prompt]:
@@ -75,8 +63,8 @@ def lowlevel1() -> Any:
 
     @server.get_prompt()
     async def get_prompt(name: str, arguments: dict[str, str] | None) -> types.GetPromptResult:
-        who = (arguments or {}).get("name", "")
-        message = types.PromptMessage(role="user", content=types.TextContent(type="text", text=f"Say hello to {who}."))
+        text = mcp_tools.greet(**(arguments or {}))
+        message = types.PromptMessage(role="user", content=TextContent(type="text", text=text))
         return types.GetPromptResult(messages=[message])
 
     return server
@@ -85,84 +73,32 @@ def lowlevel1() -> Any:
 def fastmcp1() -> Any:
     """The 1.x SDK's own FastMCP."""
     server = MCPFastMCP(SERVER_NAME)
-
-    @server.tool()
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    @server.tool()
-    def explode(reason: str) -> str:
-        """Always raises."""
-        raise ValueError(f"exploded: {reason}")
+    for tool in mcp_tools.PLAIN_TOOLS:
+        server.tool()(tool)
 
     @server.tool()
     def refuse(city: str) -> CallToolResult:
         """Returns a tool error result."""
         return CallToolResult(content=[TextContent(type="text", text=REFUSAL)], isError=True)
 
-    @server.tool()
-    def echo(payload: dict[str, Any]) -> str:
-        """Returns its argument as JSON text."""
-        return json.dumps(payload, sort_keys=True)
-
-    @server.tool()
-    def whoami() -> int:
-        """The server's process id."""
-        return os.getpid()
-
-    @server.resource(RESOURCE_URI)
-    def config() -> str:
-        """A configuration document."""
-        return RESOURCE_TEXT
-
-    @server.prompt()
-    def greet(name: str) -> str:
-        """A greeting prompt."""
-        return f"Say hello to {name}."
-
+    server.resource(RESOURCE_URI)(mcp_tools.config)
+    server.prompt()(mcp_tools.greet)
     return server
 
 
 def fastmcp2() -> Any:
     """The standalone fastmcp 2.x (on SDK 1.x)."""
     server = FastMCP(SERVER_NAME, version=SERVER_VERSION)
-
-    @server.tool
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        return a + b
-
-    @server.tool
-    def explode(reason: str) -> str:
-        """Always raises."""
-        raise ValueError(f"exploded: {reason}")
+    for tool in mcp_tools.PLAIN_TOOLS:
+        server.tool(tool)
 
     @server.tool
     def refuse(city: str) -> str:
         """Refuses (fastmcp 2.x reports a tool error only by raising)."""
         raise ToolError(REFUSAL)
 
-    @server.tool
-    def echo(payload: dict[str, Any]) -> str:
-        """Returns its argument as JSON text."""
-        return json.dumps(payload, sort_keys=True)
-
-    @server.tool
-    def whoami() -> int:
-        """The server's process id."""
-        return os.getpid()
-
-    @server.resource(RESOURCE_URI)
-    def config() -> str:
-        """A configuration document."""
-        return RESOURCE_TEXT
-
-    @server.prompt
-    def greet(name: str) -> str:
-        """A greeting prompt."""
-        return f"Say hello to {name}."
-
+    server.resource(RESOURCE_URI)(mcp_tools.config)
+    server.prompt(mcp_tools.greet)
     return server
 
 
@@ -193,8 +129,7 @@ def main(argv: list[str]) -> None:
     """Build the flavour's server, instrument it, and serve it on the transport."""
     flavour, transport = argv[0], argv[1]
     port = int(argv[2]) if len(argv) > 2 else 0
-    if log := os.environ.get(LOG_VARIABLE):
-        os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
+    mcp_tools.redirect_stderr()
     server = FLAVOURS[flavour]()
     handle = instrument(server)
     print(f"instrumented {handle.flavour} pid={os.getpid()}", file=sys.stderr, flush=True)

@@ -16,7 +16,8 @@ from mcp.shared.exceptions import MCPError
 
 from interactionlog.mcp import detect_flavour, instrument
 from tests.mcp_drive import SERVERS, connected, http_server, server_env, stdio_target
-from tests.mcp_servers import REFUSAL, RESOURCE_TEXT, SERVER_NAME, fastmcp, lowlevel, mcpserver
+from tests.mcp_servers import fastmcp, lowlevel, mcpserver
+from tests.mcp_tools import REFUSAL, RESOURCE_TEXT, SERVER_NAME
 from tests.pipeline import count_rows, migrate, running_worker, wait_until
 
 # Planted in arguments and results: under sensitive keys, under innocent keys, and inside free text.

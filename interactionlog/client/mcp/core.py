@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -189,6 +189,34 @@ class Recorder:
         return {key: value for key, value in record.items() if value is not None}
 
 
-def elapsed_ms(started_ns: int) -> float:
-    """Milliseconds since `started_ns` (a `time.perf_counter_ns()` reading)."""
-    return (time.perf_counter_ns() - started_ns) / 1e6
+FactsOf = Callable[[Any, BaseException | None], RequestFacts]
+_T = TypeVar("_T")
+
+
+async def observe(recorder: Recorder, method: str, call: Callable[[], Awaitable[_T]], facts_of: FactsOf) -> _T:
+    """Await `call` (the rest of the request path), then record its outcome; the outcome is passed on unchanged.
+
+    `facts_of(result, error)` gathers the request's facts in the request's own task (context variables, the
+    active span); if it fails, a record with the method and outcome alone is made instead.
+    """
+    started = time.perf_counter_ns()
+    try:
+        result = await call()
+    except Exception as error:
+        failure = error
+        _record_outcome(recorder, method, started, lambda: facts_of(None, failure), failure)
+        raise
+    _record_outcome(recorder, method, started, lambda: facts_of(result, None), None)
+    return result
+
+
+def _record_outcome(
+    recorder: Recorder, method: str, started: int, facts: Callable[[], RequestFacts], error: BaseException | None
+) -> None:
+    duration_ms = (time.perf_counter_ns() - started) / 1e6
+    try:
+        gathered = facts()
+    except Exception:  # never let the instrumentation change the request's outcome
+        gathered = RequestFacts(method=method, params=None, error=error)
+    gathered.duration_ms = duration_ms
+    recorder.record(gathered)

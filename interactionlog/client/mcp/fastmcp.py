@@ -9,10 +9,9 @@ result with `isError: true`. Results are converted to their MCP wire form on the
 from __future__ import annotations
 
 import base64
-import time
 from typing import Any
 
-from .core import RECORDED_METHODS, Recorder, RequestFacts, active_trace, client_of, elapsed_ms, header_session_id
+from .core import RECORDED_METHODS, Recorder, RequestFacts, active_trace, client_of, header_session_id, observe
 
 
 def _wire_result(method: str, params: Any, result: Any) -> Any:
@@ -75,25 +74,8 @@ def middleware_for(recorder: Recorder) -> Any:
 
 
 async def _observe(recorder: Recorder, context: Any, call_next: Any) -> Any:
-    started = time.perf_counter_ns()
-    try:
-        result = await call_next(context)
-    except Exception as error:
-        _record(recorder, context, started, None, error)
-        raise
-    _record(recorder, context, started, result, None)
-    return result
-
-
-def _record(recorder: Recorder, context: Any, started: int, result: Any, error: BaseException | None) -> None:
-    duration_ms = elapsed_ms(started)
-    method = context.method or "?"
-    try:
-        facts = _facts(recorder, context, result, error)
-    except Exception:  # never let the instrumentation change the request's outcome
-        facts = RequestFacts(method=method, params=None, result=None, error=error)
-    facts.duration_ms = duration_ms
-    recorder.record(facts)
+    return await observe(recorder, context.method or "?", lambda: call_next(context),
+                         lambda result, error: _facts(recorder, context, result, error))  # fmt: skip
 
 
 def _facts(recorder: Recorder, context: Any, result: Any, error: BaseException | None) -> RequestFacts:

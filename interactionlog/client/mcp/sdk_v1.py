@@ -10,11 +10,10 @@ tool's exception into a result with `isError: true`; other handlers' exceptions 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .core import Recorder, RequestFacts, active_trace, client_of, elapsed_ms, header_session_id
+from .core import Recorder, RequestFacts, active_trace, client_of, header_session_id, observe
 
 Handler = Callable[[Any], Awaitable[Any]]
 
@@ -39,23 +38,8 @@ class _Wrapped:
         method = getattr(request, "method", "")
         if not self.recorder.wants(method):
             return await self.handler(request)
-        started = time.perf_counter_ns()
-        try:
-            result = await self.handler(request)
-        except Exception as error:
-            self._record(request, started, None, error)
-            raise
-        self._record(request, started, result, None)
-        return result
-
-    def _record(self, request: Any, started: int, result: Any, error: BaseException | None) -> None:
-        duration_ms = elapsed_ms(started)
-        try:
-            facts = self._facts(request, result, error)
-        except Exception:  # never let the instrumentation change the request's outcome
-            facts = RequestFacts(method=getattr(request, "method", "?"), params=None, result=result, error=error)
-        facts.duration_ms = duration_ms
-        self.recorder.record(facts)
+        return await observe(self.recorder, method, lambda: self.handler(request),
+                             lambda result, error: self._facts(request, result, error))  # fmt: skip
 
     def _facts(self, request: Any, result: Any, error: BaseException | None) -> RequestFacts:
         context = _request_context()

@@ -7,10 +7,9 @@ failing request as the exception it raises (`MCPError`, a validation error, or a
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from .core import Recorder, RequestFacts, active_trace, client_of, elapsed_ms, header_session_id
+from .core import Recorder, RequestFacts, active_trace, client_of, header_session_id, observe
 
 
 class InteractionlogMiddleware:
@@ -20,27 +19,11 @@ class InteractionlogMiddleware:
         self.recorder = recorder
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
-        """Run the rest of the chain, timing it, and record the outcome; the outcome itself is passed on as is."""
-        method = ctx.method
-        if ctx.request_id is None or not self.recorder.wants(method):  # a notification, or not recorded
+        """Run the rest of the chain and record the outcome; the outcome itself is passed on as is."""
+        if ctx.request_id is None or not self.recorder.wants(ctx.method):  # a notification, or not recorded
             return await call_next(ctx)
-        started = time.perf_counter_ns()
-        try:
-            result = await call_next(ctx)
-        except Exception as error:
-            self._record(ctx, started, None, error)
-            raise
-        self._record(ctx, started, result, None)
-        return result
-
-    def _record(self, ctx: Any, started: int, result: Any, error: BaseException | None) -> None:
-        duration_ms = elapsed_ms(started)
-        try:
-            facts = self._facts(ctx, result, error)
-        except Exception:  # never let the instrumentation change the request's outcome
-            facts = RequestFacts(method=ctx.method, params=None, result=result, error=error)
-        facts.duration_ms = duration_ms
-        self.recorder.record(facts)
+        return await observe(self.recorder, ctx.method, lambda: call_next(ctx),
+                             lambda result, error: self._facts(ctx, result, error))  # fmt: skip
 
     def _facts(self, ctx: Any, result: Any, error: BaseException | None) -> RequestFacts:
         params = ctx.params

@@ -1,0 +1,56 @@
+"""The tools, resource and prompt every test MCP server offers, as plain functions each SDK registers.
+
+No SDK is imported here, so the servers on SDK 2.x (`tests.mcp_servers`) and on SDK 1.x
+(`tests.mcp_servers_v1`) share them. `refuse`, which returns an SDK type, is written per SDK.
+"""
+
+import json
+import os
+from typing import Any
+
+SERVER_NAME = "test-server"
+SERVER_VERSION = "1.2.3"
+RESOURCE_URI = "config://app"
+RESOURCE_TEXT = '{"region": "eu-north-1"}'
+REFUSAL = "the city is not known"
+LOG_VARIABLE = "TEST_MCP_SERVER_LOG"  # where a stdio server's stderr goes (the SDK's client passes it through)
+TOOL_NAMES = ("add", "explode", "refuse", "echo", "whoami")
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def explode(reason: str) -> str:
+    """Always raises."""
+    raise ValueError(f"exploded: {reason}")
+
+
+def echo(payload: dict[str, Any]) -> str:
+    """Returns its argument as JSON text."""
+    return json.dumps(payload, sort_keys=True)
+
+
+def whoami() -> int:
+    """The server's process id."""
+    return os.getpid()
+
+
+def config() -> str:
+    """A configuration document."""
+    return RESOURCE_TEXT
+
+
+def greet(name: str) -> str:
+    """A greeting prompt."""
+    return f"Say hello to {name}."
+
+
+PLAIN_TOOLS = (add, explode, echo, whoami)
+
+
+def redirect_stderr() -> None:
+    """Send this process's stderr to the file named by LOG_VARIABLE, if set."""
+    if log := os.environ.get(LOG_VARIABLE):
+        os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
