@@ -8,21 +8,17 @@ flavour: `mcpserver` (official SDK 2.x MCPServer), `lowlevel` (official SDK 2.x 
 `refuse`, which returns a result with isError. `instrument()` takes its settings from INTERACTIONLOG_* variables.
 """
 
-import os
 import sys
 from typing import Any
 
-import anyio
 import mcp_types as types
 import uvicorn
 from fastmcp import FastMCP
 from fastmcp.tools import ToolResult
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
-from mcp.server.stdio import stdio_server
 from mcp_types import CallToolResult, TextContent
 
-from interactionlog.mcp import instrument
 from tests import mcp_tools
 from tests.mcp_tools import REFUSAL, RESOURCE_URI, SERVER_NAME, SERVER_VERSION, TOOL_NAMES
 
@@ -94,28 +90,12 @@ def fastmcp() -> Any:
 FLAVOURS = {"mcpserver": mcpserver, "lowlevel": lowlevel, "fastmcp": fastmcp}
 
 
-def _run_lowlevel(server: Any, transport: str, port: int) -> None:
-    if transport == "stdio":
-
-        async def main() -> None:
-            async with stdio_server() as (read_stream, write_stream):
-                await server.run(read_stream, write_stream, server.create_initialization_options())
-
-        anyio.run(main)
-    else:
+def serve(server: Any, flavour: str, transport: str, port: int) -> None:
+    """Serve an instrumented server of this module on the transport."""
+    if flavour == "lowlevel" and transport == "stdio":
+        mcp_tools.serve_lowlevel_stdio(server)
+    elif flavour == "lowlevel":
         uvicorn.run(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
-
-
-def main(argv: list[str]) -> None:
-    """Build the flavour's server, instrument it, and serve it on the transport."""
-    flavour, transport = argv[0], argv[1]
-    port = int(argv[2]) if len(argv) > 2 else 0
-    mcp_tools.redirect_stderr()
-    server = FLAVOURS[flavour]()
-    handle = instrument(server)
-    print(f"instrumented {handle.flavour} pid={os.getpid()}", file=sys.stderr, flush=True)
-    if flavour == "lowlevel":
-        _run_lowlevel(server, transport, port)
     elif transport == "stdio":
         server.run("stdio")
     elif flavour == "fastmcp":
@@ -125,4 +105,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    mcp_tools.main(sys.argv[1:], FLAVOURS, serve)

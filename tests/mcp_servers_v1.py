@@ -10,12 +10,10 @@ This module is type-checked against no SDK (the main virtualenv holds 2.x): see 
 """
 
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import uvicorn
 from fastmcp import FastMCP
 from fastmcp.exceptions import ToolError
@@ -23,13 +21,11 @@ from mcp import types
 from mcp.server.fastmcp import FastMCP as MCPFastMCP
 from mcp.server.lowlevel import Server
 from mcp.server.lowlevel.helper_types import ReadResourceContents
-from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.types import CallToolResult, TextContent
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from interactionlog.mcp import instrument
 from tests import mcp_tools
 from tests.mcp_tools import REFUSAL, RESOURCE_URI, SERVER_NAME, SERVER_VERSION, TOOL_NAMES
 
@@ -105,15 +101,7 @@ def fastmcp2() -> Any:
 FLAVOURS = {"lowlevel1": lowlevel1, "fastmcp1": fastmcp1, "fastmcp2": fastmcp2}
 
 
-def _serve_lowlevel(server: Any, transport: str, port: int) -> None:
-    if transport == "stdio":
-
-        async def main() -> None:
-            async with stdio_server() as (read_stream, write_stream):
-                await server.run(read_stream, write_stream, server.create_initialization_options())
-
-        anyio.run(main)
-        return
+def _serve_lowlevel_http(server: Any, port: int) -> None:
     manager = StreamableHTTPSessionManager(app=server)
 
     @contextlib.asynccontextmanager
@@ -125,16 +113,12 @@ def _serve_lowlevel(server: Any, transport: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def main(argv: list[str]) -> None:
-    """Build the flavour's server, instrument it, and serve it on the transport."""
-    flavour, transport = argv[0], argv[1]
-    port = int(argv[2]) if len(argv) > 2 else 0
-    mcp_tools.redirect_stderr()
-    server = FLAVOURS[flavour]()
-    handle = instrument(server)
-    print(f"instrumented {handle.flavour} pid={os.getpid()}", file=sys.stderr, flush=True)
-    if flavour == "lowlevel1":
-        _serve_lowlevel(server, transport, port)
+def serve(server: Any, flavour: str, transport: str, port: int) -> None:
+    """Serve an instrumented server of this module on the transport."""
+    if flavour == "lowlevel1" and transport == "stdio":
+        mcp_tools.serve_lowlevel_stdio(server)
+    elif flavour == "lowlevel1":
+        _serve_lowlevel_http(server, port)
     elif transport == "stdio":
         server.run("stdio") if flavour == "fastmcp1" else server.run("stdio", show_banner=False)
     elif flavour == "fastmcp1":
@@ -145,4 +129,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    mcp_tools.main(sys.argv[1:], FLAVOURS, serve)

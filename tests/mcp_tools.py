@@ -1,12 +1,18 @@
 """The tools, resource and prompt every test MCP server offers, as plain functions each SDK registers.
 
-No SDK is imported here, so the servers on SDK 2.x (`tests.mcp_servers`) and on SDK 1.x
-(`tests.mcp_servers_v1`) share them. `refuse`, which returns an SDK type, is written per SDK.
+No SDK is imported at module level, so the servers on SDK 2.x (`tests.mcp_servers`) and on SDK 1.x
+(`tests.mcp_servers_v1`) share them, and their `main`. `refuse`, which returns an SDK type, is written per SDK.
 """
 
 import json
 import os
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import anyio
+
+from interactionlog.mcp import instrument
 
 SERVER_NAME = "test-server"
 SERVER_VERSION = "1.2.3"
@@ -54,3 +60,28 @@ def redirect_stderr() -> None:
     """Send this process's stderr to the file named by LOG_VARIABLE, if set."""
     if log := os.environ.get(LOG_VARIABLE):
         os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)
+
+
+def serve_lowlevel_stdio(server: Any) -> None:
+    """Run a low-level Server (1.x or 2.x: the same API) over stdio."""
+    from mcp.server.stdio import stdio_server  # noqa: PLC0415 - from whichever SDK this interpreter has
+
+    async def main() -> None:
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    anyio.run(main)
+
+
+Serve = Callable[[Any, str, str, int], None]  # (server, flavour, transport, port)
+
+
+def main(argv: list[str], flavours: Mapping[str, Callable[[], Any]], serve: Serve) -> None:
+    """`<flavour> stdio` or `<flavour> http <port>`: build the flavour's server, instrument it, serve it."""
+    flavour, transport = argv[0], argv[1]
+    port = int(argv[2]) if len(argv) > 2 else 0
+    redirect_stderr()
+    server = flavours[flavour]()
+    handle = instrument(server)
+    print(f"instrumented {handle.flavour} pid={os.getpid()}", file=sys.stderr, flush=True)
+    serve(server, flavour, transport, port)
