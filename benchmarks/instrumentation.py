@@ -4,14 +4,15 @@
 
 An official-SDK `MCPServer` with one trivial tool is called in-process by the SDK's own `Client` (no transport
 framing, so the tool call itself is as cheap as the SDK allows and the instrumentation's share is as visible as
-it gets). Each scenario makes `--calls` sequential calls after a warm-up and reports the round trip's p50 and p99:
+it gets; the event loop never idles, so the publisher's thread competes with every call for the GIL). Scenarios:
+Redis up; Redis down (killed: connections refused); Redis frozen (SIGSTOP: connections hang).
 
-- baseline: the server not instrumented;
-- Redis up; Redis down (killed: connections refused); Redis frozen (SIGSTOP: connections hang).
-
-"added" is the scenario's percentile minus the baseline's. Then `BackgroundPublisher.publish` (a record dict:
-validation and enqueue) and `publish_deferred` (what the instrumentation calls) are timed per call. Redis is a
-throwaway server of the test suite's own kind (`tests.servers.RedisServer`) on a loopback port.
+Each scenario makes `--calls` calls, after a warm-up, to a plain and to an instrumented server, alternated (the
+order swapped every call) so that the load of the machine weighs on both alike, and reports p50 and p99 of the
+round trips; "added" is the instrumented server's percentile minus the plain one's. Then the middleware's own
+time around a no-op handler (the request path's share alone), and `BackgroundPublisher.publish` (a record dict:
+validation and enqueue) and `publish_deferred` (what the instrumentation calls) per call. Redis is a throwaway
+server of the test suite's own kind (`tests.servers.RedisServer`) on a loopback port.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
 from interactionlog.client.background import BackgroundPublisher
-from interactionlog.mcp import Instrumentation, instrument
+from interactionlog.client.mcp.core import Recorder
+from interactionlog.client.mcp.sdk_v2 import InteractionlogMiddleware
+from interactionlog.mcp import instrument
 from tests.servers import RedisServer
 
 WARMUP_CALLS = 300
@@ -50,29 +54,56 @@ def _percentiles(samples_us: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def _calls(server: MCPServer, count: int) -> list[float]:
-    async with Client(server) as client:
-        for i in range(WARMUP_CALLS):
-            await client.call_tool("add", {"a": i, "b": 1})
-        samples = []
-        for i in range(count):
-            started = time.perf_counter_ns()
-            await client.call_tool("add", {"a": i, "b": 1})
-            samples.append((time.perf_counter_ns() - started) / 1000)
+async def _paired_calls(plain: MCPServer, instrumented: MCPServer, count: int) -> tuple[list[float], list[float]]:
+    """Alternate calls to the plain and the instrumented server (order swapped every call), so that whatever else
+    the machine does weighs on both alike; returns each one's round trips in microseconds."""
+    samples: tuple[list[float], list[float]] = ([], [])
+    async with Client(plain) as first, Client(instrumented) as second:
+        clients = (first, second)
+        for i in range(WARMUP_CALLS + count):
+            for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+                started = time.perf_counter_ns()
+                await clients[which].call_tool("add", {"a": i, "b": 1})
+                if i >= WARMUP_CALLS:
+                    samples[which].append((time.perf_counter_ns() - started) / 1000)
     return samples
 
 
-Result = tuple[str, list[float], Instrumentation | None]
-
-
 def _scenario(
-    name: str, count: int, redis: RedisServer | None, spool: Path, before: Callable[[], None] = lambda: None
-) -> Result:
-    server = _server()
-    handle = instrument(server, url=redis.url, spool_dir=spool, mcp_id="bench") if redis is not None else None
+    name: str, count: int, redis: RedisServer, spool: Path, before: Callable[[], None] = lambda: None
+) -> tuple[str, list[float], list[float]]:
+    instrumented = _server()
+    handle = instrument(instrumented, url=redis.url, spool_dir=spool, mcp_id="bench")
     before()
-    samples = asyncio.run(_calls(server, count))
-    return name, samples, handle
+    plain_samples, instrumented_samples = asyncio.run(_paired_calls(_server(), instrumented, count))
+    handle.close(timeout_s=3)
+    return name, plain_samples, instrumented_samples
+
+
+async def _middleware_overhead(redis: RedisServer, spool: Path, count: int) -> None:
+    """The instrumentation's own time in the request path: the 2.x middleware around a no-op `call_next`, with a
+    stand-in request context holding what a real one holds for a stdio tools/call."""
+    publisher = BackgroundPublisher.from_url(redis.url, spool_dir=spool)
+    middleware = InteractionlogMiddleware(Recorder(publisher, mcp_id="bench", server_name="bench", server_version="1"))
+    client = SimpleNamespace(name="mcp", version="2.3.0")
+    session = SimpleNamespace(client_params=SimpleNamespace(client_info=client), _connection=SimpleNamespace())
+    context = SimpleNamespace(method="tools/call", params={"name": "add", "arguments": {"a": 1, "b": 2}},
+                              request_id=1, request=None, session=session, protocol_version="2026-07-28")  # fmt: skip
+    result = {"content": [{"type": "text", "text": "3"}], "isError": False}
+
+    async def call_next(context: object) -> dict[str, object]:
+        return result
+
+    samples = []
+    for i in range(WARMUP_CALLS + count):
+        started = time.perf_counter_ns()
+        await middleware(context, call_next)
+        if i >= WARMUP_CALLS:
+            samples.append((time.perf_counter_ns() - started) / 1000)
+        await asyncio.sleep(0)
+    publisher.close()
+    p50, p99 = _percentiles(samples)
+    print(f"{'middleware around a no-op handler':<44} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
 
 
 def _per_call(label: str, call: Callable[[], object], count: int) -> None:
@@ -92,25 +123,24 @@ def main() -> None:
     count = parser.parse_args().calls
     with RedisServer() as redis, tempfile.TemporaryDirectory() as spool_root:
         spool = Path(spool_root)
-        results = [_scenario("baseline (not instrumented)", count, None, spool)]
-        results.append(_scenario("Redis up", count, redis, spool / "up"))
+        results = [_scenario("Redis up", count, redis, spool / "up")]
         results.append(_scenario("Redis down (killed)", count, redis, spool / "down", redis.kill))
         redis.start()
         results.append(_scenario("Redis frozen (SIGSTOP)", count, redis, spool / "frozen", redis.pause))
         redis.resume()
-        base_p50, base_p99 = _percentiles(results[0][1])
-        print(f"\ntool call round trip, {count} sequential calls per scenario (in-process MCPServer + Client)")
-        print(f"{'scenario':<30} {'p50 us':>9} {'p99 us':>9} {'added p50':>10} {'added p99':>10}")
-        for name, samples, handle in results:
-            p50, p99 = _percentiles(samples)
-            print(f"{name:<30} {p50:9.1f} {p99:9.1f} {p50 - base_p50:10.1f} {p99 - base_p99:10.1f}")
-            if handle is not None:
-                handle.close(timeout_s=3)
+        print(f"\ntool call round trip, {count} calls to each of a plain and an instrumented MCPServer, alternated")
+        print(f"{'scenario':<24} {'plain p50':>10} {'instr. p50':>11} {'added p50':>10} "
+              f"{'plain p99':>10} {'instr. p99':>11} {'added p99':>10}")  # fmt: skip
+        for name, plain, instrumented in results:
+            (plain_p50, plain_p99), (p50, p99) = _percentiles(plain), _percentiles(instrumented)
+            print(f"{name:<24} {plain_p50:10.1f} {p50:11.1f} {p50 - plain_p50:10.1f} "
+                  f"{plain_p99:10.1f} {p99:11.1f} {p99 - plain_p99:10.1f}")  # fmt: skip
 
+        print()
+        asyncio.run(_middleware_overhead(redis, spool / "middleware", count * 5))
         publisher = BackgroundPublisher.from_url(redis.url, spool_dir=spool / "publish")
         record = {"mcp_id": "bench", "method": "tools/call", "tool": "add", "request": {"a": 1, "b": 2},
                   "response": {"content": [{"type": "text", "text": "3"}]}, "duration_ms": 0.05}  # fmt: skip
-        print()
         _per_call("BackgroundPublisher.publish(record)", lambda: publisher.publish(record), 20_000)
         _per_call("BackgroundPublisher.publish_deferred(build)", lambda: publisher.publish_deferred(lambda: record),
                   20_000)  # fmt: skip

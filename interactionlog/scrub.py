@@ -110,7 +110,9 @@ DEFAULT_PATTERNS: tuple[Pattern, ...] = (
             r"|credentials?|cookie|private[_-]?key|access[_-]?key|csrf|xsrf|sessionid|signature)(?:[_-][a-z0-9]+)?)"
             r"[\"']?\s*[:=]\s*[\"']?(?P<secret>(?!\[redacted:)[^\"'\s,;&}]{3,})"
         ),
-        ("pass", "pwd", "secret", "token", "key", "auth", "cred", "cookie", "csrf", "xsrf", "session", "signature"),
+        ("pass", "pwd", "secret", "token", "auth", "cred", "cookie", "csrf", "xsrf", "sessionid", "signature",
+         "apikey", "api_key", "api-key", "privatekey", "private_key", "private-key", "accesskey", "access_key",
+         "access-key"),
     ),
     Pattern(_CARD, re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), (), looks_like_card),
 )
@@ -167,6 +169,7 @@ class Scrubber:
     _patterns: tuple[Pattern, ...] = field(init=False, repr=False)
     _shortest: int = field(init=False, repr=False)
     _key_anchors: tuple[str, ...] = field(init=False, repr=False)
+    _anchor_bytes: tuple[bytes, ...] = field(init=False, repr=False)
     _key_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -182,6 +185,10 @@ class Scrubber:
         object.__setattr__(self, "_shortest", _SHORTEST_MATCH if not compiled else 0)
         object.__setattr__(self, "_key_cache", {})
         object.__setattr__(self, "_key_anchors", _anchors_of(self._deny))
+        anchors = {*self._key_anchors, *(anchor for pattern in patterns for anchor in pattern.anchors)}
+        # An anchor holding a shorter one adds nothing ("password" holds "pass").
+        kept = sorted(a for a in anchors if not any(b != a and b in a for b in anchors))
+        object.__setattr__(self, "_anchor_bytes", tuple(anchor.encode() for anchor in kept))
 
     @property
     def patterns(self) -> tuple[Pattern, ...]:
@@ -190,8 +197,18 @@ class Scrubber:
 
     @property
     def key_anchors(self) -> tuple[str, ...]:
-        """The words of the denied keys, for substring pre-checks."""
+        """The spellings of the denied keys, for substring pre-checks."""
         return self._key_anchors
+
+    @property
+    def anchor_bytes(self) -> tuple[bytes, ...]:
+        """Every key spelling and pattern anchor as bytes: one of them is in any text that holds a secret."""
+        return self._anchor_bytes
+
+    @property
+    def unanchored(self) -> bool:
+        """Whether a user pattern has no anchor (so no pre-check can rule it out)."""
+        return any(not pattern.anchors and pattern.kind != _CARD for pattern in self._patterns)
 
     def is_denied_key(self, key: str) -> bool:
         """Whether the value under `key` is scrubbed whole."""
@@ -315,20 +332,17 @@ def scrub_text(text: str) -> str:
     return DEFAULT_SCRUBBER.scrub_text(text, Counter())
 
 
-def _triggers(scrubber: Scrubber, data: bytes) -> bool:
-    """The worker's cheap pre-check over a record's raw JSON: could a denied key or a credential be in it?
+def might_hold_secrets(scrubber: Scrubber, data: bytes) -> bool:
+    """The cheap pre-check over a record's JSON: could a denied key or a credential be in it?
 
     Substring tests on the lower-cased bytes (key words such as "token", pattern anchors such as "eyj") and one
-    translate for digit runs; over-matching costs a parse, never a miss. User patterns always trigger.
+    translate for digit runs; over-matching costs a walk, never a miss (JSON escapes no ASCII letter or digit).
+    A scrubber with a callback or an anchorless user pattern always answers True.
     """
-    if any(not pattern.anchors and pattern.kind != _CARD for pattern in scrubber.patterns):
+    if scrubber.callback is not None or scrubber.unanchored:
         return True
     lowered = data.lower()
-    if any(anchor.encode() in lowered for anchor in scrubber.key_anchors):
-        return True
-    if any(anchor.encode() in lowered for pattern in scrubber.patterns for anchor in pattern.anchors):
-        return True
-    return may_hold_card(data)
+    return any(anchor in lowered for anchor in scrubber.anchor_bytes) or may_hold_card(data)
 
 
 def scrub_stored_json(data: str, scrubber: Scrubber = DEFAULT_SCRUBBER) -> str:
@@ -338,7 +352,7 @@ def scrub_stored_json(data: str, scrubber: Scrubber = DEFAULT_SCRUBBER) -> str:
     keys keep their order. Only a record in which a trigger appears is parsed, so the common record costs one
     pre-check. Raises ValueError if `data` is not JSON, TypeError if not an object (the worker checked both).
     """
-    if not scrubber.enabled or (scrubber.callback is None and not _triggers(scrubber, data.encode())):
+    if not scrubber.enabled or not might_hold_secrets(scrubber, data.encode()):
         return data
     record = json.loads(data, parse_float=Decimal, parse_int=Decimal)
     if not isinstance(record, dict):

@@ -39,9 +39,9 @@ import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from ..errors import PublishError, RecordTooLargeError
-from ..record import Interaction, validate_record
-from ..scrub import DEFAULT_SCRUBBER, Scrubber
+from ..errors import PublishError
+from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+from ..scrub import DEFAULT_SCRUBBER, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
 from .breaker import CircuitBreaker
 from .metrics import ClientMetrics
@@ -233,17 +233,20 @@ class BackgroundPublisher:
 
         Raises `InvalidRecordError`, or `RecordTooLargeError` when `oversize="refuse"`.
         """
-        fields = record.model_dump(exclude_none=True) if isinstance(record, Interaction) else dict(record)
-        if self.scrubber.enabled:
-            fields, counts = self.scrubber.scrub_record(fields)
+        interaction = validate_record(record if isinstance(record, Interaction) else dict(record))
+        data = encode_record(interaction).encode()
+        # The walk over every value runs only for a record whose JSON holds some trace of a secret.
+        if self.scrubber.enabled and might_hold_secrets(self.scrubber, data):
+            fields, counts = self.scrubber.scrub_record(interaction.model_dump(exclude_none=True))
             for kind, count in counts.items():
                 self.metrics.redacted.labels(kind).inc(count)
-        interaction = validate_record(fields)
-        try:
-            return encode_fields(interaction, self.sender.max_record_bytes)
-        except RecordTooLargeError:
-            if self.oversize == "refuse":
-                raise
+            if counts or self.scrubber.callback is not None:
+                interaction = validate_record(fields)
+                data = encode_record(interaction).encode()
+        if len(data) <= self.sender.max_record_bytes:
+            return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+        if self.oversize == "refuse":
+            return encode_fields(interaction, self.sender.max_record_bytes)  # raises RecordTooLargeError
         self.metrics.truncated.inc()
         return encode_fields(truncate_to_fit(interaction, self.sender.max_record_bytes), self.sender.max_record_bytes)
 
@@ -432,7 +435,8 @@ class BackgroundPublisher:
                     leftovers.append(entry)
             if leftovers:
                 self._store(leftovers, "exit")
-            log.warning("background_publisher_close_timed_out", stream=self.stream, spooled=len(leftovers))
+            log.warning("background_publisher_close_timed_out", stream=self.stream, unsent=len(leftovers),
+                        spooled=self.spool is not None)  # fmt: skip
             return  # the thread still uses the sender and the spool; the process is going away
         if self.spool is not None:
             self.spool.close()

@@ -56,7 +56,13 @@ class RequestFacts:
 
 
 def to_json(value: Any) -> Any:
-    """A JSON-able copy of an SDK object: pydantic models by their wire aliases, containers walked."""
+    """A JSON-able form of an SDK object: pydantic models by their wire aliases, containers walked.
+
+    A plain dict is taken as it is: the 2.x SDK hands over params and results already in wire form, and the
+    record's validation refuses anything in it that is not JSON.
+    """
+    if type(value) is dict:
+        return value
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         return dump(mode="json", by_alias=True, exclude_none=True)
@@ -157,7 +163,7 @@ class Recorder:
         params = to_json(facts.params) if facts.params is not None else None
         target = None
         if isinstance(params, dict):
-            params.pop("_meta", None)
+            params = {key: value for key, value in params.items() if key != "_meta"}
             target = params.get(_TARGET_PARAM.get(facts.method, ""))
         result = facts.result() if callable(facts.result) else facts.result  # a flavour may defer its conversion
         response = to_json(result) if facts.error is None else None
