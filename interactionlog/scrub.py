@@ -34,6 +34,10 @@ from typing import Any
 
 PAYLOAD_FIELDS = ("request", "response", "error", "metadata")
 REDACTED_NOTE = "interactionlog.redacted"
+# Set by a publisher that scrubbed the record (BackgroundPublisher, so `instrument` too): the worker's pass then
+# leaves the record alone, so the publisher's own configuration (allowlist, callback) is the one that counts.
+SCRUBBED_NOTE = "interactionlog.scrubbed"
+_SCRUBBED_STAMP = b'"interactionlog.scrubbed":true'
 MARKER_PREFIX = "[redacted:"
 
 # Sentry's default denylist (sentry_sdk.scrubber.DEFAULT_DENYLIST), as words and word pairs, plus the
@@ -125,9 +129,17 @@ _DIGIT_TRACE = bytes.maketrans(b"0123456789 -", b"000000000000").translate(
 _DIGIT_RUN = b"0" * 13
 
 
+_CARD_CANDIDATE = re.compile(rb"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?![\d-])")
+
+
 def may_hold_card(text: bytes) -> bool:
-    """Whether `text` has 13 digits in a row (spaces and dashes allowed between them): a cheap pre-check."""
-    return _DIGIT_RUN in text.translate(_DIGIT_TRACE)
+    """Whether `text` holds a card number: 13 to 19 digits (spaces or dashes between them) passing the Luhn check.
+
+    A translate finds digit runs cheaply; only text that has one is searched for candidates and checked.
+    """
+    if _DIGIT_RUN not in text.translate(_DIGIT_TRACE):
+        return False
+    return any(looks_like_card(match.group(0).decode()) for match in _CARD_CANDIDATE.finditer(text))
 
 
 # No default pattern matches fewer characters than this ("a://b:c@" for a URL password).
@@ -170,6 +182,7 @@ class Scrubber:
     _shortest: int = field(init=False, repr=False)
     _key_anchors: tuple[str, ...] = field(init=False, repr=False)
     _anchor_bytes: tuple[bytes, ...] = field(init=False, repr=False)
+    _anchor_search: re.Pattern[bytes] = field(init=False, repr=False)
     _key_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -189,6 +202,7 @@ class Scrubber:
         # An anchor holding a shorter one adds nothing ("password" holds "pass").
         kept = sorted(a for a in anchors if not any(b != a and b in a for b in anchors))
         object.__setattr__(self, "_anchor_bytes", tuple(anchor.encode() for anchor in kept))
+        object.__setattr__(self, "_anchor_search", re.compile(_trie(self._anchor_bytes)))
 
     @property
     def patterns(self) -> tuple[Pattern, ...]:
@@ -204,6 +218,11 @@ class Scrubber:
     def anchor_bytes(self) -> tuple[bytes, ...]:
         """Every key spelling and pattern anchor as bytes: one of them is in any text that holds a secret."""
         return self._anchor_bytes
+
+    @property
+    def anchor_search(self) -> re.Pattern[bytes]:
+        """One expression finding any anchor, shaped as a trie: far fewer steps per byte than one search each."""
+        return self._anchor_search
 
     @property
     def unanchored(self) -> bool:
@@ -311,6 +330,22 @@ def _anchors_of(keys: frozenset[str]) -> tuple[str, ...]:
     return tuple(sorted(a for a in spellings if not any(b != a and b in a for b in spellings)))
 
 
+def _trie(words: Iterable[bytes]) -> bytes:
+    """A regular expression matching any of `words`, factored by common prefixes (`a(?:pikey|uth)|...`)."""
+    branches: dict[bytes, list[bytes]] = {}
+    for word in words:
+        branches.setdefault(word[:1], []).append(word[1:])
+    parts = []
+    for first, rests in sorted(branches.items()):
+        if b"" in rests:  # a word ends here: the shorter one already matches whatever the longer ones would
+            parts.append(re.escape(first))
+        elif len(rests) == 1:
+            parts.append(re.escape(first) + re.escape(rests[0]))
+        else:
+            parts.append(re.escape(first) + b"(?:" + _trie(rests) + b")")
+    return b"|".join(parts)
+
+
 def _is_card_number(value: object) -> bool:
     if not isinstance(value, int | Decimal) or isinstance(value, bool):
         return False
@@ -341,18 +376,19 @@ def might_hold_secrets(scrubber: Scrubber, data: bytes) -> bool:
     """
     if scrubber.callback is not None or scrubber.unanchored:
         return True
-    lowered = data.lower()
-    return any(anchor in lowered for anchor in scrubber.anchor_bytes) or may_hold_card(data)
+    return scrubber.anchor_search.search(data.lower()) is not None or may_hold_card(data)
 
 
 def scrub_stored_json(data: str, scrubber: Scrubber = DEFAULT_SCRUBBER) -> str:
     """The record's JSON text with its secrets scrubbed, for storage; `data` itself when nothing was found.
 
+    A record stamped `"interactionlog.scrubbed":true` by the publisher that scrubbed it is left as it is.
     Exact except for what is scrubbed: numbers keep their text (parsed as Decimal, written back as written),
     keys keep their order. Only a record in which a trigger appears is parsed, so the common record costs one
     pre-check. Raises ValueError if `data` is not JSON, TypeError if not an object (the worker checked both).
     """
-    if not scrubber.enabled or not might_hold_secrets(scrubber, data.encode()):
+    raw = data.encode()
+    if not scrubber.enabled or _SCRUBBED_STAMP in raw or not might_hold_secrets(scrubber, raw):
         return data
     record = json.loads(data, parse_float=Decimal, parse_int=Decimal)
     if not isinstance(record, dict):

@@ -43,7 +43,7 @@ def test_published_records_reach_the_stream_scrubbed_and_in_order(redis_url: str
     client = redis.Redis.from_url(redis_url)
     first = json.loads(stream_entries(client)[0][1][b"data"])
     assert first["request"] == {"password": "[redacted:key]", "i": 0}
-    assert first["metadata"] == {"interactionlog.redacted": {"key": 1}}
+    assert first["metadata"] == {"interactionlog.scrubbed": True, "interactionlog.redacted": {"key": 1}}
 
 
 def test_an_invalid_record_is_refused_in_the_callers_thread(redis_url: str, tmp_path: Path) -> None:

@@ -108,3 +108,12 @@ def test_the_worker_pass_keeps_the_json_as_sent_apart_from_scrubbed_values() -> 
                         '"metadata":{"interactionlog.redacted":{"key":1}}}')  # fmt: skip
     assert json.loads(scrubbed)["request"]["a"] == 12345678901234567890123
     assert scrub_stored_json(dirty, Scrubber(enabled=False)) is dirty
+
+
+def test_the_worker_pass_leaves_alone_a_record_its_publisher_scrubbed() -> None:
+    """A record stamped by a scrubbing publisher keeps what that publisher's configuration allowed (an allowlisted
+    key), while the same record unstamped is scrubbed with the defaults."""
+    stamped = '{"mcp_id":"m","request":{"token":"public-token"},"metadata":{"interactionlog.scrubbed":true}}'
+    assert scrub_stored_json(stamped) is stamped
+    unstamped = '{"mcp_id":"m","request":{"token":"public-token"}}'
+    assert json.loads(scrub_stored_json(unstamped))["request"] == {"token": "[redacted:key]"}

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from ..errors import PublishError
 from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
-from ..scrub import DEFAULT_SCRUBBER, Scrubber, might_hold_secrets
+from ..scrub import DEFAULT_SCRUBBER, SCRUBBED_NOTE, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
 from .breaker import CircuitBreaker
 from .metrics import ClientMetrics
@@ -234,6 +234,9 @@ class BackgroundPublisher:
         Raises `InvalidRecordError`, or `RecordTooLargeError` when `oversize="refuse"`.
         """
         interaction = validate_record(record if isinstance(record, Interaction) else dict(record))
+        if self.scrubber.enabled:  # tell the worker's pass that this publisher's scrubber has had its say
+            metadata: dict[str, Any] = {**(interaction.metadata or {}), SCRUBBED_NOTE: True}
+            interaction = interaction.model_copy(update={"metadata": metadata})
         data = encode_record(interaction).encode()
         # The walk over every value runs only for a record whose JSON holds some trace of a secret.
         if self.scrubber.enabled and might_hold_secrets(self.scrubber, data):
