@@ -10,15 +10,17 @@ Redis up; Redis down (killed: connections refused); Redis frozen (SIGSTOP: conne
 Each scenario makes `--calls` calls, after a warm-up, to a plain and to an instrumented server, alternated (the
 order swapped every call) so that the load of the machine weighs on both alike, and reports p50 and p99 of the
 round trips; "added" is the instrumented server's percentile minus the plain one's. Then the middleware's own
-time around a no-op handler (the request path's share alone), and `BackgroundPublisher.publish` (a record dict:
-validation and enqueue) and `publish_deferred` (what the instrumentation calls) per call. Redis is a throwaway
-server of the test suite's own kind (`tests.servers.RedisServer`) on a loopback port.
+time around a no-op handler (the request path's share alone), `BackgroundPublisher.publish` (a record dict:
+validation and enqueue) and `publish_deferred` (what the instrumentation calls) per call, and the worker's
+scrubbing pass per record. Redis is a throwaway server of the test suite's own kind (`tests.servers.RedisServer`)
+on a loopback port.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -29,10 +31,13 @@ from types import SimpleNamespace
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
+from benchmarks.records import encode, records
 from interactionlog.client.background import BackgroundPublisher
 from interactionlog.client.mcp.core import Recorder
 from interactionlog.client.mcp.sdk_v2 import InteractionlogMiddleware
 from interactionlog.mcp import instrument
+from interactionlog.scrub import SCRUBBED_NOTE
+from interactionlog.worker.decode import decode_entry
 from tests.servers import RedisServer
 
 WARMUP_CALLS = 300
@@ -116,6 +121,25 @@ def _per_call(label: str, call: Callable[[], object], count: int) -> None:
     print(f"{label:<44} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
 
 
+def _worker_pass(count: int) -> None:
+    """The worker's scrubbing pass: `decode_entry` per record with it off and on, for the suite's ~700-byte
+    records as a non-Python publisher sends them (unstamped) and as a BackgroundPublisher sends them (stamped)."""
+    unstamped = [{b"v": b"1", b"data": encode(record)} for record in records(count)]
+    stamped = []
+    for fields in unstamped:
+        record = json.loads(fields[b"data"])
+        record["metadata"] = {**record.get("metadata", {}), SCRUBBED_NOTE: True}
+        stamped.append({b"v": b"1", b"data": json.dumps(record, separators=(",", ":")).encode()})
+    runs = (("records, pass off", unstamped, False), ("unstamped records, pass on", unstamped, True),
+            ("stamped records, pass on", stamped, True))  # fmt: skip
+    for label, entries, scrub in runs:
+        started = time.perf_counter_ns()
+        for index, fields in enumerate(entries):
+            decode_entry(f"{index + 1}-0", fields, 262_144, scrub=scrub)
+        per_record = (time.perf_counter_ns() - started) / 1000 / len(entries)
+        print(f"{'decode_entry, ' + label:<44} mean {per_record:7.1f} us per record")
+
+
 def main() -> None:
     """Run every scenario and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -145,6 +169,8 @@ def main() -> None:
         _per_call("BackgroundPublisher.publish_deferred(build)", lambda: publisher.publish_deferred(lambda: record),
                   20_000)  # fmt: skip
         publisher.close()
+    print()
+    _worker_pass(20_000)
 
 
 if __name__ == "__main__":
