@@ -12,13 +12,14 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from interactionlog.mcp import detect_flavour, instrument
 from tests.mcp_drive import SERVERS, connected, http_server, server_env, stdio_target
 from tests.mcp_servers import fastmcp, lowlevel, mcpserver
 from tests.mcp_tools import REFUSAL, RESOURCE_TEXT, SERVER_NAME
-from tests.pipeline import count_rows, migrate, running_worker, wait_until
+from tests.pipeline import count_rows, migrate, running_worker, stream_entries, wait_until
 
 # Planted in arguments and results: under sensitive keys, under innocent keys, and inside free text.
 SECRETS = {
@@ -187,3 +188,42 @@ def test_a_non_python_publishers_secrets_are_scrubbed_by_the_worker(
     assert stored["request"] == {"user": "ann", "password": "[redacted:key]", "n": 1.50}
     assert stored["response"] == {"text": "use [redacted:bearer_token]"}
     assert stored["metadata"]["interactionlog.redacted"] == {"key": 1, "bearer_token": 1}
+
+
+def test_a_failing_instrumentation_never_changes_a_tools_result_or_error(redis_url: str) -> None:
+    """With the publisher closed under it (every record fails), tool results and tool errors are what they are
+    without instrumentation."""
+
+    async def outcomes(server: Any) -> tuple[Any, Any]:
+        async with Client(server) as client:
+            added = await client.call_tool("add", {"a": 2, "b": 3})
+            exploded = await client.call_tool("explode", {"reason": "boom"})
+        return added.model_dump(exclude={"meta"}), exploded.model_dump(exclude={"meta"})
+
+    expected = asyncio.run(outcomes(mcpserver()))
+    server = mcpserver()
+    handle = instrument(server, url=redis_url, spool_dir=False)
+    handle.publisher.close()
+    try:
+        assert asyncio.run(outcomes(server)) == expected
+    finally:
+        handle.close()
+
+
+def test_record_all_requests_adds_the_other_requests(redis_url: str, tmp_path: Path) -> None:
+    """With record_all_requests, tools/list is recorded besides tools/call; without it, only tools/call is."""
+
+    async def list_and_call(server: Any) -> None:
+        async with Client(server) as client:
+            await client.list_tools()
+            await client.call_tool("add", {"a": 1, "b": 1})
+
+    for record_all, expected in ((True, {"tools/list", "tools/call"}), (False, {"tools/call"})):
+        redis.Redis.from_url(redis_url).delete("interactions")
+        server = mcpserver()
+        handle = instrument(server, url=redis_url, spool_dir=tmp_path, record_all_requests=record_all)
+        asyncio.run(list_and_call(server))
+        assert handle.flush(10)
+        handle.close()
+        entries = stream_entries(redis.Redis.from_url(redis_url))
+        assert {json.loads(fields[b"data"])["method"] for _, fields in entries} == expected

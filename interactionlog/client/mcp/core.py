@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # The three methods recorded by default; `record_all_requests=True` adds every other request (not
-# notifications, and never `initialize` itself, whose facts every record carries).
+# notifications, and never `initialize` or `server/discover`, whose facts every record carries, nor `ping`).
 RECORDED_METHODS = frozenset({"tools/call", "resources/read", "prompts/get"})
-_NEVER = frozenset({"initialize", "ping"})
+_NEVER = frozenset({"initialize", "ping", "server/discover"})  # the protocol's own handshake and keep-alive
 _TARGET_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _MAX_TEXT = 200
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
