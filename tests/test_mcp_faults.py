@@ -39,10 +39,11 @@ def _interaction_ids(database_url: str) -> list[str]:
 
 @pytest.mark.parametrize("own_redis", [{"appendonly": True}], indirect=True)
 def test_tool_calls_stay_fast_while_redis_is_down_and_every_record_lands_once_after(
-    own_redis: RedisServer, database_url: str, tmp_path: Path
+    own_redis: RedisServer, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With Redis killed mid-session, tool calls keep their latency, records go to the spool, and once Redis is
-    back every record is stored exactly once."""
+    back every record is stored exactly once; the instrumentation's log lines go to stderr, never into the stdio
+    protocol channel."""
     migrate(database_url)
     spool_dir = tmp_path / "spool"
     target = stdio_target("mcpserver", server_env(own_redis.url, spool_dir), tmp_path / "server.log")
@@ -72,6 +73,8 @@ def test_tool_calls_stay_fast_while_redis_is_down_and_every_record_lands_once_af
     before, during = statistics.median(latencies["before"]), statistics.median(latencies["during"])
     assert during <= before + LATENCY_SLACK_MS, (before, during)
     assert max(latencies["during"]) < 250, max(latencies["during"])  # a synchronous publish would wait ~2 s
+    assert "publish_unavailable_spooling" in (tmp_path / "server.log").read_text()
+    assert "Failed to parse JSONRPC message" not in caplog.text
 
 
 def test_records_spooled_before_a_sigkill_are_replayed_by_the_next_process(

@@ -35,11 +35,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
-import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from ..errors import PublishError
+from ..logs import library_logger
 from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
 from ..scrub import DEFAULT_SCRUBBER, SCRUBBED_NOTE, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
@@ -49,7 +49,7 @@ from .publisher import Publisher, Record, encode_fields
 from .spool import DEFAULT_MAX_BYTES, FsyncPolicy, FullPolicy, Spool
 from .truncate import truncate_to_fit
 
-log = structlog.get_logger(__name__)
+log = library_logger(__name__)
 
 Oversize = Literal["refuse", "truncate"]
 Entry = dict[bytes, bytes]

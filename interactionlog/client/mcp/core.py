@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import structlog
+from ...logs import library_logger
 
 if TYPE_CHECKING:
     from ..background import BackgroundPublisher
 
-log = structlog.get_logger(__name__)
+log = library_logger(__name__)
 
 # The three methods recorded by default; `record_all_requests=True` adds every other request (not
 # notifications, and never `initialize` or `server/discover`, whose facts every record carries, nor `ping`).

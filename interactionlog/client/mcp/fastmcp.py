@@ -11,16 +11,25 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from .core import RECORDED_METHODS, Recorder, RequestFacts, active_trace, client_of, header_session_id, observe
+from .core import (
+    RECORDED_METHODS,
+    Recorder,
+    RequestFacts,
+    active_trace,
+    client_of,
+    header_session_id,
+    observe,
+    to_json,
+)
 
 
 def _wire_result(method: str, params: Any, result: Any) -> Any:
     """fastmcp's result object in its MCP wire form (falls back to the object itself, dumped as is)."""
     if method == "tools/call" and callable(getattr(result, "to_mcp_result", None)):
         converted = result.to_mcp_result()
-        if isinstance(converted, tuple):
-            return {"content": converted[0], "structuredContent": converted[1]}
-        return {"content": converted} if isinstance(converted, list) else converted
+        if isinstance(converted, tuple):  # fastmcp 2.x: (content blocks, structured content)
+            return {"content": to_json(converted[0]), "structuredContent": to_json(converted[1])}
+        return {"content": to_json(converted)} if isinstance(converted, list) else converted
     if method == "resources/read" and callable(getattr(result, "to_mcp_result", None)):
         return result.to_mcp_result(getattr(params, "uri", ""))
     if method == "resources/read" and isinstance(result, list):  # fastmcp 2.x: the SDK's ReadResourceContents
