@@ -1,4 +1,5 @@
-"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish.
+"""The `interactionlog` command: migrate, worker, status, dlq list|replay, publish, tail, stats, show, dev, serve,
+tokens.
 
 Commands are thin: they load Settings (flags and INTERACTIONLOG_* variables), call one module, and turn
 expected failures into a one-line message and an exit code instead of a traceback.
@@ -7,12 +8,16 @@ expected failures into a one-line message and an exit code instead of a tracebac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Iterator
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, Any, TypeVar
 
 import click
 import psycopg
+import psycopg.errors
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
@@ -24,15 +29,17 @@ from .errors import (
     PublishError,
     RecordTooLargeError,
 )
+from .gateway_commands import serve, tokens
 from .logs import configure_logging
-from .ops import dlq, status
+from .ops import dlq, query, status
 from .record import Interaction, describe_validation_error
-from .redact import redact_url
+from .redact import redact_text, redact_url
 from .settings import Settings, load_settings, settings_options
 from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
 from .worker.store import migrate as apply_migrations
 from .worker.streams import connect
+from .worker.supervisor import run_supervisor
 
 _T = TypeVar("_T")
 
@@ -49,20 +56,21 @@ def _settings(values: dict[str, Any]) -> Settings:
         settings = load_settings(values)
     except ConfigurationError as error:
         raise click.UsageError(str(error)) from None
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets)
     return settings
 
 
 def _run(awaitable: Awaitable[_T], settings: Settings) -> _T:
     """Run a coroutine, turning an unreachable dependency into a one-line error naming it (without secrets)."""
+    urls = (settings.redis_url, settings.database_url)
     try:
         return asyncio.run(awaitable)  # type: ignore[arg-type]
     except RedisError as error:
-        click.echo(f"error: Redis at {redact_url(settings.redis_url)}: {error}", err=True)
+        click.echo(redact_text(f"error: Redis at {redact_url(settings.redis_url)}: {error}", *urls), err=True)
     except psycopg.Error as error:
-        click.echo(f"error: PostgreSQL at {redact_url(settings.database_url)}: {error}", err=True)
+        click.echo(redact_text(f"error: PostgreSQL at {redact_url(settings.database_url)}: {error}", *urls), err=True)
     except InteractionlogError as error:
-        click.echo(f"error: {error}", err=True)
+        click.echo(redact_text(f"error: {error}", *urls), err=True)
     raise SystemExit(EXIT_FAILED)
 
 
@@ -100,7 +108,7 @@ def worker(**values: Any) -> None:
     """Consume the stream and store every entry in PostgreSQL. Stops cleanly on SIGTERM or SIGINT."""
     settings = _settings(values)
     try:
-        exit_code = asyncio.run(run_worker(settings))
+        exit_code = asyncio.run(run_supervisor(settings) if settings.processes > 1 else run_worker(settings))
     except ConfigurationError as error:  # found only once running, e.g. the metrics port is taken
         click.echo(f"error: {error}", err=True)
         raise SystemExit(EXIT_USAGE) from None
@@ -284,3 +292,217 @@ def _read_json_lines(source: IO[str], max_record_bytes: int) -> Iterator[tuple[i
             yield number, describe_validation_error(error)
         except (InvalidRecordError, RecordTooLargeError) as error:
             yield number, str(error)
+
+
+# --- Looking at stored interactions: tail, stats, show (ops.query for the SQL, ops.render for the output) ---
+
+DATABASE_OPTIONS = ("database_url", *LOG_OPTIONS)
+PIPED_WIDTH = 160
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _filter_options(command: _F) -> _F:
+    """--mcp-id, --tool, --method, --session, --errors, --since, arriving as keyword arguments of those names."""
+    options = [
+        click.option("--mcp-id", help="Only this MCP server."),
+        click.option("--tool", help="Only this tool (or resource URI, or prompt name)."),
+        click.option("--method", help="Only this MCP method, e.g. tools/call."),
+        click.option("--session", "session_id", help="Only this MCP session (Mcp-Session-Id)."),
+        click.option("--errors", "errors_only", is_flag=True, help="Only calls that failed (is_error)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _filters(since: str | None, values: dict[str, Any]) -> query.Filters:
+    """The filters out of `values` (removing them, so the rest are settings) and --since."""
+    given = {name: values.pop(name) for name in ("mcp_id", "tool", "method", "session_id", "errors_only")}
+    try:
+        moment = query.parse_since(since) if since is not None else None
+    except query.QueryError as error:
+        raise click.BadParameter(str(error), param_hint="'--since'") from None
+    return query.Filters(since=moment, **given)
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for reading the table; a missing table, function or server becomes a one-line error."""
+    where = f"PostgreSQL at {redact_url(settings.database_url)}"
+    try:
+        with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+            yield conn
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction):
+        click.echo(f"error: {where} lacks the current schema: run `interactionlog migrate` against it", err=True)
+    except psycopg.Error as error:
+        click.echo(f"error: {where}: {str(error).strip()}", err=True)
+    else:
+        return
+    raise SystemExit(EXIT_FAILED)
+
+
+def _console() -> Any:
+    from rich.console import Console  # noqa: PLC0415 - only the commands that print with rich load it
+
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH  # rich's 80 would fold tables written to a file or a pipe
+    return console
+
+
+@main.command()
+@settings_options(*DATABASE_OPTIONS)
+@_filter_options
+@click.option("--since", help="Only calls from this long ago (90s, 15m, 1h, 2d) or this time (ISO 8601, with zone).")
+@click.option("-n", "--lines", "count", default=20, show_default=True, type=click.IntRange(min=0), help="How many.")
+@click.option("-f", "--follow", is_flag=True, help="Then print new interactions as they are stored, until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (NDJSON), with the whole record.")
+@click.option(
+    "--interval-s", default=0.5, show_default=True, type=click.FloatRange(min=0.05), help="How often -f polls."
+)
+def tail(since: str | None, count: int, follow: bool, as_json: bool, interval_s: float, **values: Any) -> None:
+    """Print the newest stored interactions, oldest first; -f follows new ones as they are stored."""
+    from .ops import render  # noqa: PLC0415 - rich, only here
+
+    filters = _filters(since, values)
+    settings = _settings(values)
+    console = _console()
+
+    def emit(row: query.StoredInteraction) -> None:
+        if as_json:
+            click.echo(render.interaction_json_line(row))
+        else:
+            console.print(render.interaction_line(row), soft_wrap=True)
+
+    with _database(settings) as conn:
+        follower = query.Follower(filters)
+        if follow:  # before the listing: a row committed in between is then listed, followed, or both (shown once)
+            follower.start(conn)
+        listed = query.newest(conn, filters, count) if count else []
+        for row in listed:
+            emit(row)
+        if not follow:
+            return
+        follower.mark_shown(listed)
+
+        def unavailable(error: psycopg.OperationalError) -> None:
+            click.echo(f"warning: PostgreSQL unreachable, retrying: {str(error).strip()}", err=True)
+
+        try:
+            for row in query.follow(
+                conn,
+                follower,
+                reconnect=lambda: psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5),
+                interval_s=interval_s,
+                on_unavailable=unavailable,
+            ):
+                emit(row)
+        except KeyboardInterrupt:
+            return
+
+
+@main.command()
+@settings_options(*DATABASE_OPTIONS)
+@_filter_options
+@click.option("--since", default="1h", show_default=True, help="The window: 90s, 15m, 1h, 2d, or an ISO 8601 time.")
+@click.option("--top-errors", default=5, show_default=True, type=click.IntRange(min=0), help="How many messages.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+def stats(since: str, top_errors: int, as_json: bool, **values: Any) -> None:
+    """Per MCP server and tool over a window: calls, error rate, duration_ms p50/p95/p99, and the top errors."""
+    from .ops import render  # noqa: PLC0415 - rich, only here
+
+    filters = _filters(since, values)
+    settings = _settings(values)
+    with _database(settings) as conn:
+        figures = query.stats(conn, filters, top_errors=top_errors)
+    if as_json:
+        click.echo(json.dumps(render.stats_document(figures), indent=2))
+    else:
+        _console().print(render.stats_tables(figures))
+
+
+@main.command()
+@settings_options(*DATABASE_OPTIONS)
+@click.argument("ident", metavar="ID")
+@click.option("--mcp-id", help="The MCP server, when the same interaction id exists under several.")
+@click.option("--json", "as_json", is_flag=True, help="Print the row as one JSON object.")
+def show(ident: str, mcp_id: str | None, as_json: bool, **values: Any) -> None:
+    """Print one interaction in full: ID is its interaction_id (as `tail` prints it) or its row id."""
+    from .ops import render  # noqa: PLC0415 - rich, only here
+
+    settings = _settings(values)
+    with _database(settings) as conn:
+        found = query.find(conn, ident, mcp_id)
+    if not found:
+        where = f" under mcp_id {mcp_id!r}" if mcp_id else ""
+        click.echo(f"error: no interaction {ident!r}{where} (looked for it as interaction_id and as row id)", err=True)
+        raise SystemExit(EXIT_FAILED)
+    if len(found) > 1:
+        servers = ", ".join(row.mcp_id for row in found)
+        click.echo(f"error: interaction {ident!r} exists under several MCP servers ({servers}): add --mcp-id", err=True)
+        raise SystemExit(EXIT_USAGE)
+    (row,) = found
+    if as_json:
+        click.echo(json.dumps(render.interaction_document(row), indent=2, ensure_ascii=False))
+    else:
+        _console().print(render.interaction_detail(row))
+
+
+# --- The whole stack on this machine (ops.dev) ---
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes Ctrl-C's way out, through the teardown
+
+
+@main.command()
+@settings_options(*LOG_OPTIONS)
+@click.option("--redis-port", default=0, type=click.IntRange(0, 65535), help="Redis's port; 0 picks a free one.")
+@click.option(
+    "--postgres-port", default=0, type=click.IntRange(0, 65535), help="PostgreSQL's port; 0 picks a free one."
+)
+def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
+    """Run Redis, PostgreSQL (migrated) and a worker on this machine, no Docker, and print interactions as they
+    are stored. Ctrl-C stops everything and deletes its data.
+
+    Needs redis-server and PostgreSQL's server binaries (initdb, postgres); says how to install them if missing.
+    """
+    from .ops import dev as dev_stack  # noqa: PLC0415 - rich, only here
+    from .ops import render  # noqa: PLC0415
+
+    _settings(values)
+    console = _console()
+    # Python leaves SIGINT alone when it starts ignored (a `&` in a script); Ctrl-C must always tear down.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        with dev_stack.running_stack(redis_port=redis_port or None, postgres_port=postgres_port or None) as stack:
+            click.echo(dev_stack.banner(stack))
+            try:
+                with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                    follower = query.Follower(query.Filters())
+                    follower.start(conn)
+                    for row in query.follow(
+                        conn,
+                        follower,
+                        reconnect=lambda: psycopg.connect(stack.database_url, autocommit=True),
+                        interval_s=0.3,
+                        on_unavailable=lambda error: click.echo(f"warning: PostgreSQL: {error}", err=True),
+                        between_polls=lambda: dev_stack.check_worker(stack),
+                    ):
+                        console.print(render.interaction_line(row), soft_wrap=True)
+            except KeyboardInterrupt:
+                # A second Ctrl-C must not cut the teardown short and leave servers or directories behind.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                click.echo("stopping: the worker, then PostgreSQL and Redis", err=True)
+    except dev_stack.DevError as error:
+        click.echo(f"error: {error}", err=True)
+        raise SystemExit(EXIT_FAILED) from None
+    except KeyboardInterrupt:  # during start-up: the servers started so far are gone already
+        pass
+    click.echo("stopped; nothing is left running", err=True)
+
+# The gateway's commands live in their own module (the servers' dependencies are an optional extra).
+main.add_command(serve)
+main.add_command(tokens)

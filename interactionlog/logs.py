@@ -10,15 +10,40 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal
 
 import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> None:
-    """Configure structlog and the standard library once for the process; everything goes to stderr."""
+class SecretScrubber:
+    """A structlog processor replacing each of `secrets` by ``***`` in every text value of an event, so a
+    password that reaches an error message (a driver quoting a URL it could not parse) never reaches the log."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        """Scrub `event` in place and return it."""
+        if self.secrets:
+            for key, value in event.items():
+                if isinstance(value, str):
+                    event[key] = self.scrub(value)
+        return event
+
+    def scrub(self, text: str) -> str:
+        """`text` with every secret masked."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+
+def configure_logging(log_format: LogFormat = "auto", level: str = "info", *, secrets: Iterable[str] = ()) -> None:
+    """Configure structlog and the standard library once for the process; everything goes to stderr, with
+    every one of `secrets` (from `redact.secrets_in`) masked wherever it appears."""
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -29,11 +54,14 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    # Last before rendering: after tracebacks are formatted, so a secret in one is masked too.
+    scrubber = SecretScrubber(secrets)
     structlog.configure(
         processors=[
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if not console else structlog.dev.set_exc_info,
+            scrubber,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
@@ -47,6 +75,7 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info") -> No
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info if not console else structlog.dev.set_exc_info,
+                scrubber,
                 renderer,
             ],
         )

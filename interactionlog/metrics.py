@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
 NAMESPACE = "interactionlog"
 LABELS = ("stream", "group")
@@ -43,6 +43,9 @@ class WorkerMetrics:
     def create(cls, stream: str, group: str, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         """Register every worker metric on `registry` (a fresh one by default)."""
         registry = registry if registry is not None else CollectorRegistry()
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds...: what the memory and CPU alerts
+        # read, from /proc, at each scrape.
+        ProcessCollector(registry=registry)
 
         def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, (*LABELS, *extra), namespace=NAMESPACE, registry=registry)

@@ -129,13 +129,26 @@ async def periodically(
         try:
             await chore()
         except expected as error:
+            raise_if_cancelling(error)
             if not failing:
                 log.warning(f"{name}_failing", error=str(error) or type(error).__name__)
             failing = True
-        except Exception:
+        except Exception as error:
+            raise_if_cancelling(error)
             log.exception(f"{name}_crashed")
         else:
             if failing:
                 log.info(f"{name}_recovered")
             failing = False
+        raise_if_cancelling()
         await sleep_unless_stopped(interval_s, stopping)
+
+
+def raise_if_cancelling(error: BaseException | None = None) -> None:
+    """Raise CancelledError when this task is being cancelled, whatever became of the cancellation: redis-py,
+    cancelled mid-command, can raise a connection error instead, and Python 3.11's `asyncio.wait_for` (inside
+    redis-py) swallows a cancellation that races with its own completion (CPython gh-86296, fixed in 3.12).
+    A loop that missed it would run on forever and hang the shutdown that cancelled it."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from redis.connection import parse_url
 
 from .errors import ConfigurationError
+from .redact import redact_text, secrets_in
 
 ENV_PREFIX = "INTERACTIONLOG_"
 
@@ -50,7 +51,19 @@ class Settings(BaseModel):
     )
     max_record_bytes: int = Field(DEFAULT_MAX_RECORD_BYTES, ge=1024, description="Largest encoded record accepted.")
     batch_size: int = Field(1000, ge=1, le=100_000, description="Entries read and stored per batch.")
+    batch_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of entry data per batch, whatever their count: with --concurrency it bounds the "
+        "worker's memory (about 2.5 x concurrency x this at most).",
+    )
     concurrency: int = Field(2, ge=1, le=256, description="Consumers (asyncio tasks) in this process.")
+    processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes on this host, supervised, behind one metrics port (a process uses one core).",
+    )
     block_ms: int = Field(1000, ge=1, le=60_000, description="How long one XREADGROUP waits for new entries.")
     redis_timeout_s: float = Field(
         5.0, gt=0, description="Redis connect timeout, and the socket timeout on top of block_ms."
@@ -77,7 +90,10 @@ class Settings(BaseModel):
         25.0, gt=0, description="On SIGTERM, how long to finish the batch in flight before giving up."
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port for /metrics; 0 disables it.")
-    metrics_host: str = Field("0.0.0.0", description="Address the metrics server binds.")  # noqa: S104
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the metrics server binds; 0.0.0.0 (or ::) to let Prometheus scrape it from elsewhere.",
+    )
     metrics_interval_s: float = Field(
         15.0, ge=0.1, description="How often the stream gauges are refreshed (one replica reads Redis per interval)."
     )
@@ -112,6 +128,11 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_together(self) -> Settings:
+        if self.batch_max_bytes < self.max_record_bytes:
+            raise ValueError(
+                f"batch_max_bytes ({self.batch_max_bytes}) must be at least max_record_bytes "
+                f"({self.max_record_bytes}), or a batch could not hold one record of the largest size"
+            )
         if self.claim_idle_ms <= self.block_ms:
             raise ValueError(
                 f"claim_idle_ms ({self.claim_idle_ms}) must exceed block_ms ({self.block_ms}), or live "
@@ -123,6 +144,11 @@ class Settings(BaseModel):
     def dead_letter_stream_key(self) -> str:
         """The dead-letter stream's key: `dead_letter_stream`, or `<stream>:dlq` when that is empty."""
         return self.dead_letter_stream or f"{self.stream}:dlq"
+
+    @property
+    def secrets(self) -> set[str]:
+        """The secrets the connection URLs carry, for masking in logs and errors (`redact.secrets_in`)."""
+        return secrets_in(self.redis_url) | secrets_in(self.database_url)
 
     @property
     def redis_socket_timeout_s(self) -> float:
@@ -140,10 +166,19 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 def load_settings(values: dict[str, Any]) -> Settings:
     """Validate `values` (from click) into Settings, or raise ConfigurationError naming flag and variable."""
+    return validate_settings(Settings, values)
+
+
+def validate_settings(model: type[_M], values: dict[str, Any]) -> _M:
+    """Validate `values` (from click) into `model` (Settings, or another command's settings built the same
+    way), or raise ConfigurationError naming flag and variable; None values take the model's default."""
     try:
-        return Settings(**{k: v for k, v in values.items() if v is not None})
+        return model(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
@@ -154,7 +189,9 @@ def load_settings(values: dict[str, Any]) -> Settings:
                 problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')} (got {value})")
             else:
                 problems.append(item["msg"].removeprefix("Value error, "))
-        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+        # A driver refusing a URL may quote it, password included.
+        urls = [str(v) for k, v in values.items() if k.endswith("_url") and v]
+        raise ConfigurationError(redact_text("invalid settings: " + "; ".join(problems), *urls)) from None
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -162,12 +199,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _CLICK_TYPES: dict[Any, Any] = {int: click.INT, float: click.FLOAT, str: click.STRING}
 
 
-def settings_options(*fields: str) -> Callable[[_F], _F]:
-    """Click options for the named settings fields; values arrive as keyword arguments of the same names."""
+def settings_options(*fields: str, model: type[BaseModel] = Settings) -> Callable[[_F], _F]:
+    """Click options for the named fields of `model`; values arrive as keyword arguments of the same names."""
 
     def decorate(command: _F) -> _F:
         for field in reversed(fields):
-            info = Settings.model_fields[field]
+            info = model.model_fields[field]
             annotation = info.annotation
             choices = getattr(annotation, "__args__", None)
             kind = click.Choice(list(choices)) if choices else _CLICK_TYPES[annotation]
@@ -178,15 +215,15 @@ def settings_options(*fields: str) -> Callable[[_F], _F]:
                 envvar=env_name(field),
                 default=None,  # None means "the Settings default", so defaults live in one place
                 show_envvar=True,
-                help=f"{info.description} [default: {_describe_default(field)}]",
+                help=f"{info.description} [default: {_describe_default(model, field)}]",
             )(command)
         return command
 
     return decorate
 
 
-def _describe_default(field: str) -> str:
-    info = Settings.model_fields[field]
+def _describe_default(model: type[BaseModel], field: str) -> str:
+    info = model.model_fields[field]
     if info.default_factory is not None:
         return "host-pid" if field == "consumer_prefix" else "computed"
     default = info.default

@@ -1,6 +1,6 @@
-"""deploy/ and compose.yaml, checked without a container engine: the manifests agree with the worker (its
-settings, endpoints, metrics and shutdown timeout), the alert rules pass promtool and their unit tests, and every
-metric the alerts and the dashboard name is one a running worker exports."""
+"""deploy/ and compose.yaml, checked without a container engine: the manifests agree with the worker and the
+gateway (their settings, endpoints, metrics and shutdown timeouts), the alert rules pass promtool and their unit
+tests, and every metric the alerts and the dashboard name is one a running worker exports."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from interactionlog.client.publisher import AsyncPublisher
+from interactionlog.gateway.backlog import BacklogGuard
+from interactionlog.gateway.config import GatewaySettings
+from interactionlog.gateway.health import GatewayHealth
+from interactionlog.gateway.http import create_app
+from interactionlog.gateway.ingest import Ingest
+from interactionlog.gateway.metrics import GatewayMetrics
 from interactionlog.metrics import WorkerMetrics
 from interactionlog.probes import READY_TIMEOUT_S, MetricsServer
 from interactionlog.settings import Settings, env_name
@@ -58,11 +65,15 @@ def kustomization() -> dict[str, Any]:
     return document
 
 
-def manifests() -> dict[str, dict[str, Any]]:
-    """Every resource the kustomization lists, keyed by kind (one of each)."""
+def manifests(*, gateway: bool = False) -> dict[str, dict[str, Any]]:
+    """Every resource the kustomization lists, keyed by kind (one of each): the worker's and the migration's, or
+    with `gateway` the ingest gateway's (labelled component: gateway)."""
     found: dict[str, dict[str, Any]] = {}
     for resource in kustomization()["resources"]:
         for document in load_yaml_documents(DEPLOY / resource):
+            component = document["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+            if (component == "gateway") != gateway:
+                continue
             assert document["kind"] not in found, f"two {document['kind']}s: the tests expect one of each"
             found[document["kind"]] = document
     return found
@@ -200,8 +211,8 @@ def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
         pytest.fail(
-            "promtool not found: install Debian's `prometheus` package (apt-get install --no-install-recommends "
-            "prometheus), as .ci/run does; the alert rules must be checked"
+            "promtool not found: run `bash scripts/setup` (the README's set-up command), which installs Debian's "
+            "`prometheus` package without starting it; the alert rules must be checked"
         )
     return path
 
@@ -287,8 +298,8 @@ def test_probes_point_at_endpoints_the_worker_serves(served_paths: dict[str, int
 def test_pods_run_as_the_images_non_root_user() -> None:
     """Worker and migration pods refuse root, with the uid the Dockerfile creates, and drop every capability."""
     uid = dockerfile_user()
-    for kind in ("Deployment", "Job"):
-        pod = manifests()[kind]["spec"]["template"]["spec"]
+    for kind, pod_owner in (("Deployment", manifests()), ("Job", manifests()), ("Deployment", manifests(gateway=True))):
+        pod = pod_owner[kind]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == uid
         for container in pod["containers"]:
@@ -302,15 +313,16 @@ def test_urls_come_from_the_secret_and_every_variable_is_a_setting() -> None:
     (example,) = load_yaml_documents(DEPLOY / "kubernetes" / "secret.example.yaml")
     documented_keys = set(example["stringData"])
     known = {env_name(field) for field in Settings.model_fields}
-    for kind in ("Deployment", "Job"):
-        (container,) = manifests()[kind]["spec"]["template"]["spec"]["containers"]
+    gateway_known = {env_name(field) for field in GatewaySettings.model_fields}
+    for kind, owner in (("Deployment", manifests()), ("Job", manifests()), ("Deployment", manifests(gateway=True))):
+        (container,) = owner[kind]["spec"]["template"]["spec"]["containers"]
         env = {item["name"]: item for item in container["env"]}
         assert env["INTERACTIONLOG_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] in documented_keys
         for item in env.values():
             assert "://" not in item.get("value", ""), f"{item['name']} holds a URL literally"
             if "secretKeyRef" in item.get("valueFrom", {}):
                 assert item["valueFrom"]["secretKeyRef"]["key"] in documented_keys
-        assert {name for name in env if name.startswith("INTERACTIONLOG_")} <= known
+        assert {name for name in env if name.startswith("INTERACTIONLOG_")} <= known | gateway_known
     assert worker_container()["env"][0]["valueFrom"]["secretKeyRef"]["key"] in documented_keys
     assert {name for name in settings_env() if name.startswith("INTERACTIONLOG_")} <= known
 
@@ -403,7 +415,7 @@ def test_the_image_runs_the_worker_as_non_root_by_default() -> None:
     assert dockerfile_user() > 0
     assert json.loads(final["ENTRYPOINT"]) == ["interactionlog"]
     assert json.loads(final["CMD"]) == ["worker"]
-    assert int(final["EXPOSE"]) == Settings.model_fields["metrics_port"].default
+    assert Settings.model_fields["metrics_port"].default in {int(port) for port in final["EXPOSE"].split()}
 
 
 def test_the_image_build_context_holds_what_the_dockerfile_copies() -> None:
@@ -487,3 +499,78 @@ def test_the_dashboard_is_well_formed() -> None:
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}"
             assert '$stream"' in target["expr"], f"{panel['title']}: not filtered by $stream"
+
+
+def gateway_container() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = manifests(gateway=True)["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
+    return container
+
+
+def gateway_paths() -> set[str]:
+    """The paths a real gateway application serves (built without connecting to anything)."""
+    redis_client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")
+    guard = BacklogGuard(redis_client, stream=STREAM, group=GROUP, max_stream_length=0, max_lag=0)
+    ingest = Ingest(
+        AsyncPublisher.from_url("redis://127.0.0.1:1/0"),
+        guard,
+        GatewayMetrics.create(STREAM),
+        max_record_bytes=1024,
+        retry_after_s=1,
+    )
+    app = create_app(
+        ingest, None, GatewayHealth(redis_client, asyncio.Event()), max_body_bytes=1024, request_timeout_s=1
+    )
+    return {getattr(route, "path", "") for route in app.routes}
+
+
+def test_the_gateway_runs_serve_with_probes_on_paths_it_serves() -> None:
+    """The gateway Deployment runs `serve` on the default HTTP and gRPC ports, probes /livez and /readyz on the
+    HTTP port (served by the real application, with a timeout above the readiness checks'), and waits longer than
+    its shutdown timeout before a SIGKILL."""
+    container = gateway_container()
+    assert container["args"] == ["serve"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    defaults = GatewaySettings.model_fields
+    assert ports == {"http": defaults["http_port"].default, "grpc": defaults["grpc_port"].default}
+    served = gateway_paths()
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+        assert container[probe]["httpGet"]["path"] in served
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["timeoutSeconds"] > READY_TIMEOUT_S
+    spec = manifests(gateway=True)["Deployment"]["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= setting(settings_env(), "shutdown_timeout_s") + CLOSE_MARGIN_S
+
+
+def test_the_gateway_service_and_servicemonitor_select_the_gateway_pods() -> None:
+    """The Service routes its http and grpc ports to the gateway pods' named ports (and not to the workers); the
+    ServiceMonitor scrapes /metrics on the http port."""
+    resources = manifests(gateway=True)
+    pod_labels = resources["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    service = resources["Service"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    worker_labels = manifests()["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert not service["spec"]["selector"].items() <= worker_labels.items()
+    assert {port["name"]: port["targetPort"] for port in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
+    (endpoint,) = resources["ServiceMonitor"]["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
+
+
+def test_compose_runs_the_gateway_after_the_migration_with_a_readiness_check() -> None:
+    """compose.yaml runs `serve` once the migration succeeded, publishes its two ports, checks /readyz on the HTTP
+    port, and gives it longer to stop than its shutdown timeout; the image installs the gateway extra and exposes
+    both ports."""
+    gateway = compose()["services"]["gateway"]
+    assert gateway["command"] == ["serve"]
+    assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    http_port = int(gateway["environment"]["INTERACTIONLOG_HTTP_PORT"])
+    grpc_port = int(gateway["environment"]["INTERACTIONLOG_GRPC_PORT"])
+    assert {f"{http_port}:{http_port}", f"{grpc_port}:{grpc_port}"} <= set(gateway["ports"])
+    assert f"127.0.0.1:{http_port}/readyz" in " ".join(gateway["healthcheck"]["test"])
+    shutdown_s = float(gateway["environment"]["INTERACTIONLOG_SHUTDOWN_TIMEOUT_S"])
+    assert seconds(gateway["stop_grace_period"]) >= shutdown_s + CLOSE_MARGIN_S
+    build = dockerfile_stages()[0]
+    assert any(instruction == "RUN" and "[gateway]" in arguments for instruction, arguments in build)
+    exposed = {int(port) for port in dict(dockerfile_stages()[-1])["EXPOSE"].split()}
+    assert {http_port, grpc_port} <= exposed

@@ -350,20 +350,23 @@ def test_passwords_never_appear_in_worker_output(tmp_path: Path) -> None:
     assert "s3cret" not in output
 
 
-def test_a_taken_metrics_port_stops_the_worker_with_a_clear_message(tmp_path: Path) -> None:
-    """A worker whose metrics port is in use exits 2 at once, naming the port, without a traceback or a hang."""
+def test_a_worker_whose_metrics_port_is_taken_keeps_consuming_and_says_so_once(
+    redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """A second worker on a host whose metrics port is in use stores records like the first, and logs once, without
+    a traceback, that it runs without its metrics port and what to do about it."""
+    migrate(database_url)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        worker = WorkerProcess(
-            "redis://127.0.0.1:1/0",
-            "postgresql://127.0.0.1:1/db",
-            tmp_path,
-            metrics_port=port,
-            metrics_host="127.0.0.1",
-        )
-        assert worker.wait(timeout_s=20) == 2
+        with running_worker(redis_url, database_url, tmp_path, metrics_port=port, metrics_host="127.0.0.1") as worker:
+            with Publisher.from_url(redis_url) as publisher:
+                publisher.publish_many([record(index) for index in range(20)])
+            wait_until(lambda: count_rows(database_url) == 20, what="20 rows stored without a metrics port")
+            assert worker.stop() == 0
     output = worker.log_text()
+    assert output.count('"metrics_unavailable"') == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in output
+    assert "--processes" in output
     assert "Traceback" not in output

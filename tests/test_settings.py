@@ -65,7 +65,7 @@ def test_a_bad_url_is_refused_without_echoing_it() -> None:
         ("rediss://app:s3cret@host:6380/1", "rediss://app:***@host:6380/1"),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("postgresql://app:s3cret@db:5432/logs?sslmode=require", "postgresql://app:***@db:5432/logs?sslmode=require"),
-        ("postgresql://db/logs?password=s3cret", "postgresql://db/logs?password=%2A%2A%2A"),
+        ("postgresql://db/logs?password=s3cret", "postgresql://db/logs?password=***"),
         ("host=db user=app password=s3cret dbname=logs", "host=db user=app password=*** dbname=logs"),
     ],
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import redis
 import redis.asyncio as aioredis
@@ -24,6 +24,8 @@ from ..errors import PublishError, PublishUnavailableError, RecordTooLargeError
 from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
+from . import transports
+from .transports import hybrid
 
 # The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
 DEFAULT_TIMEOUT_S = 1.0
@@ -56,10 +58,15 @@ class _PublisherCore:
         stream: str = DEFAULT_STREAM,
         maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        transport: Any = None,
     ) -> None:
         """Publish through `client` (a redis-py client of the twin's kind) to `stream`, capped at about `maxlen`
-        entries, refusing records whose JSON is over `max_record_bytes`; raises ValueError for a bad cap."""
+        entries, refusing records whose JSON is over `max_record_bytes`; raises ValueError for a bad cap.
+
+        With a `transport` (a `client.transports` object of the twin's kind), entries go there instead and
+        `client` is None: `stream` and `maxlen` are then the gateway's or moot, validation stays the same."""
         self._redis = client
+        self.transport = transport
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
         self.stream = stream
@@ -93,11 +100,56 @@ class _PublisherCore:
         maxlen: int = DEFAULT_STREAM_MAXLEN,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
     ) -> Self:
         """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs), waiting
-        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`."""
+        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`.
+
+        Other schemes go through a transport (`client.transports`): http(s):// and grpc(s):// to
+        `interactionlog serve` with the MCP's `token` (or `?token=` in the URL), postgresql:// straight into the
+        table, and `hybrid:URL|URL|...` to the first healthy of several (see `from_urls`)."""
+        scheme = transports.scheme_of(url)
+        if scheme == transports.HYBRID_SCHEME:
+            return cls.from_urls(
+                transports.hybrid_members(url),
+                stream=stream,
+                maxlen=maxlen,
+                max_record_bytes=max_record_bytes,
+                timeout_s=timeout_s,
+                token=token,
+            )
+        if scheme not in transports.REDIS_SCHEMES:
+            transport = cls._open_transport(url, timeout_s=timeout_s, token=token)
+            return cls(None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport)
         client = cls._connect(url, timeout_s)
         return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes)
+
+    @classmethod
+    def from_urls(
+        cls,
+        urls: Sequence[str],
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_STREAM_MAXLEN,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        token: str | None = None,
+        failure_threshold: int = hybrid.DEFAULT_FAILURE_THRESHOLD,
+        reset_timeout_s: float = hybrid.DEFAULT_RESET_TIMEOUT_S,
+    ) -> Self:
+        """A hybrid publisher: each batch goes to the first of `urls` whose circuit breaker is closed (or
+        half-open), falling through to the next when one does not confirm. Same methods and errors as any
+        publisher; `transport.counts()` says how many records each URL took."""
+        members = [
+            cls.from_url(url, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, timeout_s=timeout_s,
+                         token=token)
+            for url in urls
+        ]  # fmt: skip
+        transport = cls._hybrid(members, urls, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
+        return cls(None, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, transport=transport)
+
+    _open_transport: ClassVar[Any]
+    _hybrid: ClassVar[Any]
 
     @staticmethod
     def _connect(url: str, timeout_s: float) -> Any:
@@ -118,6 +170,9 @@ class Publisher(_PublisherCore):
     """Publishes interactions from synchronous code. Thread-safe: redis-py pools its connections."""
 
     _redis: redis.Redis
+    transport: transports.Transport | None
+    _open_transport = staticmethod(transports.open_transport)
+    _hybrid = hybrid.HybridTransport
 
     @staticmethod
     def _connect(url: str, timeout_s: float) -> redis.Redis:
@@ -140,6 +195,8 @@ class Publisher(_PublisherCore):
         """XADD entries already built by `encode_fields`, pipelined; for callers that validate line by line."""
         if not entries:
             return []
+        if self.transport is not None:
+            return self.transport.publish_encoded(entries)
         pipe = self._redis.pipeline(transaction=False)
         self._queue_xadds(pipe, entries)
         try:
@@ -150,7 +207,10 @@ class Publisher(_PublisherCore):
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._redis.close()
+        if self.transport is not None:
+            self.transport.close()
+        else:
+            self._redis.close()
 
     def __enter__(self) -> Self:
         return self
@@ -165,6 +225,9 @@ class AsyncPublisher(_PublisherCore):
     """Publishes interactions from asyncio code; same validation, errors and wire format as `Publisher`."""
 
     _redis: aioredis.Redis
+    transport: transports.AsyncTransport | None
+    _open_transport = staticmethod(transports.open_async_transport)
+    _hybrid = hybrid.AsyncHybridTransport
 
     @staticmethod
     def _connect(url: str, timeout_s: float) -> aioredis.Redis:
@@ -184,6 +247,8 @@ class AsyncPublisher(_PublisherCore):
         """XADD entries already built by `encode_fields`, pipelined."""
         if not entries:
             return []
+        if self.transport is not None:
+            return await self.transport.publish_encoded(entries)
         pipe = self._redis.pipeline(transaction=False)
         self._queue_xadds(pipe, entries)
         try:
@@ -194,7 +259,10 @@ class AsyncPublisher(_PublisherCore):
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._redis.aclose()
+        if self.transport is not None:
+            await self.transport.close()
+        else:
+            await self._redis.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -37,6 +37,7 @@ class ConsumerOptions:
     """The knobs of one consumer; the daemon fills them from Settings, which holds every default."""
 
     batch_size: int
+    batch_max_bytes: int
     block_ms: int
     claim_idle_ms: int
     claim_interval_ms: int
@@ -46,8 +47,15 @@ class ConsumerOptions:
     scrub_payloads: bool = True  # the worker's pass of interactionlog.scrub, for records of any publisher
     # Fault-injection hook for the test suites only: SIGKILL this process at a named point of the first
     # batch that reaches it ("after_read": entries delivered, nothing stored; "after_commit": rows committed,
-    # nothing acknowledged). Set through INTERACTIONLOG_TEST_CRASH_AT; never set in production.
+    # nothing acknowledged; "consumer_task": the first consumer task ends past its guard, once per process).
+    # Set through INTERACTIONLOG_TEST_CRASH_AT; never set in production.
     crash_at: str | None = None
+
+
+class _InjectedTaskDeath(BaseException):
+    """Raised by the test hook past `Consumer.run`'s guard, which catches Exception only."""
+
+    happened = False
 
 
 @dataclass
@@ -93,6 +101,9 @@ class Consumer:
         """Read and handle batches until stopped; transient failures are retried, never raised."""
         structlog.contextvars.bind_contextvars(consumer=self.name)
         log.info("consumer_started", stream=self.streams.stream, group=self.streams.group)
+        if self.options.crash_at == "consumer_task" and not _InjectedTaskDeath.happened:
+            _InjectedTaskDeath.happened = True  # once per process: the restarted consumer must live
+            raise _InjectedTaskDeath("test hook: the consumer task dies past its own guard")
         while not self.stopping.is_set():
             try:
                 await self.step()
@@ -116,15 +127,36 @@ class Consumer:
             self._next_sweep = time.monotonic() + self.options.claim_interval_ms / 1000
             return None
         pending = self._read_pending
-        entries = await self.streams.read(
-            self.name, count=self.options.batch_size, block_ms=self.options.block_ms, pending=pending
-        )
+        entries, drained = await self._read_batch(pending)
         self.outages.succeeded("redis")
-        if pending and len(entries) < self.options.batch_size:
+        if pending and drained:
             self._read_pending = False  # this read reached the end of our pending list
         if not entries:
             return None
         return await self.handle(entries, "pending" if pending else "new")
+
+    async def _read_batch(self, pending: bool) -> tuple[list[Entry], bool]:
+        """One batch of at most batch_size entries and batch_max_bytes of entry data, and whether the source ran
+        dry. Read in slices of as many entries as the remaining byte budget holds at max_record_bytes each, so
+        even a backlog of maximum-size records never outgrows the budget; small records take a few more
+        (non-blocking) round trips to fill the batch. Only the first read of new entries blocks."""
+        entries: list[Entry] = []
+        budget = self.options.batch_max_bytes
+        while True:
+            room = min(self.options.batch_size - len(entries), max(budget // self.options.max_record_bytes, 1))
+            piece = await self.streams.read(
+                self.name,
+                count=room,
+                block_ms=None if entries else self.options.block_ms,
+                pending=pending,
+                after=entries[-1].id if entries else "0",
+            )
+            entries += piece
+            budget -= sum(entry.size_bytes for entry in piece)
+            if len(piece) < room:
+                return entries, True
+            if len(entries) >= self.options.batch_size or budget < self.options.max_record_bytes:
+                return entries, False
 
     async def sweep(self) -> int:
         """Take over entries idle longer than claim_idle_ms (their consumer crashed or froze), following
@@ -132,7 +164,7 @@ class Consumer:
         cursor, claimed = "0-0", 0
         while True:
             page = await self.streams.claim(
-                self.name, min_idle_ms=self.options.claim_idle_ms, cursor=cursor, count=self.options.batch_size
+                self.name, min_idle_ms=self.options.claim_idle_ms, cursor=cursor, count=self._claim_count()
             )
             if page.deleted_ids:
                 # Redis already dropped these from the pending list: trimmed or XDELed before anyone stored them.
@@ -145,6 +177,10 @@ class Consumer:
             cursor = page.next_cursor
             if cursor == "0-0" or self.stopping.is_set():
                 return claimed
+
+    def _claim_count(self) -> int:
+        """Entries per XAUTOCLAIM page: each page is handled as a batch, so it keeps to the batch's byte bound."""
+        return min(self.options.batch_size, max(self.options.batch_max_bytes // self.options.max_record_bytes, 1))
 
     async def handle(self, entries: list[Entry], source: Source) -> BatchOutcome:
         """Triage, persist and settle one batch. Returns only once every entry is acked or dead-lettered."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 from redis.exceptions import RedisError
 
+from ..errors import ConfigurationError
 from ..metrics import WorkerMetrics
 from ..redact import redact_url
 from ..retry import OutageLog, StoppedError, periodically, until_done
@@ -31,12 +32,14 @@ CRASH_HOOK_VARIABLE = "INTERACTIONLOG_TEST_CRASH_AT"
 
 EXIT_OK = 0
 EXIT_SHUTDOWN_TIMED_OUT = 1
+EXIT_FORCED = 130  # 128 + SIGINT, as shells report an interrupted program
 
 
 def consumer_options(settings: Settings) -> ConsumerOptions:
     """The per-consumer knobs out of the settings."""
     return ConsumerOptions(
         batch_size=settings.batch_size,
+        batch_max_bytes=settings.batch_max_bytes,
         block_ms=settings.block_ms,
         claim_idle_ms=settings.claim_idle_ms,
         claim_interval_ms=settings.claim_interval_ms,
@@ -55,7 +58,7 @@ async def run_worker(
     on_started: Callable[[WorkerMetrics], None] | None = None,
 ) -> int:
     """Run consumers until `stopping` is set (by SIGTERM/SIGINT when not given); returns the exit code."""
-    stopping = stopping or _stop_on_signals()
+    stopping = stopping or stop_on_signals()
     log.info(
         "worker_starting",
         redis_url=redact_url(settings.redis_url),
@@ -88,11 +91,12 @@ async def run_worker(
     observer = None
     try:
         # /metrics, /livez, /readyz and the stream gauges; up before the group exists, so probes answer meanwhile.
-        # Inside the try: if the port is taken, the pool and the client opened above must still be closed.
-        observer = await Observer.start(settings, metrics, store, stopping) if settings.metrics_port else None
+        # Inside the try: the pool and the client opened above must be closed whatever happens here.
+        observer = await _observe(settings, metrics, store, stopping)
         if await _ensure_group(streams, outages, stopping, settings.retry_max_backoff_s):
-            consumers = [
-                Consumer(
+
+            def new_consumer(index: int) -> Consumer:
+                return Consumer(
                     f"{settings.consumer_prefix}-{index}",
                     streams=streams,
                     store=store,
@@ -101,9 +105,7 @@ async def run_worker(
                     stopping=stopping,
                     options=consumer_options(settings),
                 )
-                for index in range(settings.concurrency)
-            ]
-            tasks = [asyncio.create_task(consumer.run(), name=consumer.name) for consumer in consumers]
+
             housekeeper = Housekeeper(
                 redis,
                 stream=settings.stream,
@@ -113,14 +115,15 @@ async def run_worker(
             chores = asyncio.create_task(
                 _keep_house(housekeeper, metrics, stopping, settings.housekeeping_interval_ms / 1000)
             )
+            tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency)}
             if on_started:
                 on_started(metrics)
-            await stopping.wait()
+            await _supervise(tasks, new_consumer, stopping)
             log.info("worker_draining", timeout_s=settings.shutdown_timeout_s)
             # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
             # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
             # claimed by another worker, so cancelling loses nothing; it only delays those entries.
-            _, unfinished = await asyncio.wait([*tasks, chores], timeout=settings.shutdown_timeout_s)
+            _, unfinished = await asyncio.wait([*tasks.values(), chores], timeout=settings.shutdown_timeout_s)
             if unfinished:
                 exit_code = EXIT_SHUTDOWN_TIMED_OUT
                 log.error("shutdown_timed_out", consumers=sorted(task.get_name() for task in unfinished))
@@ -136,6 +139,55 @@ async def run_worker(
             await observer.stop()
     log.info("worker_stopped", exit_code=exit_code)
     return exit_code
+
+
+def _start(consumer: Consumer) -> asyncio.Task[None]:
+    return asyncio.create_task(consumer.run(), name=consumer.name)
+
+
+async def _supervise(
+    tasks: dict[int, asyncio.Task[None]], new_consumer: Callable[[int], Consumer], stopping: asyncio.Event
+) -> None:
+    """Wait for `stopping`, restarting any consumer task that ends before it: a worker that is alive and ready
+    must never consume nothing. `Consumer.run` catches every error of a step, so an ending task means something
+    escaped that guard (a BaseException, a bug in the guard itself); it is logged with its cause, once per death."""
+    stop = asyncio.create_task(stopping.wait(), name="stop-signal")
+    try:
+        while not stopping.is_set():
+            done, _ = await asyncio.wait({stop, *tasks.values()}, return_when=asyncio.FIRST_COMPLETED)
+            for index, task in list(tasks.items()):
+                if task in done and not stopping.is_set():
+                    cause = None if task.cancelled() else task.exception()
+                    log.error(
+                        "consumer_died_restarted",
+                        consumer=task.get_name(),
+                        error=repr(cause) if cause else "ended without an error",
+                    )
+                    await asyncio.sleep(0.1)  # a consumer dying at once on start must not spin the loop
+                    tasks[index] = _start(new_consumer(index))
+    finally:
+        stop.cancel()
+
+
+async def _observe(
+    settings: Settings, metrics: WorkerMetrics, store: Store, stopping: asyncio.Event
+) -> Observer | None:
+    """Start the metrics port, or carry on without it: a worker whose port is taken (another worker on this host
+    with the same settings) still consumes, and says once what it did about its metrics."""
+    if not settings.metrics_port:
+        return None
+    try:
+        return await Observer.start(settings, metrics, store, stopping)
+    except ConfigurationError as error:
+        problem = str(error)
+    log.error(  # once, and without a traceback: the port being taken is the whole story
+        "metrics_unavailable",
+        error=problem,
+        consequence="consuming without /metrics, /livez and /readyz",
+        hint="run several workers on one host with `interactionlog worker --processes N` (one metrics port for "
+        "all), or give each its own --metrics-port",
+    )
+    return None
 
 
 async def _ensure_group(streams: StreamGroup, outages: OutageLog, stopping: asyncio.Event, max_s: float) -> bool:
@@ -166,13 +218,18 @@ async def _keep_house(
     )
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by the first SIGTERM or SIGINT: stop reading, finish the batch in flight, exit."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT: stop reading, finish the batch in flight, exit. A second
+    signal forces the exit at once (exit code 130): whatever is in flight stays pending in Redis and is claimed
+    by another worker later, so nothing is lost, only delayed."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def request_stop(name: str) -> None:
-        log.info("shutdown_requested", signal=name)
+        if stopping.is_set():
+            log.warning("shutdown_forced", signal=name, hint="entries in flight stay pending and are claimed later")
+            os._exit(EXIT_FORCED)
+        log.info("shutdown_requested", signal=name, hint="send it again to exit at once")
         stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,8 +7,7 @@ the entry id for records sent without `interaction_id` or `timestamp`.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -23,23 +22,10 @@ from ..record import (
     encode_record,
     ensure_storable,
 )
+from ..rows import StoredRow, row_of
 from ..scrub import scrub_stored_json
 
-
-class StoredRow(NamedTuple):
-    """A validated entry, shaped as one row of the `interaction_logs` table."""
-
-    mcp_id: str
-    interaction_id: str
-    timestamp: datetime
-    method: str | None
-    tool: str | None
-    session_id: str | None
-    is_error: bool | None
-    duration_ms: float | None
-    trace_id: str | None
-    data: str
-    stream_entry_id: str
+__all__ = ["StoredRow", "decode_entry", "validate_data"]
 
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True) -> StoredRow:
@@ -66,6 +52,29 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
             f"wire version {version.decode('utf-8', 'replace')!r} is not supported by this worker "
             f"(it reads version {WIRE_VERSION.decode()}); upgrade the worker or publish with v 1",
         )
+    record = validate_data(data, max_record_bytes)
+    missing = {"interaction_id", "timestamp"} - record.model_fields_set
+    try:
+        if missing:
+            defaults: dict[str, Any] = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
+            record = record.model_copy(update={name: defaults[name] for name in missing})
+            encoded = encode_record(record)
+        else:
+            # The publisher's JSON goes to the data column as sent: already validated, cheaper than
+            # re-encoding it, and exact (PostgreSQL keeps numbers as numeric, where a round trip through
+            # Python would turn them into doubles).
+            encoded = data.decode()
+            ensure_storable(encoded, record)
+    except InvalidRecordError as error:
+        raise PermanentEntryError("unstorable_value", str(error)) from error
+    if scrub:  # the worker's scrubbing pass: covers publishers in any language
+        encoded = scrub_stored_json(encoded)
+    return row_of(record, encoded, entry_id)
+
+
+def validate_data(data: bytes, max_record_bytes: int) -> Interaction:
+    """Validate one record's JSON text (an entry's `data`, or a record sent to a gateway), or raise
+    `PermanentEntryError` with the reason: too_large, invalid_json, not_json_object or invalid_record."""
     if len(data) > max_record_bytes:
         raise PermanentEntryError(
             "too_large",
@@ -85,32 +94,4 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
                 "not_json_object", "data is JSON but not a JSON object; send one object per record"
             ) from error
         raise PermanentEntryError("invalid_record", describe_validation_error(error)) from error
-    missing = {"interaction_id", "timestamp"} - record.model_fields_set
-    try:
-        if missing:
-            defaults: dict[str, Any] = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
-            record = record.model_copy(update={name: defaults[name] for name in missing})
-            encoded = encode_record(record)
-        else:
-            # The publisher's JSON goes to the data column as sent: already validated, cheaper than
-            # re-encoding it, and exact (PostgreSQL keeps numbers as numeric, where a round trip through
-            # Python would turn them into doubles).
-            encoded = data.decode()
-            ensure_storable(encoded, record)
-    except InvalidRecordError as error:
-        raise PermanentEntryError("unstorable_value", str(error)) from error
-    if scrub:  # the worker's scrubbing pass: covers publishers in any language
-        encoded = scrub_stored_json(encoded)
-    return StoredRow(
-        record.mcp_id,
-        record.interaction_id,
-        record.timestamp,
-        record.method,
-        record.tool,
-        record.session_id,
-        record.is_error,
-        record.duration_ms,
-        record.trace_id,
-        encoded,
-        entry_id,
-    )
+    return record

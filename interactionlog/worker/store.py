@@ -23,12 +23,9 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseUnavailableError
-from .decode import StoredRow
+from ..rows import COLUMNS, INSERT_ROW, TABLE, StoredRow
 
 log = structlog.get_logger(__name__)
-
-TABLE = "interaction_logs"
-COLUMNS = StoredRow._fields
 
 # SQLSTATE classes that mean "this row can never be stored as it is": 22 data exception (a value out of
 # range, invalid text), 23 integrity constraint violation (a CHECK or NOT NULL an operator added),
@@ -72,6 +69,58 @@ MIGRATIONS: tuple[Migration, ...] = (
             'CREATE INDEX interaction_logs_mcp_id_timestamp ON interaction_logs (mcp_id, "timestamp")',
         ),
     ),
+    # Migration 2 (issue 14, `tail`, `stats`, `show` and the interactions dashboard): one index per filter those
+    # queries take, each ending in "timestamp" so that "the newest N" and "within this window" are index range
+    # scans whatever the table's size; errors and sessions are partial, so rows without them cost nothing.
+    # IF NOT EXISTS: on a large live table an operator may build them beforehand with CREATE INDEX CONCURRENTLY
+    # (same names), since a plain CREATE INDEX holds the workers' inserts until it is built.
+    Migration(
+        2,
+        "indexes and error_message function for tail, stats and the interactions dashboard",
+        (
+            'CREATE INDEX IF NOT EXISTS interaction_logs_timestamp ON interaction_logs ("timestamp")',
+            'CREATE INDEX IF NOT EXISTS interaction_logs_tool_timestamp ON interaction_logs (tool, "timestamp")',
+            "CREATE INDEX IF NOT EXISTS interaction_logs_session_timestamp"
+            ' ON interaction_logs (session_id, "timestamp") WHERE session_id IS NOT NULL',
+            "CREATE INDEX IF NOT EXISTS interaction_logs_errors_timestamp"
+            ' ON interaction_logs ("timestamp") WHERE is_error',
+            # What went wrong, as one line of text, for `stats`, `tail` and the dashboard alike: a JSON-RPC
+            # error's message, an error given as a string (or any other JSON, as text), else the first text
+            # content of a tool result flagged is_error (MCP reports tool failures that way). An inlinable SQL
+            # function, so readers need no copy of the rule.
+            """
+            CREATE OR REPLACE FUNCTION interactionlog_error_message(data JSONB) RETURNS TEXT
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+                SELECT coalesce(
+                    CASE jsonb_typeof(data -> 'error')
+                        WHEN 'string' THEN data ->> 'error'
+                        WHEN 'object' THEN coalesce(data -> 'error' ->> 'message', (data -> 'error')::text)
+                        WHEN 'null' THEN NULL
+                        ELSE (data -> 'error')::text
+                    END,
+                    CASE WHEN data -> 'is_error' = 'true'::jsonb THEN data #>> '{response,content,0,text}' END
+                )
+            $$
+            """,
+        ),
+    ),
+    Migration(
+        3,
+        "create interactionlog_tokens (the gateway's per-MCP bearer tokens, stored hashed)",
+        (
+            """
+            CREATE TABLE interactionlog_tokens (
+                token_id      TEXT        PRIMARY KEY,
+                mcp_id        TEXT        NOT NULL,
+                name          TEXT,
+                secret_sha256 BYTEA       NOT NULL,
+                created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
+                revoked_at    TIMESTAMPTZ
+            )
+            """,
+            "CREATE INDEX interactionlog_tokens_mcp_id ON interactionlog_tokens (mcp_id)",
+        ),
+    ),
 )
 
 # The staging table lives per connection and empties itself at commit, so concurrent batches never see
@@ -92,9 +141,6 @@ _MOVE_STAGING = sql.SQL(
     "INSERT INTO interaction_logs ({cols}) SELECT {cols} FROM interaction_logs_staging "
     "ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
 ).format(cols=_COLUMN_LIST)
-_INSERT_ONE = sql.SQL(
-    "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
-).format(_COLUMN_LIST, sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)))
 
 
 class _JsonTextDumper(JsonbBinaryDumper):
@@ -239,7 +285,7 @@ class Store:
             for row in rows:
                 try:
                     async with conn.transaction():  # a savepoint: a refused row rolls back alone
-                        cursor = await conn.execute(_INSERT_ONE, row)
+                        cursor = await conn.execute(INSERT_ROW, row)
                 except psycopg.Error as error:
                     if not is_permanent(error):
                         raise

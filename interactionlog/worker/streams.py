@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import RedisUnavailableError, TransientError
 from ..replies import is_error, text
+from ..retry import raise_if_cancelling
 from .dead_letters import DeadLetter, dead_letter_fields
 
 log = structlog.get_logger(__name__)
@@ -58,6 +59,11 @@ class Entry:
     def deleted(self) -> bool:
         """XADD needs at least one field, so an empty entry is one XDELed or trimmed while pending."""
         return not self.fields
+
+    @property
+    def size_bytes(self) -> int:
+        """The bytes of its field names and values: what holding it costs, less Python's per-object overhead."""
+        return sum(len(name) + len(value) for name, value in self.fields.items())
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,12 @@ class StreamGroup:
         log.info("group_created", stream=self.stream, group=self.group)
         return True
 
-    async def read(self, consumer: str, *, count: int, block_ms: int | None, pending: bool) -> list[Entry]:
-        """XREADGROUP: our own pending entries from id 0 when `pending`, else new ones (`>`)."""
-        start = "0" if pending else ">"
+    async def read(
+        self, consumer: str, *, count: int, block_ms: int | None, pending: bool, after: str = "0"
+    ) -> list[Entry]:
+        """XREADGROUP: our own pending entries with ids above `after` when `pending`, else new ones (`>`).
+        Only a read of new entries blocks (`block_ms`; None returns at once)."""
+        start = after if pending else ">"
         reply = await self._with_group(
             lambda: self.redis.xreadgroup(
                 self.group, consumer, {self.stream: start}, count=count, block=None if pending else block_ms
@@ -168,6 +177,7 @@ class StreamGroup:
             await asyncio.sleep(interval_s)
             with contextlib.suppress(TransientError):  # Redis away: then nobody can claim them either
                 await self.reset_idle(consumer, ids)
+            raise_if_cancelling()  # redis-py may have swallowed the cancellation that ends the hold
 
     async def reset_idle(self, consumer: str, ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer holds with XCLAIM ... JUSTID, which (unlike a plain

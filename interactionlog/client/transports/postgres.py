@@ -1,0 +1,134 @@
+"""The postgresql:// transport: the design's shared-database scheme, straight into `interaction_logs`.
+
+No stream and no worker: each batch is one transaction of `INSERT ... ON CONFLICT (mcp_id, interaction_id) DO
+NOTHING` (the row the worker would store, from `rows`), so publishing a record twice stores it once, and the
+`data` column holds the record's JSON as the publisher encoded it. Rows carry `stream_entry_id = 'direct'`,
+which is also the id `publish` returns. The table must exist (`interactionlog migrate`).
+
+What it costs: every MCP process holds PostgreSQL connections (at most `MAX_CONNECTIONS` each) and waits on
+a commit per batch; there is no buffer in front of the database. Use it where Redis is not an option.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from ...errors import PublishError, PublishUnavailableError
+from ...record import DATA_FIELD, Interaction
+from ...redact import redact_url
+from ...rows import INSERT_ROW, StoredRow, row_of
+
+DIRECT_ENTRY_ID = "direct"  # the stream_entry_id of rows that never went through a stream
+MAX_CONNECTIONS = 4
+
+
+def rows_of(entries: Sequence[dict[bytes, bytes]]) -> list[StoredRow]:
+    """The rows for entries built by `encode_fields` (validated already: this only reads the columns out)."""
+    rows = []
+    for fields in entries:
+        data = fields[DATA_FIELD]
+        rows.append(row_of(Interaction.model_validate_json(data), data.decode(), DIRECT_ENTRY_ID))
+    return rows
+
+
+def _pool_options(url: str, timeout_s: float) -> dict[str, Any]:
+    # libpq's connect_timeout is whole seconds (and at least 2); the pool's timeout bounds the whole wait.
+    return {
+        "conninfo": url,
+        "min_size": 0,
+        "max_size": MAX_CONNECTIONS,
+        "timeout": timeout_s,
+        "kwargs": {"connect_timeout": max(2, math.ceil(timeout_s)), "autocommit": False},
+        "open": False,
+        "name": "interactionlog-direct",
+    }
+
+
+class _PostgresCore:
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        self.where = f"PostgreSQL at {redact_url(url)}"
+        self.options = _pool_options(url, timeout_s)
+
+    def _failed(self, error: Exception) -> PublishError:
+        """A data or constraint error refuses the batch; anything else (down, restarting, no table) is transient."""
+        if isinstance(error, psycopg.DataError | psycopg.IntegrityError):
+            return PublishError(f"{self.where} refused the batch, nothing of it stored: {error}")
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if isinstance(error, psycopg.errors.UndefinedTable):
+            reason += " (run `interactionlog migrate` against this database)"
+        return PublishUnavailableError(
+            f"{self.where} did not store the records ({reason}); send them again, they are stored once either way"
+        )
+
+
+class PostgresTransport(_PostgresCore):
+    """Inserts batches from synchronous code; thread-safe (a small connection pool)."""
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        super().__init__(url, timeout_s=timeout_s)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(**self.options)
+        self._pool.open(wait=False)
+
+    def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
+        """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each."""
+        rows = rows_of(entries)
+        if not rows:
+            return []
+        # Twice at most: a pooled connection may have died with a PostgreSQL restart; the insert is idempotent.
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                    cursor.executemany(INSERT_ROW, rows)
+                break
+            except psycopg.OperationalError as error:
+                if attempt == 2:
+                    raise self._failed(error) from error
+            except (psycopg.Error, PoolTimeout) as error:
+                raise self._failed(error) from error
+        return [DIRECT_ENTRY_ID] * len(rows)
+
+    def close(self) -> None:
+        """Close the pool."""
+        self._pool.close()
+
+
+class AsyncPostgresTransport(_PostgresCore):
+    """The asyncio twin; its pool is opened on first use, inside the event loop that uses it."""
+
+    def __init__(self, url: str, *, timeout_s: float) -> None:
+        super().__init__(url, timeout_s=timeout_s)
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+
+    async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(**self.options)
+            await self._pool.open(wait=False)
+        return self._pool
+
+    async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
+        """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each."""
+        rows = rows_of(entries)
+        if not rows:
+            return []
+        pool = await self._opened()
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                    await cursor.executemany(INSERT_ROW, rows)
+                break
+            except psycopg.OperationalError as error:
+                if attempt == 2:
+                    raise self._failed(error) from error
+            except (psycopg.Error, PoolTimeout) as error:
+                raise self._failed(error) from error
+        return [DIRECT_ENTRY_ID] * len(rows)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
