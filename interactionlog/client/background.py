@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from ..errors import PublishError
 from ..logs import library_logger
 from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+from ..redact import redact_text
 from ..scrub import DEFAULT_SCRUBBER, SCRUBBED_NOTE, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
 from .breaker import CircuitBreaker
@@ -125,6 +126,7 @@ class BackgroundPublisher:
         self.close_timeout_s = close_timeout_s
         self.linger_s = linger_s
         self.metrics = ClientMetrics.create(registry)
+        self.url: str | None = None  # set by from_url: its secrets are masked in what this publisher logs
         self.metrics.queue_depth.set_function(lambda: len(self._queue))
         self._queue: collections.deque[Interaction | Callable[[], Mapping[str, Any]]] = collections.deque()
         self._wake = threading.Event()
@@ -173,10 +175,12 @@ class BackgroundPublisher:
                 full_policy=spool_full_policy,
                 fsync=spool_fsync,
             )
-        return cls(
+        publisher = cls(
             sender, spool=spool, queue_max=queue_max, batch_max=batch_max, scrubber=scrubber,
             oversize=oversize, registry=registry,
         )  # fmt: skip
+        publisher.url = url
+        return publisher
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -329,7 +333,7 @@ class BackgroundPublisher:
             if self._unavailable_since is None:
                 self._unavailable_since = time.monotonic()
                 # The error names Redis's complaint and the stream, never a payload value.
-                log.error("publish_unavailable_spooling", stream=self.stream, error=str(error),  # noqa: TRY400
+                log.error("publish_unavailable_spooling", stream=self.stream, error=self._masked(str(error)),  # noqa: TRY400
                           spool=str(self.spool.path) if self.spool else None)  # fmt: skip
             return False
         self.breaker.succeeded()
@@ -338,6 +342,10 @@ class BackgroundPublisher:
                         unavailable_s=round(time.monotonic() - self._unavailable_since, 3))  # fmt: skip
             self._unavailable_since = None
         return True
+
+    def _masked(self, text: str) -> str:
+        """`text` with the secrets of this publisher's URL (a password, a token) masked."""
+        return redact_text(text, self.url) if self.url else text
 
     def _store(self, entries: list[Entry], reason: str) -> None:
         """Spool `entries`, counting what the spool kept and what it (or its absence) dropped."""
