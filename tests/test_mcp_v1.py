@@ -13,7 +13,7 @@ from tests.test_mcp_instrument import exercise_and_check
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv-mcp1"
-# What .ci/run installs there too; the fixture builds it when a developer's checkout has none.
+# What scripts/setup installs there too; the fixture builds it when a checkout has none.
 REQUIREMENTS = ["mcp>=1.30,<2", "fastmcp>=2.14,<3"]
 
 
