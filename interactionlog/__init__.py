@@ -1,8 +1,10 @@
 """interactionlog: record every MCP server interaction through Redis Streams into PostgreSQL, exactly once.
 
-Publishers need only `Publisher` (or `AsyncPublisher`) and, optionally, the `Interaction` model.
+Publishers need only `Publisher` (or `AsyncPublisher`, or `BackgroundPublisher`, which never waits on the network)
+and, optionally, the `Interaction` model; MCP servers need only `interactionlog.mcp.instrument`.
 """
 
+from .client.background import BackgroundPublisher
 from .client.publisher import AsyncPublisher, Publisher
 from .errors import (
     InteractionlogError,
@@ -15,6 +17,7 @@ from .record import ClientInfo, Interaction
 
 __all__ = [
     "AsyncPublisher",
+    "BackgroundPublisher",
     "ClientInfo",
     "Interaction",
     "InteractionlogError",

@@ -84,3 +84,21 @@ def configure_logging(log_format: LogFormat = "auto", level: str = "info", *, se
     root.handlers[:] = [handler]
     # Libraries speak at WARNING and above unless debugging: their INFO chatter is not ours to ship.
     root.setLevel(numeric_level if numeric_level <= logging.DEBUG else max(numeric_level, logging.WARNING))
+
+
+def library_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger for code that runs inside someone else's process (an MCP server): it writes through the standard
+    library's `logging.getLogger(name)`, never to stdout, which is a stdio MCP server's protocol channel.
+
+    The host's logging configuration decides where lines go; with none, Python's last-resort handler prints
+    warnings and errors to stderr.
+    """
+    return structlog.wrap_logger(  # type: ignore[no-any-return]
+        logging.getLogger(name),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+    )

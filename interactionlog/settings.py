@@ -105,6 +105,9 @@ class Settings(BaseModel):
     consumer_prefix: str = Field(
         default_factory=_default_consumer_prefix, min_length=1, description="Consumer name prefix [host-pid]."
     )
+    scrub_payloads: Literal["on", "off"] = Field(
+        "on", description="Scrub secrets out of record payloads before storing them (see interactionlog.scrub)."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: console on a terminal, JSON otherwise."
     )

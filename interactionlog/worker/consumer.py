@@ -44,6 +44,7 @@ class ConsumerOptions:
     max_deliveries: int
     max_record_bytes: int
     retry_max_backoff_s: float
+    scrub_payloads: bool = True  # the worker's pass of interactionlog.scrub, for records of any publisher
     # Fault-injection hook for the test suites only: SIGKILL this process at a named point of the first
     # batch that reaches it ("after_read": entries delivered, nothing stored; "after_commit": rows committed,
     # nothing acknowledged; "consumer_task": the first consumer task ends past its guard, once per process).
@@ -244,7 +245,8 @@ class Consumer:
                 dead.append(DeadLetter(entry, "max_deliveries", self._poison_message(delivery_count), delivery_count))
                 continue
             try:
-                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes))
+                scrub = self.options.scrub_payloads
+                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub))
             except PermanentEntryError as error:
                 dead.append(DeadLetter(entry, error.reason, str(error), delivery_count))
         return rows, dead

@@ -50,6 +50,7 @@ def consumer_options(settings: Settings) -> ConsumerOptions:
         max_deliveries=settings.max_deliveries,
         max_record_bytes=settings.max_record_bytes,
         retry_max_backoff_s=settings.retry_max_backoff_s,
+        scrub_payloads=settings.scrub_payloads == "on",
         crash_at=os.environ.get(CRASH_HOOK_VARIABLE) or None,
     )
 

@@ -24,6 +24,7 @@ from ..record import (
     splice_fields,
 )
 from ..rows import StoredRow, row_of
+from ..scrub import scrub_stored_json
 
 __all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
 
@@ -43,8 +44,11 @@ def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[st
     return found
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int) -> StoredRow:
+def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True) -> StoredRow:
     """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
+
+    With `scrub` (the `scrub_payloads` setting), secrets in the payload are replaced by markers before storage;
+    the data column otherwise holds the publisher's JSON unchanged (see `scrub.scrub_stored_json`).
 
     A record sent without `interaction_id` or `timestamp` (a plain XADD from another language) gets them
     from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once.
@@ -79,6 +83,8 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
         ensure_storable(encoded, record)
     except InvalidRecordError as error:
         raise PermanentEntryError("unstorable_value", str(error)) from error
+    if scrub:  # the worker's scrubbing pass: covers publishers in any language
+        encoded = scrub_stored_json(encoded)
     return row_of(record, encoded, entry_id)
 
 
