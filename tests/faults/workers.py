@@ -246,8 +246,18 @@ class WorkerFleet:
         """SIGTERM every running worker (thawing frozen ones), SIGKILL any that does not exit in time; returns
         the exit code of each worker that was running (None when it had to be killed)."""
         running = self.live()
+        # A worker SIGTERMed before it installs its handlers (imports take seconds on a loaded machine) dies of the
+        # signal (-15), which says nothing about how it drains: give each one until it has logged its start.
+        started_by = time.monotonic() + STOP_TIMEOUT_S
         for worker in running:
             worker.thaw()
+            while (
+                worker.process.poll() is None
+                and "worker_starting" not in worker.log_path.read_text(errors="replace")
+                and time.monotonic() < started_by
+            ):
+                time.sleep(0.1)
+        for worker in running:
             worker.killed = True
             worker.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
