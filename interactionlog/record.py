@@ -61,7 +61,9 @@ class ClientInfo(BaseModel):
 class Interaction(BaseModel):
     """One interaction an MCP server served: a tool call, a resource read, a prompt fetch, ...
 
-    ``(mcp_id, interaction_id)`` identifies a record: publishing it twice stores it once.
+    ``(mcp_id, interaction_id, timestamp)`` identifies a record: publishing it twice stores it once. The
+    timestamp defaults to the moment of validation, so a record is republished as the same one only with its
+    first timestamp (validate once and publish that object again, or set the timestamp).
     Unknown fields are refused rather than dropped, so a typo (``tool_name`` for ``tool``) is caught at
     publish time instead of silently losing the value.
     """

@@ -77,6 +77,20 @@ class Settings(BaseModel):
     consumer_idle_timeout_ms: int = Field(
         600_000, ge=1_000, description="A consumer with nothing pending and idle this long is deleted from the group."
     )
+    partition_interval: Literal["day", "month"] = Field(
+        "month",
+        description="Width of each interaction_logs partition (UTC); recorded in the database by migrate and "
+        "partition-convert, which the workers then follow.",
+    )
+    partition_premake: int = Field(
+        4, ge=1, le=400, description="Partitions kept created ahead of the current day or month."
+    )
+    retention_days: int = Field(
+        0,
+        ge=0,
+        description="Drop interaction_logs partitions whose rows are all older than this many days; 0 keeps "
+        "everything forever.",
+    )
     retry_max_backoff_s: float = Field(
         10.0, gt=0, description="Longest wait between retries while Redis or PostgreSQL is away."
     )

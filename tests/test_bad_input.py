@@ -46,6 +46,9 @@ def wire(data: str | bytes) -> dict[bytes, bytes]:
     return {b"v": b"1", b"data": data.encode() if isinstance(data, str) else data}
 
 
+TWICE_AT = "2026-11-30T10:00:00+00:00"
+
+
 def record(**fields: Any) -> dict[bytes, bytes]:
     """Entry fields carrying the JSON of a record with `fields` (mcp_id defaults to 'bad-input')."""
     return wire(json.dumps({"mcp_id": "bad-input", **fields}))
@@ -162,9 +165,11 @@ def catalogue() -> list[Case]:
             "refused_by_database",
             names="duration_plausible",
         ),
-        # The same record twice: the copy is a duplicate, not an error.
-        case("a record", record(interaction_id="twice", tool="first"), STORED),
-        case("the same record again", record(interaction_id="twice", tool="second"), DUPLICATE),
+        # The same record twice: the copy is a duplicate, not an error. (mcp_id, interaction_id, timestamp) is
+        # its identity: the same interaction id at another time is another record.
+        case("a record", record(interaction_id="twice", tool="first", timestamp=TWICE_AT), STORED),
+        case("the same record again", record(interaction_id="twice", tool="second", timestamp=TWICE_AT), DUPLICATE),
+        case("its interaction id at another time", record(interaction_id="twice", tool="third"), STORED),
         # Text the COPY format must escape.
         case(
             "tabs, newlines, backslashes",

@@ -72,10 +72,11 @@ def test_round_trip_from_publisher_to_table(redis_url: str, database_url: str, t
 
 
 def test_publishing_the_same_record_twice_stores_one_row(redis_url: str, database_url: str, tmp_path: Path) -> None:
-    """(mcp_id, interaction_id) identifies a record: the second copy is skipped as a duplicate."""
+    """(mcp_id, interaction_id, timestamp) identifies a record: the second copy is skipped as a duplicate."""
     migrate(database_url)
-    publish(redis_url, range(50))
-    publish(redis_url, range(50))
+    sent_at = "2026-11-30T10:00:00.123456+00:00"  # a republished record carries its first timestamp
+    publish(redis_url, range(50), timestamp=sent_at)
+    publish(redis_url, range(50), timestamp=sent_at)
     with running_worker(redis_url, database_url, tmp_path) as worker:
         wait_until(
             lambda: group_pending(redis.Redis.from_url(redis_url)) == 0 and "batch_processed" in worker.log_text(),

@@ -22,6 +22,7 @@ from ..settings import Settings
 from .consumer import Consumer, ConsumerOptions
 from .housekeeping import Housekeeper
 from .observation import Observer
+from .partition_maintenance import keep_partitions
 from .store import Store
 from .streams import StreamGroup, connect
 
@@ -113,6 +114,7 @@ async def run_worker(
             chores = asyncio.create_task(
                 _keep_house(housekeeper, metrics, stopping, settings.housekeeping_interval_ms / 1000)
             )
+            partition_chores = asyncio.create_task(keep_partitions(settings, metrics, stopping))
             tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency)}
             if on_started:
                 on_started(metrics)
@@ -121,7 +123,9 @@ async def run_worker(
             # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
             # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
             # claimed by another worker, so cancelling loses nothing; it only delays those entries.
-            _, unfinished = await asyncio.wait([*tasks.values(), chores], timeout=settings.shutdown_timeout_s)
+            _, unfinished = await asyncio.wait(
+                [*tasks.values(), chores, partition_chores], timeout=settings.shutdown_timeout_s
+            )
             if unfinished:
                 exit_code = EXIT_SHUTDOWN_TIMED_OUT
                 log.error("shutdown_timed_out", consumers=sorted(task.get_name() for task in unfinished))

@@ -3,15 +3,16 @@
 A batch is COPYed straight into `interaction_logs` in one transaction: in steady state that is all, the same
 work as a bare bulk load. If any row is already present (a redelivery after a crash, a record published twice),
 the COPY fails whole on the unique constraint and the batch takes the idempotent path instead: COPY into a
-per-connection temporary staging table, then one `INSERT ... SELECT ... ON CONFLICT (mcp_id, interaction_id)
-DO NOTHING`. Either way a record is stored once. When PostgreSQL refuses a value (a data or constraint error), the batch
+per-connection temporary staging table, then one `INSERT ... SELECT ... ON CONFLICT (mcp_id, interaction_id,
+"timestamp") DO NOTHING` (the partitioned table's unique key includes its partition key; a record's time never
+changes). Either way a record is stored once. When PostgreSQL refuses a value (a data or constraint error), the batch
 is retried row by row under savepoints so only the refused rows are dead-lettered and their batch-mates stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,9 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseUnavailableError
+from . import partitions
 from .decode import StoredRow
+from .partition_maintenance import maintain
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +47,7 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    apply: Callable[[psycopg.AsyncConnection[Any]], Awaitable[object]] | None = None  # runs after the statements
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -107,6 +111,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # Migration 3 (issue 13): interaction_logs partitioned by range on "timestamp". A new install's table, still
+    # empty, is switched to the partitioned layout at once. A populated table of an earlier version stays as it
+    # is and gets the unique index the workers' ON CONFLICT target needs (build it beforehand with CREATE UNIQUE
+    # INDEX CONCURRENTLY and the same name to avoid holding inserts); `interactionlog partition-convert` then
+    # converts it online.
+    Migration(
+        3,
+        'interaction_logs partitioned by range on "timestamp", with a default partition',
+        (partitions.CONFIG_TABLE_DDL,),
+        apply=partitions.partition_new_install,
+    ),
 )
 
 # The staging table lives per connection and empties itself at commit, so concurrent batches never see
@@ -125,10 +140,10 @@ _COPY_TABLE = sql.SQL("COPY interaction_logs ({}) FROM STDIN (FORMAT BINARY)").f
 _COPY_STAGING = sql.SQL("COPY interaction_logs_staging ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
 _MOVE_STAGING = sql.SQL(
     "INSERT INTO interaction_logs ({cols}) SELECT {cols} FROM interaction_logs_staging "
-    "ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
+    'ON CONFLICT (mcp_id, interaction_id, "timestamp") DO NOTHING'
 ).format(cols=_COLUMN_LIST)
 _INSERT_ONE = sql.SQL(
-    "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
+    'INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id, "timestamp") DO NOTHING'
 ).format(_COLUMN_LIST, sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)))
 
 
@@ -162,6 +177,8 @@ def describe_database_error(error: Exception) -> str:
         return str(error)
     if isinstance(error, psycopg.errors.UndefinedTable):
         return f"table {TABLE} does not exist: run `interactionlog migrate` against this database"
+    if isinstance(error, psycopg.errors.InvalidColumnReference):  # no unique key matches the ON CONFLICT target
+        return f"table {TABLE} lacks the unique key {partitions.CONFLICT_COLUMNS}: run `interactionlog migrate`"
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return f"{first_line} (SQLSTATE {error.sqlstate})" if error.sqlstate else first_line
 
@@ -300,8 +317,17 @@ async def _create_staging(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.commit()
 
 
-async def migrate(database_url: str) -> list[Migration]:
-    """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly."""
+async def migrate(
+    database_url: str,
+    *,
+    partition_interval: partitions.Interval | None = None,
+    partition_premake: int = 4,
+) -> list[Migration]:
+    """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly.
+
+    Then record the partition interval (`partition_interval`, else the one recorded, else the default) and
+    create the partitions of the current interval and the `partition_premake` next ones.
+    """
     applied: list[Migration] = []
     async with await psycopg.AsyncConnection.connect(database_url) as conn, conn.transaction():
         # One migrator at a time: a second `migrate` waits here, then finds nothing left to do.
@@ -318,11 +344,17 @@ async def migrate(database_url: str) -> list[Migration]:
                 continue
             for statement in migration.statements:
                 await conn.execute(statement.encode())
+            if migration.apply is not None:
+                await migration.apply(conn)
             await conn.execute(
                 "INSERT INTO interactionlog_schema_migrations (version, description) VALUES (%s, %s)",
                 (migration.version, migration.description),
             )
             applied.append(migration)
+        await partitions.record_interval(
+            conn, partition_interval or partitions.DEFAULT_INTERVAL, replace=partition_interval is not None
+        )
+        await maintain(conn, premake=partition_premake)
     return applied
 
 

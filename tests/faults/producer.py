@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -50,10 +51,12 @@ def interaction_id(seq: int) -> str:
 
 
 def make_record(mcp_id: str, seq: int, pad_bytes: int = 64) -> dict[str, Any]:
-    """Record `seq` of a run: realistic fields, its seq repeated in the payload to detect corruption."""
+    """Record `seq` of a run: realistic fields, its seq repeated in the payload to detect corruption, and its
+    timestamp set once, so every attempt republishes the same record ((mcp_id, interaction_id, timestamp))."""
     return {
         "mcp_id": mcp_id,
         "interaction_id": interaction_id(seq),
+        "timestamp": datetime.now(UTC).isoformat(),
         "method": "tools/call",
         "tool": "fault_probe",
         "session_id": f"session-{seq % 17}",
