@@ -11,7 +11,8 @@ online: workers keep storing throughout, and every row ends up in the partitione
    `INSERT ... ON CONFLICT (mcp_id, interaction_id, "timestamp") DO NOTHING` into the new one, so a row is in
    exactly one of the two tables at every commit. A record a worker stored again meanwhile (a redelivery of one
    not yet moved) is kept once: its old copy is dropped by the conflict. Rows keep their ids; ids of new rows
-   continue after the old ones. Each batch locks only its own rows.
+   continue after the old ones. Each batch locks only its own rows; one that deadlocks with a worker storing the
+   same record is retried.
 4. **Drop** the then-empty old table.
 
 Interrupted, it is run again and resumes where it stopped (the old table holds what is left to move). While
@@ -40,6 +41,8 @@ log = structlog.get_logger(__name__)
 
 SWITCH_ATTEMPTS = 30
 SWITCH_RETRY_S = 1.0
+MAX_BATCH_RETRIES = 50  # in a row
+BATCH_RETRY_S = 0.1
 
 
 @dataclass
@@ -90,8 +93,20 @@ async def convert(
         await _create_partitions_for_old_rows(conn, report, premake)
         columns = await _columns(conn)
         after_id: int | None = 0
+        retries = 0
         while after_id is not None:
-            after_id = await _move_batch(conn, report, columns, rows_per_batch, after_id)
+            try:
+                after_id = await _move_batch(conn, report, columns, rows_per_batch, after_id)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable) as error:
+                # A worker storing a record again whose old copy is in this batch: each waits on the other's
+                # uncommitted key, and PostgreSQL aborts one of the two. Nothing of the batch was kept: again.
+                retries += 1
+                if retries > MAX_BATCH_RETRIES:
+                    raise
+                log.info("conversion_batch_retried", error=str(error).strip().splitlines()[0], retries=retries)
+                await asyncio.sleep(BATCH_RETRY_S)
+                continue
+            retries = 0
             if on_batch is not None:
                 on_batch(report)
             if pause_s:
