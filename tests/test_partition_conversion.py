@@ -4,6 +4,7 @@ exactly once, in the partition of its month, with its id."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import threading
@@ -16,40 +17,24 @@ import psycopg
 import redis
 
 from interactionlog import Publisher
-from interactionlog.worker.store import MIGRATIONS
+from interactionlog.worker.store import migrate as apply_migrations
 
 from .pipeline import INTERACTIONLOG, group_pending, migrate, running_worker, wait_until
 
-OLD_ROWS = 20_000
+OLD_ROWS = 10_000
 START = datetime(2026, 6, 1, tzinfo=UTC)
-STEP = timedelta(minutes=9)  # 20,000 rows over 125 days: June to October
+STEP = timedelta(minutes=18)  # 10,000 rows over 125 days: June to October
 
 
-def migrate_as_version_2(database_url: str) -> None:
-    """The schema as an earlier version left it: migrations 1 and 2, an unpartitioned table."""
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "CREATE TABLE interactionlog_schema_migrations (version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
-            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        )
-        for migration in MIGRATIONS[:2]:
-            for statement in migration.statements:
-                conn.execute(statement.encode())
-            conn.execute(
-                "INSERT INTO interactionlog_schema_migrations (version, description) VALUES (%s, %s)",
-                (migration.version, migration.description),
-            )
-
-
-def populate(database_url: str) -> None:
-    """OLD_ROWS rows 'old-<g>' at START + g * STEP, as an earlier worker stored them."""
+def populate(database_url: str, rows: int = OLD_ROWS) -> None:
+    """`rows` rows 'old-<g>' at START + g * STEP, as an earlier worker stored them."""
     with psycopg.connect(database_url) as conn:
         conn.execute(
             'INSERT INTO interaction_logs (mcp_id, interaction_id, "timestamp", tool, data, stream_entry_id)'
             " SELECT 'legacy', 'old-' || g, %(start)s + g * %(step)s, 'get_forecast',"
             " jsonb_build_object('mcp_id', 'legacy', 'interaction_id', 'old-' || g), g || '-0'"
             " FROM generate_series(1, %(rows)s) AS g",
-            {"start": START, "step": STEP, "rows": OLD_ROWS},
+            {"start": START, "step": STEP, "rows": rows},
         )
 
 
@@ -98,9 +83,9 @@ def scalar(database_url: str, query: str) -> Any:
 def test_conversion_of_a_populated_table_keeps_every_row_while_a_worker_runs(
     redis_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    """20,000 old rows convert while a worker stores new records and old ones published again: afterwards each
+    """10,000 old rows convert while a worker stores new records and old ones published again: afterwards each
     old row is there once with its id, each new record once, each row in its month's partition, none lost."""
-    migrate_as_version_2(database_url)
+    asyncio.run(apply_migrations(database_url, up_to=2))  # the unpartitioned table of earlier versions
     populate(database_url)
     old_ids = ids_of_legacy_rows(database_url)
     printed = subprocess.run(
@@ -158,8 +143,8 @@ def test_conversion_of_a_populated_table_keeps_every_row_while_a_worker_runs(
 def test_convert_refuses_what_it_cannot_carry_and_says_when_there_is_nothing_to_do(database_url: str) -> None:
     """A unique index without "timestamp" stops the conversion with a message naming it, nothing changed; on a
     partitioned table the command says there is nothing to convert."""
-    migrate_as_version_2(database_url)
-    populate(database_url)
+    asyncio.run(apply_migrations(database_url, up_to=2))  # the unpartitioned table of earlier versions
+    populate(database_url, rows=300)  # three days' worth
     migrate(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE UNIQUE INDEX one_per_stream_entry ON interaction_logs (stream_entry_id)")
@@ -171,7 +156,7 @@ def test_convert_refuses_what_it_cannot_carry_and_says_when_there_is_nothing_to_
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP INDEX one_per_stream_entry")
     converted = subprocess.run([*command, "--partition-interval", "day"], capture_output=True, text=True, check=True)
-    assert "20000 row(s) moved" in converted.stdout
+    assert "300 row(s) moved" in converted.stdout
     assert scalar(database_url, "SELECT partition_interval FROM interactionlog_partitioning") == "day"
     again = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "nothing to convert" in again.stdout

@@ -322,11 +322,13 @@ async def migrate(
     *,
     partition_interval: partitions.Interval | None = None,
     partition_premake: int = 4,
+    up_to: int | None = None,
 ) -> list[Migration]:
     """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly.
 
     Then record the partition interval (`partition_interval`, else the one recorded, else the default) and
-    create the partitions of the current interval and the `partition_premake` next ones.
+    create the partitions of the current interval and the `partition_premake` next ones. `up_to` stops at that
+    version, partitions left alone: the schema of an earlier release, for tests and benchmarks of upgrades.
     """
     applied: list[Migration] = []
     async with await psycopg.AsyncConnection.connect(database_url) as conn, conn.transaction():
@@ -340,7 +342,7 @@ async def migrate(
         cursor = await conn.execute("SELECT version FROM interactionlog_schema_migrations")
         done = {version for (version,) in await cursor.fetchall()}
         for migration in MIGRATIONS:
-            if migration.version in done:
+            if migration.version in done or (up_to is not None and migration.version > up_to):
                 continue
             for statement in migration.statements:
                 await conn.execute(statement.encode())
@@ -351,6 +353,8 @@ async def migrate(
                 (migration.version, migration.description),
             )
             applied.append(migration)
+        if up_to is not None:
+            return applied
         await partitions.record_interval(
             conn, partition_interval or partitions.DEFAULT_INTERVAL, replace=partition_interval is not None
         )
