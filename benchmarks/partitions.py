@@ -94,7 +94,7 @@ def convert_and_retain(servers: Servers, rows: int) -> None:
         deleted = conn.execute('DELETE FROM interaction_logs WHERE "timestamp" < %s', (january_end,)).rowcount
         delete_s = time.perf_counter() - started
     print(
-        f"retention of January: DROP TABLE of {dropped.dropped} (about {dropped.dropped_rows:,} rows) in "
+        f"retention of January: DROP TABLE of {', '.join(dropped.dropped)} (about {dropped.dropped_rows:,} rows) in "
         f"{drop_s * 1000:.0f} ms (the whole round); DELETE of the same {deleted:,} rows unpartitioned in "
         f"{delete_s * 1000:.0f} ms, plus the VACUUM it leaves behind"
     )
