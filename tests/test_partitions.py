@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from interactionlog.worker.partitions import Interval, floor_instant, free_range
 from interactionlog.worker.store import PersistResult, Store
 
 from .pipeline import INTERACTIONLOG, group_pending, migrate, record, running_worker, wait_until
+from .servers import free_port
 
 NOW = datetime.now(UTC)
 _entry_numbers = iter(range(1, 10**9))
@@ -342,12 +344,17 @@ def test_a_record_older_than_the_retention_is_stored_then_dropped_by_the_next_ro
     old_at = NOW - timedelta(days=400)
     with Publisher.from_url(redis_url) as publisher:
         publisher.publish_many([stamped("ancient", old_at), *(record(index) for index in range(5))])
-    flags = {"housekeeping_interval_ms": "300", "retention_days": "30"}
+    port = free_port()
+    flags = {"housekeeping_interval_ms": "300", "retention_days": "30", "metrics_port": str(port)}
     with running_worker(redis_url, database_url, tmp_path, **flags) as worker:
         wait_until(lambda: batch_counts(worker.log_text())[0] == 6, what="all six records stored")
         wait_until(lambda: "ancient" not in placement(database_url), what="the old record dropped")
         assert group_pending(redis.Redis.from_url(redis_url)) == 0
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert worker.stop() == 0
+    dropped = [line for line in metrics.splitlines() if line.startswith("interactionlog_partitions_dropped_total{")]
+    assert dropped, "the drop is counted"
+    assert float(dropped[0].split()[-1]) >= 1
     assert sorted(placement(database_url)) == [f"rec-{index:06d}" for index in range(5)]
     assert redis.Redis.from_url(redis_url).xlen("interactions:dlq") == 0
     log = worker.log_text()
