@@ -88,6 +88,7 @@ class Settings(BaseModel):
     retention_days: int = Field(
         0,
         ge=0,
+        le=36_500,
         description="Drop interaction_logs partitions whose rows are all older than this many days; 0 keeps "
         "everything forever.",
     )

@@ -22,8 +22,10 @@ Creating a partition moves the default partition's rows of its range into it (`p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -112,12 +114,12 @@ async def maintain(
         report.dropped_rows = sum(partition.rows or 0 for partition in plan.drops)
         return report
     if plan.create_default:
-        await _act(report, "create the default partition", partitions.create_default_partition(conn), conn)
+        await _act(report, "create the default partition", partial(partitions.create_default_partition, conn), conn)
     for lower, upper in plan.creates:
         created = await _act(
             report,
             f"create the partition from {lower} to {upper}",
-            partitions.create_partition(conn, lower, upper),
+            partial(partitions.create_partition, conn, lower, upper),
             conn,
         )
         if created is not None:
@@ -128,7 +130,7 @@ async def maintain(
     # A partition just made for an expired stray is dropped too: read its name and estimate afresh.
     expired = _expired(await partitions.read_layout(conn), now, retention_days) if retention_days else []
     for partition in expired:
-        if await _act(report, f"drop {partition.name}", partitions.drop_partition(conn, partition.name), conn):
+        if await _act(report, f"drop {partition.name}", partial(partitions.drop_partition, conn, partition.name), conn):
             report.dropped.append(partition.name)
             report.dropped_rows += partition.rows or 0
             log.info(
@@ -212,11 +214,14 @@ def _expired(layout: Layout, now: datetime, retention_days: int) -> list[Partiti
     return [p for p in layout.partitions if p.upper != MAX_BOUND and p.upper <= cutoff and p.name]
 
 
-async def _act(report: MaintenanceReport, what: str, action: Any, conn: psycopg.AsyncConnection[Any]) -> Any:
-    """Run `action` (an awaitable) under a savepoint; None, logged and postponed, when PostgreSQL refuses it."""
+async def _act(
+    report: MaintenanceReport, what: str, action: Callable[[], Awaitable[Any]], conn: psycopg.AsyncConnection[Any]
+) -> Any:
+    """Run `action` under a savepoint; its result (True for None), or None, logged and postponed, when
+    PostgreSQL refuses it."""
     try:
         async with conn.transaction():
-            result = await action
+            result = await action()
     except psycopg.errors.LockNotAvailable:
         reason = f"{what}: a lock was not granted within {LOCK_TIMEOUT} (busy table); retried next round"
     except psycopg.OperationalError:
@@ -259,7 +264,6 @@ async def keep_partitions(settings: Settings, metrics: WorkerMetrics, stopping: 
                 log.warning("partition_maintenance_skipped", reason=report.skipped)
             said[0] = report.skipped
 
-    await asyncio.sleep(0)  # consumers start first
     await periodically(
         chore,
         interval_s=settings.housekeeping_interval_ms / 1000,
