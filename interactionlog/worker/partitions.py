@@ -284,8 +284,8 @@ class _Index:
     constraint: str | None  # 'p' primary key, 'u' unique, 'x' exclusion, None: a plain index
 
 
-async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> int:
-    """Turn interaction_logs into the partitioned layout, in the caller's transaction; returns the rows left behind.
+async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Turn interaction_logs into the partitioned layout, in the caller's transaction.
 
     The plain table becomes `interaction_logs_unpartitioned` (its indexes, constraints and sequence renamed out
     of the way) and a partitioned `interaction_logs` takes its name, with the same columns, defaults, CHECK
@@ -309,11 +309,13 @@ async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> int:
             f'{TABLE} has unique indexes or constraints without "timestamp" ({", ".join(refused)}): PostgreSQL '
             'cannot enforce them on a partitioned table; drop them or add "timestamp" to them, then run again'
         )
+    # Nothing here reads the whole table: the lock holds the workers' inserts until this transaction ends.
     cursor = await conn.execute(
-        "SELECT pg_get_serial_sequence(%s, 'id'), relowner::regrole::text FROM pg_class WHERE oid = to_regclass(%s)",
+        "SELECT pg_get_serial_sequence(%s, 'id'), relowner::regrole::text, reltuples::bigint FROM pg_class"
+        " WHERE oid = to_regclass(%s)",
         (TABLE, TABLE),
     )
-    sequence, owner = await _one(cursor)
+    sequence, owner, estimated_rows = await _one(cursor)
     cursor = await conn.execute(sql.SQL("SELECT coalesce(max(id), 0) + 1 FROM {}").format(parent))
     (next_id,) = await _one(cursor)
     if sequence:
@@ -325,8 +327,6 @@ async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> int:
         (TABLE,),
     )
     grants = await cursor.fetchall()
-    cursor = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(parent))
-    (rows,) = await _one(cursor)
 
     await conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(parent, old))
     for number, index in enumerate(indexes):
@@ -369,8 +369,9 @@ async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> int:
                 sql.SQL(privilege), parent, sql.SQL(grantee), sql.SQL(" WITH GRANT OPTION" if grantable else "")
             )
         )
-    log.info("table_switched_to_partitioned_layout", table=TABLE, rows_left_in=UNPARTITIONED, rows=int(rows))
-    return int(rows)
+    log.info(
+        "table_switched_to_partitioned_layout", table=TABLE, rows_left_in=UNPARTITIONED, estimated_rows=estimated_rows
+    )
 
 
 async def _indexes(conn: psycopg.AsyncConnection[Any]) -> list[_Index]:
