@@ -210,6 +210,10 @@ def test_a_frozen_worker_comes_back_as_a_harmless_zombie(
         zombie = workers.start()
         name = f"{zombie.prefix}-0"
         wait_for(lambda: group_state(client, STREAM, GROUP).consumers.get(name), timeout_s=60, what="a batch read")
+        read_at = time.monotonic()
+        # Freeze it only once it holds the batch in hand: its heartbeat has reset the entries' idle time. Frozen
+        # while Redis's reply was still on its way, it would never receive the batch it is meant to finish.
+        wait_for(lambda: holds_its_batch(client, name, read_at), timeout_s=30, what="the zombie holding its batch")
         zombie.freeze()
         held = group_state(client, STREAM, GROUP).consumers[name]
         own_postgres.resume()
@@ -229,6 +233,14 @@ def test_a_frozen_worker_comes_back_as_a_harmless_zombie(
     finally:
         own_postgres.resume()
         workers.stop_all()
+
+
+def holds_its_batch(client: redis.Redis, consumer: str, read_at: float) -> bool:
+    """Whether `consumer` has reset the idle time of its oldest pending entry since it read it at `read_at`
+    (monotonic): only a consumer holding the batch in `handle` does that (XCLAIM JUSTID, every claim_idle/3)."""
+    rows = client.xpending_range(STREAM, GROUP, "-", "+", 1, consumername=consumer)
+    since_read_ms = (time.monotonic() - read_at) * 1000
+    return bool(rows) and int(rows[0]["time_since_delivered"]) + 300 < since_read_ms
 
 
 def backend_pids(postgres: PostgresServer, dbname: str) -> list[int]:
