@@ -136,15 +136,7 @@ def start_gateway(redis_url: str, database_url: str, port: int, log_path: Path) 
         "--no-auth",
         "--log-format", "json",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=death_signal_setter(signal.SIGTERM),  # noqa: PLW1509 - see death_signal_setter
-        )
+    return _spawn(command, log_path)
 
 
 def _start_worker(redis_url: str, database_url: str, metrics_port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -157,6 +149,12 @@ def _start_worker(redis_url: str, database_url: str, metrics_port: int, log_path
         "--consumer-prefix", "dev",
         "--log-format", "json",
     ]  # fmt: skip
+    return _spawn(command, log_path)
+
+
+def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start one of the stack's processes in a session of its own (Ctrl-C reaches `dev` only, which stops them in
+    order), logging to `log_path`, and dying with `dev` even if `dev` is killed outright (Linux)."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
             command,

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import metrics
 from ..record import DATA_FIELD, splice_fields
 from .decode import entry_defaults
 
@@ -32,18 +33,8 @@ STREAM = b"stream"
 DEAD_LETTER_FIELDS = frozenset({ERROR, ERROR_TYPE, SOURCE_ID, DELIVERY_COUNT, GROUP, CONSUMER, FAILED_AT, STREAM})
 ORIGINAL_PREFIX = b"original."
 
-# Every `error_type` a worker writes (the `reason` label of entries_dead_lettered_total).
-DEAD_LETTER_REASONS = (
-    "not_wire_format",
-    "unsupported_version",
-    "too_large",
-    "invalid_json",
-    "not_json_object",
-    "invalid_record",
-    "unstorable_value",
-    "refused_by_database",
-    "max_deliveries",
-)
+# Every `error_type` a worker writes (the `reason` label of entries_dead_lettered_total): one list, in metrics.
+DEAD_LETTER_REASONS = metrics.DEAD_LETTER_REASONS
 
 
 @dataclass(frozen=True)
