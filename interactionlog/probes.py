@@ -19,6 +19,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -40,6 +41,27 @@ MAX_REQUEST_HEAD_BYTES = 8 * 1024
 
 Reply = tuple[int, bytes, str]
 TEXT = "text/plain; charset=utf-8"
+
+
+HEARTBEAT_S = 1.0
+
+
+class LoopHeartbeat:
+    """The liveness half of a `HealthSource`: `beat()` ticks on the process's event loop, and `stalled_s()` says
+    how long ago it last did; a stale tick means something blocks that loop."""
+
+    def __init__(self) -> None:
+        self.last_beat = time.monotonic()
+
+    async def beat(self) -> None:
+        """Tick until cancelled."""
+        while True:
+            self.last_beat = time.monotonic()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def stalled_s(self) -> float:
+        """Seconds since the last tick, less the tick period."""
+        return max(time.monotonic() - self.last_beat - HEARTBEAT_S, 0.0)
 
 
 class HealthSource(Protocol):

@@ -8,34 +8,21 @@ unready gateway would refuse those MCPs too. A token it cannot check is answered
 from __future__ import annotations
 
 import asyncio
-import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..probes import READY_TIMEOUT_S
-
-HEARTBEAT_S = 1.0
+from ..probes import READY_TIMEOUT_S, LoopHeartbeat
 
 
-class GatewayHealth:
+class GatewayHealth(LoopHeartbeat):
     """Liveness and readiness of one `interactionlog serve` process."""
 
     def __init__(self, redis: aioredis.Redis, stopping: asyncio.Event, *, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.redis = redis
         self.stopping = stopping
         self.timeout_s = timeout_s
-        self.last_beat = time.monotonic()
-
-    async def beat(self) -> None:
-        """Tick until cancelled; a stale tick means something blocks the event loop."""
-        while True:
-            self.last_beat = time.monotonic()
-            await asyncio.sleep(HEARTBEAT_S)
-
-    def stalled_s(self) -> float:
-        """Seconds since the last tick, less the tick period."""
-        return max(time.monotonic() - self.last_beat - HEARTBEAT_S, 0.0)
+        super().__init__()
 
     async def readiness(self) -> dict[str, str]:
         """Each check's result, "ok" or what is wrong (never a secret); ready when all are "ok"."""

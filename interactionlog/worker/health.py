@@ -6,19 +6,16 @@ worker drains after SIGTERM."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from ..probes import READY_TIMEOUT_S
+from ..probes import READY_TIMEOUT_S, LoopHeartbeat
 from ..replies import is_missing_key, text
 from .store import Store
 
-HEARTBEAT_S = 1.0
 
-
-class Health:
+class Health(LoopHeartbeat):
     """Liveness (the event loop turns) and readiness (Redis and PostgreSQL answer, the group exists)."""
 
     def __init__(
@@ -37,17 +34,7 @@ class Health:
         self.group = group
         self.stopping = stopping
         self.timeout_s = timeout_s
-        self.last_beat = time.monotonic()
-
-    async def beat(self) -> None:
-        """Tick until cancelled; a stale tick means something blocks the event loop."""
-        while True:
-            self.last_beat = time.monotonic()
-            await asyncio.sleep(HEARTBEAT_S)
-
-    def stalled_s(self) -> float:
-        """Seconds since the last tick, less the tick period."""
-        return max(time.monotonic() - self.last_beat - HEARTBEAT_S, 0.0)
+        super().__init__()
 
     async def readiness(self) -> dict[str, str]:
         """Each check's result, "ok" or what is wrong (never a secret); ready when all are "ok"."""
