@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .report import print_report
 from .servers import start_servers
 
 TIE = 0.05  # sweep results closer than this to the best count as equally good
+# The parts of a run, in order; --only picks some (sweeps also run the best settings found over all records).
+PARTS = ("publish", "bound", "permsg", "faststream", "default", "sweeps")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-message-s", type=float, help="time cap of the (slow) per-message loop [60]")
     parser.add_argument("--max-drain-s", type=float, default=1800.0, help="time cap of any other drain [1800]")
     parser.add_argument("--skip-faststream", action="store_true", help="leave out the FastStream contender")
+    parser.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default=set(PARTS),
+        help=f"run only these parts, comma-separated, of: {','.join(PARTS)} [all]",
+    )
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -123,9 +132,12 @@ def run(args: argparse.Namespace) -> Results:
     def slug(name: str) -> str:
         return f"{next(slug_counter):02d}_{name}"
 
+    only = args.only
     with start_servers() as servers:
-        _progress("publish side")
-        publish = measure_publish(servers.redis_url, args.publish_records)
+        publish = None
+        if "publish" in only:
+            _progress("publish side")
+            publish = measure_publish(servers.redis_url, args.publish_records)
         _progress(f"prefilling {args.records:,} records")
         filled = prefill(servers.redis_url, args.records, copy_rows_per_block=1000)
         results = Results(_environment(servers.redis_url, servers.admin_url, args.records, filled.mean_record_bytes))
@@ -147,59 +159,66 @@ def run(args: argparse.Namespace) -> Results:
             )
             return drain(label or f"interactionlog {config.describe()}", "worker", commands, count, args.max_drain_s)
 
-        for fmt in ("text", "binary"):
+        for fmt in ("text", "binary") if "bound" in only else ():
             for connections in args.bound_connections:
                 _progress(f"machine bound, {fmt} COPY, {connections} connection(s)")
                 bound = run_bound(servers, filled, connections=connections, fmt=fmt, slug=slug(f"bound{connections}"))
                 results.bound.append(bound)
 
-        per_message = module_commands(servers, "per_message")
-        results.contenders.append(
-            drain("per-message loop (XREADGROUP 100; INSERT + XACK each)", "permsg", per_message, args.records,
-                  args.per_message_s)
-        )  # fmt: skip
-        if faststream:
+        if "permsg" in only:
+            per_message = module_commands(servers, "per_message")
+            results.contenders.append(
+                drain("per-message loop (XREADGROUP 100; INSERT + XACK each)", "permsg", per_message, args.records,
+                      args.per_message_s)
+            )  # fmt: skip
+        if faststream and "faststream" in only:
             commands = module_commands(servers, "faststream_consumer", "500")
             label = "FastStream StreamSub batch 500 + executemany"
             results.contenders.append(drain(label, "faststream", commands, args.records, args.max_drain_s))
 
-        default_commands = worker_commands(servers)
-        results.default_worker = drain(
-            "interactionlog worker, default settings", "default", default_commands, args.records, args.max_drain_s
-        )
-
-        sweep = results.sweep_records
-        tried: dict[WorkerConfig, DrainResult] = {}
-
-        def best_so_far() -> WorkerConfig:
-            # Rates within TIE of the top are a tie on a shared 2-core machine: take the cheapest of those
-            # (fewest processes, then consumers, then the smallest batch), so noise does not pick 16 consumers.
-            top = max(result.rate or 0.0 for result in tried.values())
-            close = [config for config, result in tried.items() if (result.rate or 0.0) >= (1 - TIE) * top]
-            return min(close, key=lambda c: (c.processes, c.concurrency, c.batch_size))
-
-        for concurrency in args.concurrency_sweep:
-            config = WorkerConfig(1, 500, concurrency)
-            tried[config] = worker(config, sweep)
-            results.concurrency_sweep.append((concurrency, tried[config]))
-        if not tried:
-            tried[WorkerConfig(1, 500, 4)] = worker(WorkerConfig(1, 500, 4), sweep)
-        for batch_size in args.batch_sweep:
-            config = WorkerConfig(1, batch_size, best_so_far().concurrency)
-            tried[config] = tried.get(config) or worker(config, sweep)
-            results.batch_sweep.append((batch_size, tried[config]))
-        base = best_so_far()
-        for processes in args.process_sweep:
-            config = WorkerConfig(processes, base.batch_size, base.concurrency)
-            tried[config] = tried.get(config) or worker(config, sweep)
-            results.process_sweep.append((processes, tried[config]))
-        if args.process_sweep and 1 not in args.process_sweep:
-            results.process_sweep.insert(0, (1, tried[base]))
-        best = best_so_far()
-        results.best_config = best
-        results.best_worker = worker(best, args.records, f"interactionlog best: {best.describe()}")
+        if "default" in only:
+            default_commands = worker_commands(servers)
+            results.default_worker = drain(
+                "interactionlog worker, default settings", "default", default_commands, args.records, args.max_drain_s
+            )
+        if "sweeps" in only:
+            _sweep(results, args, worker)
         results.environment["load_at_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     return results
+
+
+def _sweep(results: Results, args: argparse.Namespace, worker: Callable[..., DrainResult]) -> None:
+    """--concurrency, then --batch-size at the best concurrency, then processes; then the best over all records."""
+    sweep = results.sweep_records
+    tried: dict[WorkerConfig, DrainResult] = {}
+
+    def best_so_far() -> WorkerConfig:
+        # Rates within TIE of the top are a tie on a shared 2-core machine: take the cheapest of those
+        # (fewest processes, then consumers, then the smallest batch), so noise does not pick 16 consumers.
+        top = max(result.rate or 0.0 for result in tried.values())
+        close = [config for config, result in tried.items() if (result.rate or 0.0) >= (1 - TIE) * top]
+        return min(close, key=lambda c: (c.processes, c.concurrency, c.batch_size))
+
+    for concurrency in args.concurrency_sweep:
+        config = WorkerConfig(1, 500, concurrency)
+        tried[config] = worker(config, sweep)
+        results.concurrency_sweep.append((concurrency, tried[config]))
+    if not tried:
+        tried[WorkerConfig(1, 500, 4)] = worker(WorkerConfig(1, 500, 4), sweep)
+    for batch_size in args.batch_sweep:
+        config = WorkerConfig(1, batch_size, best_so_far().concurrency)
+        tried[config] = tried.get(config) or worker(config, sweep)
+        results.batch_sweep.append((batch_size, tried[config]))
+    base = best_so_far()
+    for processes in args.process_sweep:
+        config = WorkerConfig(processes, base.batch_size, base.concurrency)
+        tried[config] = tried.get(config) or worker(config, sweep)
+        results.process_sweep.append((processes, tried[config]))
+    if args.process_sweep and 1 not in args.process_sweep:
+        results.process_sweep.insert(0, (1, tried[base]))
+    best = best_so_far()
+    results.best_config = best
+    results.best_worker = worker(best, args.records, f"interactionlog best: {best.describe()}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import ahocorasick_rs
+
 PAYLOAD_FIELDS = ("request", "response", "error", "metadata")
 REDACTED_NOTE = "interactionlog.redacted"
 # Set by a publisher that scrubbed the record (BackgroundPublisher, so `instrument` too): the worker's pass then
 # leaves the record alone, so the publisher's own configuration (allowlist, callback) is the one that counts.
 SCRUBBED_NOTE = "interactionlog.scrubbed"
-_SCRUBBED_STAMP = b'"interactionlog.scrubbed":true'
+SCRUBBED_STAMP = b'"interactionlog.scrubbed":true'
 MARKER_PREFIX = "[redacted:"
 
 # Sentry's default denylist (sentry_sdk.scrubber.DEFAULT_DENYLIST), as words and word pairs, plus the
@@ -183,6 +185,8 @@ class Scrubber:
     _key_anchors: tuple[str, ...] = field(init=False, repr=False)
     _anchor_bytes: tuple[bytes, ...] = field(init=False, repr=False)
     _anchor_search: re.Pattern[bytes] = field(init=False, repr=False)
+    _anchor_automaton: ahocorasick_rs.BytesAhoCorasick = field(init=False, repr=False, compare=False)
+    _unanchored: bool = field(init=False, repr=False)
     _key_cache: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +207,11 @@ class Scrubber:
         kept = sorted(a for a in anchors if not any(b != a and b in a for b in anchors))
         object.__setattr__(self, "_anchor_bytes", tuple(anchor.encode() for anchor in kept))
         object.__setattr__(self, "_anchor_search", re.compile(_trie(self._anchor_bytes)))
+        # The same anchors as one Aho-Corasick automaton: one pass over the text whatever their number, where the
+        # trie above still tries every branch at every byte (0.4 us against 7.4 us on a 700-byte record).
+        object.__setattr__(self, "_anchor_automaton", ahocorasick_rs.BytesAhoCorasick(list(self._anchor_bytes)))
+        unanchored = any(not pattern.anchors and pattern.kind != _CARD for pattern in patterns)
+        object.__setattr__(self, "_unanchored", unanchored)
 
     @property
     def patterns(self) -> tuple[Pattern, ...]:
@@ -227,7 +236,11 @@ class Scrubber:
     @property
     def unanchored(self) -> bool:
         """Whether a user pattern has no anchor (so no pre-check can rule it out)."""
-        return any(not pattern.anchors and pattern.kind != _CARD for pattern in self._patterns)
+        return self._unanchored
+
+    def holds_anchor(self, lowered: bytes) -> bool:
+        """Whether the lower-cased text `lowered` holds any of `anchor_bytes`."""
+        return bool(self._anchor_automaton.find_matches_as_indexes(lowered))
 
     def is_denied_key(self, key: str) -> bool:
         """Whether the value under `key` is scrubbed whole."""
@@ -376,7 +389,26 @@ def might_hold_secrets(scrubber: Scrubber, data: bytes) -> bool:
     """
     if scrubber.callback is not None or scrubber.unanchored:
         return True
-    return scrubber.anchor_search.search(data.lower()) is not None or may_hold_card(data)
+    return scrubber.holds_anchor(data.lower()) or may_hold_card(data)
+
+
+# `\u0041`: an ASCII character written as an escape, which no encoder needs to do but any sender may, spelling
+# "token" as "\u0074oken" past the substring tests; such text is walked, where the escape is decoded.
+_BACKSLASH = ord("\\")  # `int in bytes` is one memchr, cheaper than any substring test
+_ESCAPED_ASCII = re.compile(rb"\\u00[2-7]")
+
+
+def payload_might_hold_secrets(scrubber: Scrubber, spans: Iterable[Any]) -> bool:
+    """`might_hold_secrets` over the raw JSON of a record's payload fields only (`PAYLOAD_FIELDS`, the only ones
+    scrubbed): a fraction of the record's bytes, and no false alarm from its ids (a UUID or trace id often holds
+    a digit run a card number could be). `spans` are bytes-like (msgspec.Raw); empty ones are skipped. Also
+    answers True when the spans write an ASCII character as an escape."""
+    if scrubber.callback is not None or scrubber.unanchored:
+        return True
+    joined = b"\n".join(spans)  # a newline is in no anchor, so no match straddles two fields
+    if _BACKSLASH in joined and _ESCAPED_ASCII.search(joined):
+        return True
+    return scrubber.holds_anchor(joined.lower()) or may_hold_card(joined)
 
 
 def scrub_stored_json(data: str, scrubber: Scrubber = DEFAULT_SCRUBBER) -> str:
@@ -388,7 +420,7 @@ def scrub_stored_json(data: str, scrubber: Scrubber = DEFAULT_SCRUBBER) -> str:
     pre-check. Raises ValueError if `data` is not JSON, TypeError if not an object (the worker checked both).
     """
     raw = data.encode()
-    if not scrubber.enabled or _SCRUBBED_STAMP in raw or not might_hold_secrets(scrubber, raw):
+    if not scrubber.enabled or SCRUBBED_STAMP in raw or not might_hold_secrets(scrubber, raw):
         return data
     record = json.loads(data, parse_float=Decimal, parse_int=Decimal)
     if not isinstance(record, dict):

@@ -25,6 +25,7 @@ from ..record import (
 )
 from ..rows import StoredRow, row_of
 from ..scrub import scrub_stored_json
+from .spans import fast_row
 
 __all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
 
@@ -46,6 +47,9 @@ def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[st
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True) -> StoredRow:
     """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
+
+    Most records take `spans.fast_row`, which builds no Python object for the payloads; whatever it is not sure
+    of comes here to the model, so reasons and messages are the model's.
 
     With `scrub` (the `scrub_payloads` setting), secrets in the payload are replaced by markers before storage;
     the data column otherwise holds the publisher's JSON unchanged (see `scrub.scrub_stored_json`).
@@ -69,6 +73,8 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
             f"wire version {bounded(repr(version.decode('utf-8', 'replace')), 40)} is not supported by this worker "
             f"(it reads version {WIRE_VERSION.decode()}); upgrade the worker or publish with v 1",
         )
+    if len(data) <= max_record_bytes and (row := fast_row(entry_id, data, scrub=scrub)) is not None:
+        return row  # the common record, validated from its bytes; anything else is the model's to decide
     record = validate_data(data, max_record_bytes)
     missing = {"interaction_id", "timestamp"} - record.model_fields_set
     # The publisher's JSON goes to the data column as sent: already validated, cheaper than re-encoding it,
