@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import redis.asyncio as aioredis
 import structlog
@@ -53,9 +53,11 @@ def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_
     )
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One stream entry as delivered to a consumer; `fields` is empty when it was deleted while pending."""
+class Entry(NamedTuple):
+    """One stream entry as delivered to a consumer; `fields` is empty when it was deleted while pending.
+
+    A named tuple rather than a frozen dataclass: one is built per entry read, and a frozen dataclass's
+    `__init__` costs several times a tuple's (measured in benchmarks/NOTES.md)."""
 
     id: str
     fields: dict[bytes, bytes]
@@ -68,7 +70,7 @@ class Entry:
     @property
     def size_bytes(self) -> int:
         """The bytes of its field names and values: what holding it costs, less Python's per-object overhead."""
-        return sum(len(name) + len(value) for name, value in self.fields.items())
+        return sum(map(len, self.fields)) + sum(map(len, self.fields.values()))
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,23 @@ class ClaimPage:
 
 def _entries(raw: Sequence[tuple[bytes, dict[bytes, bytes] | None]]) -> list[Entry]:
     return [Entry(text(entry_id), fields or {}) for entry_id, fields in raw]
+
+
+def _unparsed_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
+def _read_entries(flat: Sequence[tuple[bytes, Sequence[bytes] | None]]) -> list[Entry]:
+    """Entries from XREADGROUP's reply as hiredis parsed it: [id, [name, value, name, value, ...] or nil]."""
+    entries = []
+    for entry_id, pairs in flat:
+        if pairs and len(pairs) == 4:  # the wire format's two fields: a dict display beats dict(zip(...))
+            fields = {pairs[0]: pairs[1], pairs[2]: pairs[3]}
+        else:
+            it = iter(pairs or ())
+            fields = dict(zip(it, it, strict=False))
+        entries.append(Entry(entry_id.decode(), fields))
+    return entries
 
 
 class StreamGroup:
@@ -105,6 +124,10 @@ class StreamGroup:
         self.dead_letter_maxlen = dead_letter_maxlen
         # Called with whether the stream itself was gone, each time a vanished group is recreated.
         self.on_recreated = on_recreated
+        # XREADGROUP's reply as hiredis parsed it (lists of bytes), without redis-py's per-entry callback
+        # (pairs_to_dict, a list of tuples): `read` builds the entries in one pass (benchmarks/NOTES.md). Set on
+        # this client only; nothing else the worker runs on it reads with XREADGROUP.
+        redis.set_response_callback("XREADGROUP", _unparsed_reply)
 
     async def check_key_types(self) -> None:
         """Raise WrongKeyTypeError when the stream's or the dead-letter stream's key holds another type (a string
@@ -148,8 +171,10 @@ class StreamGroup:
         )
         if not reply:
             return []
-        # RESP2 reply: [[stream, [(id, fields), ...]]]; we read a single stream.
-        return _entries(cast(Any, reply)[0][1])
+        # One stream's entries, [[id, [name, value, ...]], ...]: in a map keyed by the stream under RESP3 (redis-py
+        # 8's default), in [[stream, entries]] under RESP2.
+        found = next(iter(reply.values())) if isinstance(reply, dict) else cast(Any, reply)[0][1]
+        return _read_entries(found)
 
     async def claim(self, consumer: str, *, min_idle_ms: int, cursor: str, count: int) -> ClaimPage:
         """One XAUTOCLAIM step; Redis drops deleted entries from the pending list and reports their ids."""
