@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import redis
 import redis.asyncio as aioredis
+from hiredis import pack_command
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
@@ -28,6 +30,7 @@ from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
 from . import transports
+from .plain import encode_plain
 from .transports import hybrid
 
 # The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
@@ -43,6 +46,10 @@ def encode_fields(record: Record, max_record_bytes: int, *, strict: bool = False
     `interaction_id` and `timestamp` spliced in when absent. `strict` refuses fields the wire format does not
     define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
     """
+    if not isinstance(record, Interaction):
+        fields = encode_plain(record, max_record_bytes, strict=strict)  # None: the model decides
+        if fields is not None:
+            return fields
     interaction, encoded = prepare_record(record, strict=strict)
     return wire_fields(interaction, encoded, max_record_bytes)
 
@@ -223,6 +230,21 @@ def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
     return first if len(entries) == 1 else f"{first} .. {_interaction_id(entries[-1])} ({len(entries)} records)"
 
 
+def _round_trip(conn: redis.connection.AbstractConnection, payload: bytes, replies: int) -> list[bytes]:
+    """Send `payload` (`replies` packed commands) and read every reply; raises the first error reply, after all."""
+    conn.send_packed_command([payload])
+    found: list[bytes] = []
+    refused: ResponseError | None = None
+    for _ in range(replies):
+        try:
+            found.append(conn.read_response())
+        except ResponseError as error:
+            refused = refused or error
+    if refused is not None:
+        raise refused
+    return found
+
+
 def _client_options(timeout_s: float) -> dict[str, Any]:
     # One quick retry covers a pooled connection that went stale (Redis restarted); the total wait stays
     # bounded by about 2 x timeout_s. A retried XADD can add an entry twice; the sink stores it once.
@@ -272,13 +294,30 @@ class Publisher(_PublisherCore):
             except PublishError as error:
                 carrying(error, entries)
                 raise
-        pipe = self._redis.pipeline(transaction=False)
-        self._queue_xadds(pipe, entries)
         try:
-            ids = pipe.execute()
+            ids = self._xadd_all(entries)
         except RedisError as error:
             raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
+
+    def _xadd_all(self, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
+        """The capped XADDs of `entries`, packed by hiredis and sent in one socket write, then their replies: what
+        a redis-py pipeline does, less its per-command Python (8 us against 4 a record, benchmarks/NOTES.md).
+
+        Like the pipeline it replaces, a lost connection is retried once on a fresh one (the client's `retry`),
+        and an error reply raises the first one once every reply is read, so the connection stays usable.
+        """
+        head = (b"XADD", self.stream.encode(), b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
+        payload = b"".join([pack_command((*head, *chain.from_iterable(fields.items()))) for fields in entries])
+        pool = self._redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            replies = conn.retry.call_with_retry(
+                lambda: _round_trip(conn, payload, len(entries)), lambda _: conn.disconnect()
+            )
+            return cast(list[bytes], replies)
+        finally:
+            pool.release(conn)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -233,9 +233,7 @@ class Consumer:
             "raise --stream-maxlen, add workers, or stop trimming by hand",
         )
 
-    def _triage(
-        self, live: list[Entry], delivery_counts: dict[str, int]
-    ) -> tuple[list[StoredRow], list[DeadLetter]]:
+    def _triage(self, live: list[Entry], delivery_counts: dict[str, int]) -> tuple[list[StoredRow], list[DeadLetter]]:
         """Split entries into rows to store and dead letters (poison, or never storable)."""
         rows: list[StoredRow] = []
         dead: list[DeadLetter] = []
@@ -298,9 +296,7 @@ class Consumer:
             )
 
     @staticmethod
-    def _refused_letters(
-        live: list[Entry], result: PersistResult, delivery_counts: dict[str, int]
-    ) -> list[DeadLetter]:
+    def _refused_letters(live: list[Entry], result: PersistResult, delivery_counts: dict[str, int]) -> list[DeadLetter]:
         by_id = {entry.id: entry for entry in live}
         return [
             DeadLetter(

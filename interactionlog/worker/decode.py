@@ -25,7 +25,7 @@ from ..record import (
 )
 from ..rows import StoredRow, row_of
 from ..scrub import scrub_stored_json
-from .spans import fast_row
+from ..spans import fast_row
 
 __all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
 

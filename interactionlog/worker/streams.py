@@ -99,8 +99,12 @@ def _read_entries(flat: Sequence[tuple[bytes, Sequence[bytes] | None]]) -> list[
         else:
             it = iter(pairs or ())
             fields = dict(zip(it, it, strict=False))
-        entries.append(Entry(entry_id.decode(), fields))
+        entries.append(_new_entry(Entry, (entry_id.decode(), fields)))
     return entries
+
+
+# tuple.__new__ straight, skipping the named tuple's generated constructor (a Python frame per entry).
+_new_entry = cast(Callable[[type[Entry], tuple[str, dict[bytes, bytes]]], Entry], tuple.__new__)
 
 
 class StreamGroup:
@@ -312,4 +316,3 @@ class StreamGroup:
                     "rename or delete it, nothing is acknowledged meanwhile"
                 ) from error
             raise RedisRefusedError(f"Redis refused a command ({code}), retrying: {error}") from error
-
