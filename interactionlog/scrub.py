@@ -399,35 +399,31 @@ def scrub_text(text: str) -> str:
     return DEFAULT_SCRUBBER.scrub_text(text, Counter())
 
 
-def might_hold_secrets(scrubber: Scrubber, data: bytes) -> bool:
-    """The cheap pre-check over a record's JSON: could a denied key or a credential be in it?
-
-    Substring tests on the lower-cased bytes (key words such as "token", pattern anchors such as "eyj") and one
-    translate for digit runs; over-matching costs a walk, never a miss (JSON escapes no ASCII letter or digit).
-    A scrubber with a callback or an anchorless user pattern always answers True.
-    """
-    if scrubber.callback is not None or scrubber.unanchored:
-        return True
-    return scrubber.holds_anchor(data.lower()) or may_hold_card(data)
-
-
 # `\u0041`: an ASCII character written as an escape, which no encoder needs to do but any sender may, spelling
 # "token" as "\u0074oken" past the substring tests; such text is walked, where the escape is decoded.
 _BACKSLASH = ord("\\")  # `int in bytes` is one memchr, cheaper than any substring test
 _ESCAPED_ASCII = re.compile(rb"\\u00[2-7]")
 
 
+def might_hold_secrets(scrubber: Scrubber, data: bytes) -> bool:
+    """The cheap pre-check over a record's JSON: could a denied key or a credential be in it?
+
+    Substring tests on the lower-cased bytes (key words such as "token", pattern anchors such as "eyj") and one
+    translate for digit runs; over-matching costs a walk, never a miss. Text writing an ASCII character as an
+    escape is always walked. A scrubber with a callback or an anchorless user pattern always answers True.
+    """
+    if scrubber.callback is not None or scrubber.unanchored:
+        return True
+    if _BACKSLASH in data and _ESCAPED_ASCII.search(data):
+        return True
+    return scrubber.holds_anchor(data.lower()) or may_hold_card(data)
+
+
 def payload_might_hold_secrets(scrubber: Scrubber, spans: Iterable[Any]) -> bool:
     """`might_hold_secrets` over the raw JSON of a record's payload fields only (`PAYLOAD_FIELDS`, the only ones
     scrubbed): a fraction of the record's bytes, and no false alarm from its ids (a UUID or trace id often holds
-    a digit run a card number could be). `spans` are bytes-like (msgspec.Raw); empty ones are skipped. Also
-    answers True when the spans write an ASCII character as an escape."""
-    if scrubber.callback is not None or scrubber.unanchored:
-        return True
-    joined = b"\n".join(spans)  # a newline is in no anchor, so no match straddles two fields
-    if _BACKSLASH in joined and _ESCAPED_ASCII.search(joined):
-        return True
-    return scrubber.holds_anchor(joined.lower()) or may_hold_card(joined)
+    a digit run a card number could be). `spans` are bytes-like (msgspec.Raw)."""
+    return might_hold_secrets(scrubber, b"\n".join(spans))  # a newline is in no anchor: no match spans two fields
 
 
 def scrub_stored_json(data: str, scrubber: Scrubber = DEFAULT_SCRUBBER) -> str:

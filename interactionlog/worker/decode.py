@@ -27,7 +27,7 @@ from ..rows import StoredRow, row_of
 from ..scrub import scrub_stored_json
 from ..spans import fast_row
 
-__all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
+__all__ = ["StoredRow", "decode_entry", "entry_defaults", "model_row", "validate_data"]
 
 
 def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[str, str]:
@@ -75,6 +75,13 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
         )
     if len(data) <= max_record_bytes and (row := fast_row(entry_id, data, scrub=scrub)) is not None:
         return row  # the common record, validated from its bytes; anything else is the model's to decide
+    return model_row(entry_id, data, max_record_bytes, scrub=scrub)
+
+
+def model_row(entry_id: str, data: bytes, max_record_bytes: int, *, scrub: bool) -> StoredRow:
+    """The row for an entry's `data` as the `Interaction` model validates it, or `PermanentEntryError` saying
+    why: the slower path, which decides whatever `spans.fast_row` is not sure of (tests hold the two to the same
+    rows)."""
     record = validate_data(data, max_record_bytes)
     missing = {"interaction_id", "timestamp"} - record.model_fields_set
     # The publisher's JSON goes to the data column as sent: already validated, cheaper than re-encoding it,

@@ -1,0 +1,147 @@
+"""The fast paths of validation agree with the model: the worker's `spans.fast_row` yields exactly the row the
+`Interaction` model path yields, or declines; the publisher's `client.plain.encode_plain` yields exactly the
+entry `record.prepare_record` yields, or declines. Declining is always allowed; a different answer never is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.records import encode, records
+from interactionlog.client.plain import encode_plain
+from interactionlog.errors import InvalidRecordError, PermanentEntryError
+from interactionlog.record import prepare_record, wire_fields
+from interactionlog.scrub import DEFAULT_SCRUBBER, might_hold_secrets, payload_might_hold_secrets
+from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
+from interactionlog.spans import checked_columns, fast_row
+from interactionlog.worker.decode import model_row
+from tests.test_bad_input import CATALOGUE, NON_FINITE
+
+ENTRY_ID = "1700000000000-7"
+JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+JSON = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4))
+ODD = st.sampled_from([None, "", "x" * 65, "x" * 201, 1.5, -1, True, [], {}, "\x00", "\ud800", 10**30, "12"])
+TIMESTAMPS = st.sampled_from(
+    ["2024-05-01T10:00:00Z", "2024-05-01T10:00:00.123456+02:00", "2024-05-01t10:00:00Z", "2024-05-01 10:00:00Z",
+     "2024-05-01T10:00:00.1234567Z", "2024-02-30T00:00:00Z", "0001-01-01T00:00:00+14:00", "2024-01-01T00:00:00",
+     "9999-12-30T23:59:59.999999Z", "2024-06-30T23:59:60Z", 1_700_000_000, "1700000000"]
+)  # fmt: skip
+FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "interaction_id": st.text(min_size=1, max_size=8) | ODD,
+    "timestamp": TIMESTAMPS | ODD,
+    "method": st.text(max_size=3) | ODD,
+    "tool": st.text(max_size=3) | ODD,
+    "session_id": st.text(max_size=3) | ODD,
+    "request_id": st.integers() | st.text(max_size=3) | ODD,
+    "request": JSON,
+    "response": JSON,
+    "is_error": st.booleans() | ODD,
+    "error": JSON,
+    "duration_ms": st.floats(allow_nan=False, allow_infinity=False) | st.integers() | ODD,
+    "trace_id": st.text(max_size=70) | ODD,
+    "span_id": st.text(max_size=40) | ODD,
+    "client": st.fixed_dictionaries({}, optional={"name": st.text(max_size=3) | ODD, "nick": st.text()}) | ODD,
+    "metadata": st.dictionaries(st.text(max_size=5), JSON, max_size=3) | ODD,
+    "own_field": JSON,
+}
+RECORDS = st.fixed_dictionaries({"mcp_id": st.text(min_size=1, max_size=5) | ODD}, optional=FIELDS)
+
+
+def model_or_reason(data: bytes, scrub: bool) -> object:
+    """The model path's row, or the reason it refuses the record."""
+    try:
+        return model_row(ENTRY_ID, data, DEFAULT_MAX_RECORD_BYTES, scrub=scrub)
+    except PermanentEntryError as error:
+        return error.reason
+
+
+def assert_agrees(data: bytes, scrub: bool = True) -> None:
+    """fast_row declines `data` or returns the model path's row, value for value."""
+    fast = fast_row(ENTRY_ID, data, scrub=scrub)
+    if fast is not None:
+        assert fast == model_or_reason(data, scrub), data[:300]
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(RECORDS)
+def test_the_worker_fast_path_stores_what_the_model_stores_or_declines(record: dict[str, Any]) -> None:
+    """Any record, valid or not: the fast path's row is the model's row, or it leaves the record to the model."""
+    try:
+        data = json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError):
+        return
+    assert_agrees(data)
+
+
+@pytest.mark.parametrize("item", [*CATALOGUE, *NON_FINITE], ids=lambda item: item.name)
+def test_the_worker_fast_path_agrees_on_every_catalogued_bad_entry(item: Any) -> None:
+    """The bad-input catalogue's records: each declined or stored as the model stores it."""
+    data = item.fields.get(b"data")
+    if data is not None:
+        assert_agrees(data)
+
+
+def test_the_suites_realistic_records_all_take_the_fast_path() -> None:
+    """The benchmark's ~700-byte tool calls are what the fast path is for: none falls back to the model."""
+    for record in records(300):
+        data = encode(record)
+        assert fast_row(ENTRY_ID, data, scrub=True) == model_row(ENTRY_ID, data, DEFAULT_MAX_RECORD_BYTES, scrub=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"mcp_id":"m","interaction_id":"i","timestamp":"2024-05-01T10:00:00Z","request":{"password":"hunter2"}}',
+        b'{"mcp_id":"m","interaction_id":"i","timestamp":"2024-05-01T10:00:00Z","response":"Bearer abcdefghijklmnop"}',
+        b'{"mcp_id":"m","interaction_id":"i","timestamp":"2024-05-01T10:00:00Z","metadata":{"card":"4111111111111111"}}',
+        b'{"mcp_id":"m","interaction_id":"i","timestamp":"2024-05-01T10:00:00Z","request":{"\\u0074oken":"abc"}}',
+    ],
+)
+def test_secrets_in_payloads_are_scrubbed_on_the_fast_path_as_on_the_model_path(data: bytes) -> None:
+    """A payload holding a secret (a denied key, a bearer token, a card, a key spelled with escapes) is scrubbed."""
+    fast = fast_row(ENTRY_ID, data, scrub=True)
+    assert fast is not None
+    assert fast == model_row(ENTRY_ID, data, DEFAULT_MAX_RECORD_BYTES, scrub=True)
+    assert "[redacted:" in fast.data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_the_payload_pre_check_never_misses_what_the_whole_record_pre_check_finds(payload: bytes) -> None:
+    """Over payload spans, the pre-check answers True whenever the original whole-text pre-check does."""
+    if might_hold_secrets(DEFAULT_SCRUBBER, payload):
+        assert payload_might_hold_secrets(DEFAULT_SCRUBBER, [payload])
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(RECORDS, st.booleans())
+def test_the_publishers_fast_path_publishes_what_the_model_path_publishes_or_declines(
+    record: dict[str, Any], strict: bool
+) -> None:
+    """A plain dict: encode_plain's entry is the one prepare_record and wire_fields build, byte for byte."""
+    record = {"interaction_id": "fixed", "timestamp": "2024-05-01T10:00:00Z", **record}  # generated ones differ
+    fast = encode_plain(record, DEFAULT_MAX_RECORD_BYTES, strict=strict)
+    if fast is None:
+        return
+    try:
+        interaction, encoded = prepare_record(record, strict=strict)
+    except InvalidRecordError as error:
+        pytest.fail(f"the fast path accepted what the model refuses: {error}")
+    assert fast == wire_fields(interaction, encoded, DEFAULT_MAX_RECORD_BYTES)
+
+
+def test_the_publishers_fast_path_leaves_python_objects_to_the_model() -> None:
+    """Tuples, sets, bytes and datetimes are the model's to accept or refuse, never encoded on the fast path."""
+    for value in [(1, 2), {1, 2}, b"x", __import__("datetime").datetime(2024, 5, 1)]:
+        assert encode_plain({"mcp_id": "m", "request": value}, DEFAULT_MAX_RECORD_BYTES, strict=False) is None
+
+
+def test_nesting_deeper_than_the_model_allows_is_left_to_the_model() -> None:
+    """Nesting the model refuses (about 250 deep) is never accepted by the fast path."""
+    deep = b'{"mcp_id":"m","request":' + b"[" * 300 + b"]" * 300 + b"}"
+    assert checked_columns(deep) is None
