@@ -3,12 +3,15 @@
 Every contender starts from the same record dicts, as an MCP server would hold them. interactionlog validates and
 encodes each with pydantic; plain redis-py only `json.dumps` it, which is the floor a publish helper can reach.
 `publish_many` is also timed on `Interaction` objects built beforehand (validation then happens in the caller's
-constructor call, outside the timing), to split validation from the Redis round trip.
+constructor call, outside the timing), to split validation from the Redis round trip. CPU per record is this
+process's own (Redis's is not in it): on a shared machine it moves far less than the wall rate.
+`BackgroundPublisher.publish` is timed per call (what an MCP tool call pays; sending happens on its thread).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from typing import Any
 
 import redis
 
+from interactionlog.client.background import BackgroundPublisher
 from interactionlog.client.publisher import Publisher
 from interactionlog.record import Interaction
 
@@ -34,6 +38,9 @@ class PublishFigures:
     publish_rate: float
     publish_many_rate: float
     publish_many_models_rate: float
+    publish_many_cpu_us: float  # this process's CPU per record, publish_many from dicts
+    background_p50_us: float  # BackgroundPublisher.publish, per call
+    background_p99_us: float
     xadd_rate: float
     xadd_pipelined_rate: float
     records: int
@@ -74,7 +81,11 @@ def measure_publish(redis_url: str, count: int) -> PublishFigures:
             for batch in _batches(items):
                 publisher.publish_many(batch)
 
+        cpu_started = time.process_time()
         publish_many_rate = _rate(count, many)
+        publish_many_cpu_us = (time.process_time() - cpu_started) / count * 1e6
+        client.delete(STREAM)
+        background = _background_per_call(redis_url, items)
         client.delete(STREAM)
 
         models = [Interaction.model_validate(item) for item in items]
@@ -111,7 +122,31 @@ def measure_publish(redis_url: str, count: int) -> PublishFigures:
         publish_rate=publish_rate,
         publish_many_rate=publish_many_rate,
         publish_many_models_rate=publish_many_models_rate,
+        publish_many_cpu_us=publish_many_cpu_us,
+        background_p50_us=background[len(background) // 2] / 1e3,
+        background_p99_us=background[min(int(len(background) * 0.99), len(background) - 1)] / 1e3,
         xadd_rate=xadd_rate,
         xadd_pipelined_rate=xadd_pipelined_rate,
         records=count,
     )
+
+
+def _background_per_call(redis_url: str, items: Sequence[dict[str, Any]]) -> list[int]:
+    """Nanoseconds each `BackgroundPublisher.publish` call took (sorted), after a warm-up of 500 calls. Timed in
+    slices of 1000 calls with a pause between, so the queue never fills and its thread keeps up."""
+    latencies: list[int] = []
+    with tempfile.TemporaryDirectory() as spool_dir:
+        publisher = BackgroundPublisher.from_url(redis_url, stream=STREAM, spool_dir=spool_dir)
+        try:
+            for item in items[:500]:
+                publisher.publish(item)
+            for start in range(0, len(items), 1000):
+                for item in items[start : start + 1000]:
+                    began = time.perf_counter_ns()
+                    publisher.publish(item)
+                    latencies.append(time.perf_counter_ns() - began)
+                time.sleep(0.02)
+        finally:
+            publisher.close()
+    latencies.sort()
+    return latencies
