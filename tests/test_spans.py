@@ -24,8 +24,12 @@ from tests.test_bad_input import CATALOGUE, NON_FINITE
 
 ENTRY_ID = "1700000000000-7"
 JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
-JSON = st.recursive(JSON_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4))
-ODD = st.sampled_from([None, "", "x" * 65, "x" * 201, 1.5, -1, True, [], {}, "\x00", "\ud800", 10**30, "12"])
+JSON = st.recursive(
+    JSON_LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+)
+ODD: st.SearchStrategy[Any] = st.sampled_from(
+    [None, "", "x" * 65, "x" * 201, 1.5, -1, True, [], {}, "\x00", "\ud800", 10**30, "12"]
+)
 TIMESTAMPS = st.sampled_from(
     ["2024-05-01T10:00:00Z", "2024-05-01T10:00:00.123456+02:00", "2024-05-01t10:00:00Z", "2024-05-01 10:00:00Z",
      "2024-05-01T10:00:00.1234567Z", "2024-02-30T00:00:00Z", "0001-01-01T00:00:00+14:00", "2024-01-01T00:00:00",

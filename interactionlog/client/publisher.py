@@ -10,7 +10,7 @@ sent, so the caller can publish the very same records again: each is stored once
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from types import TracebackType
 from typing import Any, ClassVar, Self, cast
@@ -230,8 +230,9 @@ def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
     return first if len(entries) == 1 else f"{first} .. {_interaction_id(entries[-1])} ({len(entries)} records)"
 
 
-def _round_trip(conn: redis.connection.AbstractConnection, payload: bytes, replies: int) -> list[bytes]:
-    """Send `payload` (`replies` packed commands) and read every reply; raises the first error reply, after all."""
+def _round_trip(conn: Any, payload: bytes, replies: int) -> list[bytes]:
+    """Send `payload` (`replies` packed commands) on `conn` (a redis-py connection: its methods are untyped) and
+    read every reply; raises the first error reply, after all."""
     conn.send_packed_command([payload])
     found: list[bytes] = []
     refused: ResponseError | None = None
@@ -308,14 +309,15 @@ class Publisher(_PublisherCore):
         and an error reply raises the first one once every reply is read, so the connection stays usable.
         """
         head = (b"XADD", self.stream.encode(), b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
-        payload = b"".join([pack_command((*head, *chain.from_iterable(fields.items()))) for fields in entries])
+        # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
+        pack = cast(Callable[[tuple[bytes, ...]], bytes], pack_command)
+        payload = b"".join([pack((*head, *chain.from_iterable(fields.items()))) for fields in entries])
         pool = self._redis.connection_pool
-        conn = pool.get_connection()
+        conn: Any = pool.get_connection()
         try:
-            replies = conn.retry.call_with_retry(
+            return conn.retry.call_with_retry(  # type: ignore[no-any-return]  # redis-py's Retry is untyped
                 lambda: _round_trip(conn, payload, len(entries)), lambda _: conn.disconnect()
             )
-            return cast(list[bytes], replies)
         finally:
             pool.release(conn)
 

@@ -177,8 +177,8 @@ class StreamGroup:
             return []
         # One stream's entries, [[id, [name, value, ...]], ...]: in a map keyed by the stream under RESP3 (redis-py
         # 8's default), in [[stream, entries]] under RESP2.
-        found = next(iter(reply.values())) if isinstance(reply, dict) else cast(Any, reply)[0][1]
-        return _read_entries(found)
+        unparsed: Any = reply  # typed as redis-py's callback would have parsed it
+        return _read_entries(next(iter(unparsed.values())) if isinstance(unparsed, dict) else unparsed[0][1])
 
     async def claim(self, consumer: str, *, min_idle_ms: int, cursor: str, count: int) -> ClaimPage:
         """One XAUTOCLAIM step; Redis drops deleted entries from the pending list and reports their ids."""
