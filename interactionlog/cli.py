@@ -518,7 +518,6 @@ def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
         pass
     click.echo("stopped; nothing is left running", err=True)
 
-
 # The gateway's commands live in their own module (the servers' dependencies are an optional extra).
 main.add_command(serve)
 main.add_command(tokens)

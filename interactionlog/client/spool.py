@@ -214,13 +214,9 @@ class Spool:
 
     def depth(self, stream: str) -> SpoolDepth:
         """Rows held for `stream`, their bytes, and the oldest row's age."""
-        count, size, oldest = (
-            self._connection()
-            .execute(
-                "SELECT count(*), coalesce(sum(bytes), 0), min(spooled_at) FROM entries WHERE stream = ?", (stream,)
-            )
-            .fetchone()
-        )
+        count, size, oldest = self._connection().execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), min(spooled_at) FROM entries WHERE stream = ?", (stream,)
+        ).fetchone()
         return SpoolDepth(int(count), int(size), max(0.0, time.time() - oldest) if oldest is not None else 0.0)
 
     def close(self) -> None:
