@@ -31,7 +31,8 @@ _MIGRATION_2_INDEXES = [
 ]
 
 
-async def _store(url: str, rows: list[StoredRow]) -> None:
+async def store_in_batches(url: str, rows: list[StoredRow]) -> None:
+    """Store `rows` through the worker's Store, BATCH at a time."""
     store = await Store.open(url, max_connections=1)
     try:
         for start in range(0, len(rows), BATCH):
@@ -51,7 +52,7 @@ def measure(servers: Servers, rows: list[StoredRow], *, with_indexes: bool) -> t
                 conn.execute(f"DROP INDEX {index}")
     checkpoint(servers)
     cpu_before, started = cpu_seconds(servers.postgres_pid), time.perf_counter()
-    asyncio.run(_store(url, rows))
+    asyncio.run(store_in_batches(url, rows))
     elapsed, cpu = time.perf_counter() - started, cpu_seconds(servers.postgres_pid) - cpu_before
     drop_database(servers, name)
     return len(rows) / elapsed, cpu / len(rows) * 1e6

@@ -1,0 +1,125 @@
+"""What partitioning costs and saves: the worker's inserts, converting an existing table, and retention.
+
+On one durable PostgreSQL (started by `benchmarks.servers`):
+1. stores the same realistic records through `Store.persist_batch` (binary COPY, 1000 a batch, as the worker
+   does) into the unpartitioned table of earlier versions and into the partitioned one (monthly), alternating;
+2. converts a table of `--convert-rows` rows over three months with `interactionlog partition-convert`'s code
+   (10,000 rows a batch), and prints rows moved per second;
+3. drops one month by retention (DROP TABLE of its partition) and, on an unpartitioned copy, deletes the same
+   month's rows with DELETE, and prints both times.
+
+    python -m benchmarks.partitions [--rows 100000] [--convert-rows 300000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from interactionlog.worker import conversion, partition_maintenance
+from interactionlog.worker.decode import StoredRow, decode_entry
+from interactionlog.worker.store import migrate
+
+from .index_cost import store_in_batches
+from .records import encode, records
+from .servers import Servers, checkpoint, create_database, drop_database, start_servers
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+DAYS = 90
+
+_GENERATE = """
+    INSERT INTO interaction_logs (mcp_id, interaction_id, "timestamp", method, tool, session_id, is_error,
+                                  duration_ms, data, stream_entry_id)
+    SELECT 'mcp-' || g %% 20, 'i-' || g, %(start)s + g * (interval '1 day' * %(days)s / %(rows)s), 'tools/call',
+           'tool-' || g %% 200, 'session-' || g / 40, g %% 97 = 0, (g %% 1000) * 0.7,
+           jsonb_build_object('mcp_id', 'mcp-' || g %% 20, 'interaction_id', 'i-' || g, 'tool', 'tool-' || g %% 200,
+                              'request', jsonb_build_object('city', 'Oslo', 'days', g %% 7),
+                              'response', jsonb_build_object('content', jsonb_build_array(
+                                  jsonb_build_object('type', 'text', 'text', 'Sunny, ' || g %% 30 || 'C')))),
+           g || '-0'
+    FROM generate_series(1, %(rows)s) AS g
+"""
+
+
+def insert_rate(servers: Servers, rows: list[StoredRow], *, partitioned: bool) -> float:
+    """Rows per second storing `rows` into a fresh database of either layout."""
+    name = "partitions_insert"
+    url = create_database(servers, name)
+    if partitioned:
+        asyncio.run(migrate(url))
+    else:
+        asyncio.run(migrate(url, up_to=3))
+    checkpoint(servers)
+    started = time.perf_counter()
+    asyncio.run(store_in_batches(url, rows))
+    elapsed = time.perf_counter() - started
+    drop_database(servers, name)
+    return len(rows) / elapsed
+
+
+def convert_and_retain(servers: Servers, rows: int) -> None:
+    """Convert `rows` rows over DAYS days, then compare dropping a month with deleting one."""
+    name, plain_name = "partitions_convert", "partitions_plain"
+    url, plain_url = create_database(servers, name), create_database(servers, plain_name)
+    for target in (url, plain_url):
+        asyncio.run(migrate(target, up_to=3))
+        with psycopg.connect(target) as conn:
+            conn.execute(_GENERATE, {"rows": rows, "days": DAYS, "start": START})
+            conn.execute("ANALYZE interaction_logs")
+    asyncio.run(migrate(url))  # migration 4 on a populated table: it stays unpartitioned until converted
+    checkpoint(servers)
+    started = time.perf_counter()
+    report = asyncio.run(conversion.convert(url, interval="month", premake=1, rows_per_batch=10_000))
+    elapsed = time.perf_counter() - started
+    print(
+        f"partition-convert: {report.moved:,} rows, {report.created} partitions, {elapsed:.1f} s "
+        f"({report.moved / elapsed:,.0f} rows/s)"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE interaction_logs")
+    january_end = datetime(2026, 2, 1, tzinfo=UTC)
+    started = time.perf_counter()
+    dropped = asyncio.run(
+        partition_maintenance.run_round(url, premake=1, retention_days=1, now=january_end + timedelta(days=1))
+    )
+    drop_s = time.perf_counter() - started
+    with psycopg.connect(plain_url, autocommit=True) as conn:
+        started = time.perf_counter()
+        deleted = conn.execute('DELETE FROM interaction_logs WHERE "timestamp" < %s', (january_end,)).rowcount
+        delete_s = time.perf_counter() - started
+    print(
+        f"retention of January: DROP TABLE of {', '.join(dropped.dropped)} (about {dropped.dropped_rows:,} rows) in "
+        f"{drop_s * 1000:.0f} ms (the whole round); DELETE of the same {deleted:,} rows unpartitioned in "
+        f"{delete_s * 1000:.0f} ms, plus the VACUUM it leaves behind"
+    )
+    drop_database(servers, name)
+    drop_database(servers, plain_name)
+
+
+def main() -> None:
+    """Run the three measurements and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--convert-rows", type=int, default=300_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    rows: list[StoredRow] = [
+        decode_entry(f"{index + 1}-0", {b"v": b"1", b"data": encode(record)}, 1 << 20)
+        for index, record in enumerate(records(args.rows))
+    ]
+    with start_servers() as servers:
+        for round_number in range(args.rounds):
+            order = (False, True) if round_number % 2 == 0 else (True, False)
+            for partitioned in order:
+                rate = insert_rate(servers, rows, partitioned=partitioned)
+                label = "partitioned (month)" if partitioned else "unpartitioned"
+                print(f"round {round_number + 1}  insert, {label:20} {rate:9,.0f} rows/s")
+        convert_and_retain(servers, args.convert_rows)
+
+
+if __name__ == "__main__":
+    main()
