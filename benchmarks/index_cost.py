@@ -41,6 +41,14 @@ async def store_in_batches(url: str, rows: list[StoredRow]) -> None:
         await store.close()
 
 
+def stored_rows(count: int) -> list[StoredRow]:
+    """The rows a worker would store for `count` realistic records (`records.records`)."""
+    return [
+        decode_entry(f"{index + 1}-0", {b"v": b"1", b"data": encode(record)}, 1 << 20)
+        for index, record in enumerate(records(count))
+    ]
+
+
 def measure(servers: Servers, rows: list[StoredRow], *, with_indexes: bool) -> tuple[float, float]:
     """(rows per second, PostgreSQL CPU microseconds per row) storing `rows` into a fresh database."""
     name = "index_cost_with" if with_indexes else "index_cost_without"
@@ -64,10 +72,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    rows: list[StoredRow] = [
-        decode_entry(f"{index + 1}-0", {b"v": b"1", b"data": encode(record)}, 1 << 20)
-        for index, record in enumerate(records(args.rows))
-    ]
+    rows = stored_rows(args.rows)
     print(f"indexes of migration 2: {', '.join(_MIGRATION_2_INDEXES)}; {args.rows:,} rows, batches of {BATCH}")
     with start_servers() as servers:
         for round_number in range(args.rounds):

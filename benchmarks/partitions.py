@@ -1,32 +1,40 @@
-"""What partitioning costs and saves: the worker's inserts, converting an existing table, and retention.
+"""What partitioning costs and saves: the worker's inserts, the dedupe window's probe, converting an existing
+table, and retention.
 
 On one durable PostgreSQL (started by `benchmarks.servers`):
-1. stores the same realistic records through `Store.persist_batch` (binary COPY, 1000 a batch, as the worker
-   does) into the unpartitioned table of earlier versions and into the partitioned one (monthly), alternating;
-2. converts a table of `--convert-rows` rows over three months with `interactionlog partition-convert`'s code
+1. stores the same realistic records through `Store.persist_batch` (1000 a batch, as the worker does) into the
+   unpartitioned table of earlier versions and into the partitioned one (monthly), alternating;
+2. the probe: stores them into a partitioned table (daily, then monthly) already holding `--prefill-rows` rows
+   over the last week, three ways, and prints rows/s and PostgreSQL CPU per row of each: COPY straight into the
+   table (`--dedupe-window-hours 0`), COPY into the staging table then `INSERT ... SELECT` without the probe,
+   and the same with the probe of a 24-hour window (the default);
+3. converts a table of `--convert-rows` rows over three months with `interactionlog partition-convert`'s code
    (10,000 rows a batch), and prints rows moved per second;
-3. drops one month by retention (DROP TABLE of its partition) and, on an unpartitioned copy, deletes the same
+4. drops one month by retention (DROP TABLE of its partition) and, on an unpartitioned copy, deletes the same
    month's rows with DELETE, and prints both times.
 
-    python -m benchmarks.partitions [--rows 100000] [--convert-rows 300000]
+    python -m benchmarks.partitions [--rows 100000] [--prefill-rows 200000] [--convert-rows 300000] [--probe-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from psycopg import sql
 
+from interactionlog.rows import insert_rows_from
 from interactionlog.worker import conversion, partition_maintenance
-from interactionlog.worker.decode import StoredRow, decode_entry
-from interactionlog.worker.store import migrate
+from interactionlog.worker.decode import StoredRow
+from interactionlog.worker.partitions import Interval
+from interactionlog.worker.store import Store, migrate
 
-from .index_cost import store_in_batches
-from .records import encode, records
-from .servers import Servers, checkpoint, create_database, drop_database, start_servers
+from .index_cost import BATCH, store_in_batches, stored_rows
+from .servers import Servers, checkpoint, cpu_seconds, create_database, drop_database, start_servers
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 90
@@ -59,6 +67,49 @@ def insert_rate(servers: Servers, rows: list[StoredRow], *, partitioned: bool) -
     elapsed = time.perf_counter() - started
     drop_database(servers, name)
     return len(rows) / elapsed
+
+
+PREFILL_DAYS = 7
+# How each variant of the probe measurement stores a batch: (label, dedupe window in hours, probe in the INSERT).
+PROBE_VARIANTS = (
+    ("COPY into the table (window 0)", 0.0, False),
+    ("staged INSERT ... SELECT, no probe", 24.0, False),
+    ("staged INSERT ... SELECT + probe 24 h", 24.0, True),
+)
+
+
+async def _store_variant(url: str, rows: list[StoredRow], window_hours: float, probe: bool) -> None:
+    store = await Store.open(url, max_connections=1, dedupe_window_hours=window_hours)
+    if not probe:  # the staging path of a window > 0, its INSERT without the probe: what the probe adds
+        store._move_staging = insert_rows_from(sql.Identifier("interaction_logs_staging"), 0)
+    try:
+        for start in range(0, len(rows), BATCH):
+            await store.persist_batch(rows[start : start + BATCH])
+    finally:
+        await store.close()
+
+
+def probe_cost(
+    servers: Servers, rows: list[StoredRow], prefill: int, interval: Interval, variant: tuple[str, float, bool]
+) -> tuple[float, float]:
+    """(rows per second, PostgreSQL CPU microseconds per row) storing `rows` (stamped now) one variant's way into
+    a fresh table partitioned by `interval` that holds `prefill` rows over the last PREFILL_DAYS days."""
+    name = "partitions_probe"
+    url = create_database(servers, name)
+    now = datetime.now(UTC)
+    asyncio.run(migrate(url, partition_interval=interval))
+    asyncio.run(partition_maintenance.run_round(url, premake=PREFILL_DAYS + 4, now=now - timedelta(days=PREFILL_DAYS)))
+    with psycopg.connect(url, autocommit=True) as conn:
+        start = now - timedelta(days=PREFILL_DAYS)
+        conn.execute(_GENERATE, {"rows": prefill, "days": PREFILL_DAYS, "start": start})
+        conn.execute("VACUUM ANALYZE interaction_logs")
+    checkpoint(servers)
+    _, window_hours, probe = variant
+    cpu_before, started = cpu_seconds(servers.postgres_pid), time.perf_counter()
+    asyncio.run(_store_variant(url, rows, window_hours, probe))
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(servers.postgres_pid) - cpu_before
+    drop_database(servers, name)
+    return len(rows) / elapsed, cpu / len(rows) * 1e6
 
 
 def convert_and_retain(servers: Servers, rows: int) -> None:
@@ -101,24 +152,34 @@ def convert_and_retain(servers: Servers, rows: int) -> None:
 
 
 def main() -> None:
-    """Run the three measurements and print the figures."""
+    """Run the measurements and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--prefill-rows", type=int, default=200_000)
     parser.add_argument("--convert-rows", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--probe-only", action="store_true", help="Only the probe's cost (measurement 2).")
     args = parser.parse_args()
-    rows: list[StoredRow] = [
-        decode_entry(f"{index + 1}-0", {b"v": b"1", b"data": encode(record)}, 1 << 20)
-        for index, record in enumerate(records(args.rows))
-    ]
+    rows = stored_rows(args.rows)
     with start_servers() as servers:
+        if not args.probe_only:
+            for round_number in range(args.rounds):
+                order = (False, True) if round_number % 2 == 0 else (True, False)
+                for partitioned in order:
+                    rate = insert_rate(servers, rows, partitioned=partitioned)
+                    label = "partitioned (month)" if partitioned else "unpartitioned"
+                    print(f"round {round_number + 1}  insert, {label:20} {rate:9,.0f} rows/s")
         for round_number in range(args.rounds):
-            order = (False, True) if round_number % 2 == 0 else (True, False)
-            for partitioned in order:
-                rate = insert_rate(servers, rows, partitioned=partitioned)
-                label = "partitioned (month)" if partitioned else "unpartitioned"
-                print(f"round {round_number + 1}  insert, {label:20} {rate:9,.0f} rows/s")
-        convert_and_retain(servers, args.convert_rows)
+            for interval in ("day", "month"):
+                variants = PROBE_VARIANTS if round_number % 2 == 0 else PROBE_VARIANTS[::-1]
+                for variant in variants:
+                    rate, cpu_us = probe_cost(servers, rows, args.prefill_rows, interval, variant)
+                    print(
+                        f"round {round_number + 1}  {interval:5} {variant[0]:38} {rate:9,.0f} rows/s "
+                        f"{cpu_us:6.1f} PostgreSQL CPU µs/row  (load average {os.getloadavg()[0]:.1f})"
+                    )
+        if not args.probe_only:
+            convert_and_retain(servers, args.convert_rows)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from interactionlog import Publisher
 from interactionlog.client.publisher import encode_fields
-from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
+from interactionlog.rows import insert_one_row, insert_rows_from
+from interactionlog.settings import DEFAULT_DEDUPE_WINDOW_HOURS, DEFAULT_MAX_RECORD_BYTES
 from interactionlog.worker import partition_maintenance, partitions
 from interactionlog.worker.decode import StoredRow, decode_entry
 from interactionlog.worker.partition_maintenance import MaintenanceReport
@@ -54,11 +56,13 @@ def rows_of(records: Sequence[dict[str, Any]]) -> list[StoredRow]:
     ]
 
 
-def persist(database_url: str, records: Sequence[dict[str, Any]]) -> PersistResult:
+def persist(
+    database_url: str, records: Sequence[dict[str, Any]], *, dedupe_window_hours: float = DEFAULT_DEDUPE_WINDOW_HOURS
+) -> PersistResult:
     """Store `records` in one batch through the worker's Store."""
 
     async def run() -> PersistResult:
-        store = await Store.open(database_url, max_connections=1)
+        store = await Store.open(database_url, max_connections=1, dedupe_window_hours=dedupe_window_hours)
         try:
             return await store.persist_batch(rows_of(records))
         finally:
@@ -100,6 +104,14 @@ def expected_partition(moment: datetime, interval: Interval) -> str:
     """The name the day's or month's partition has, spelled out independently of the code under test."""
     moment = moment.astimezone(UTC)
     return f"interaction_logs_p{moment:%Y%m%d}" if interval == "day" else f"interaction_logs_p{moment:%Y%m}01"
+
+
+def forbid_tool(database_url: str) -> None:
+    """An operator's CHECK: PostgreSQL refuses rows whose tool is 'forbidden' (the row-by-row path)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE interaction_logs ADD CONSTRAINT no_forbidden CHECK (tool IS DISTINCT FROM 'forbidden')"
+        )
 
 
 def stamped(interaction_id: str, moment: datetime, **extra: Any) -> dict[str, Any]:
@@ -206,13 +218,96 @@ def test_a_batch_stored_again_is_skipped_whole_and_row_by_row(database_url: str)
     assert persist(database_url, records).inserted == 3
     again = persist(database_url, records)
     assert (again.inserted, again.duplicates) == (0, 3)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "ALTER TABLE interaction_logs ADD CONSTRAINT no_forbidden CHECK (tool IS DISTINCT FROM 'forbidden')"
-        )
+    forbid_tool(database_url)
     mixed = persist(database_url, [records[1], stamped("new", NOW), stamped("refused", NOW, tool="forbidden")])
     assert (mixed.inserted, mixed.duplicates, len(mixed.refused)) == (1, 1, 1)
     assert sorted(placement(database_url)) == ["dup-0", "dup-35", "dup-70", "new"]
+
+
+def stored_times(database_url: str, interaction_id: str) -> list[datetime]:
+    """The timestamps of the rows stored for `interaction_id`, in order."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            'SELECT "timestamp" FROM interaction_logs WHERE interaction_id = %s ORDER BY 1', (interaction_id,)
+        ).fetchall()
+    return [moment for (moment,) in rows]
+
+
+def test_copies_stamped_again_within_the_window_are_stored_once_and_further_apart_twice(database_url: str) -> None:
+    """A record published again without its timestamp (so stamped again) is a copy when its first copy is stored
+    within the dedupe window either side, in the same batch, in a later one, across a partition boundary and
+    on the row-by-row path; further apart it is stored again, as the README says."""
+    run_migrate(database_url, "--partition-interval", "day", "--partition-premake", "3")
+    start = floor_instant(NOW, "day") + timedelta(hours=12)
+    first = persist(database_url, [stamped("again", start), stamped("again", start + timedelta(hours=1))])
+    assert (first.inserted, first.duplicates) == (1, 1), "a copy in the same batch"
+    later = persist(database_url, [stamped("again", start - timedelta(hours=23)), stamped("again", start)])
+    assert (later.inserted, later.duplicates) == (0, 2), "copies a day's partition away, and a redelivery"
+    apart = persist(database_url, [stamped("again", start + timedelta(hours=25))])
+    assert (apart.inserted, apart.duplicates) == (1, 0), "more than the window apart: another row"
+    assert stored_times(database_url, "again") == [start, start + timedelta(hours=25)]
+
+    forbid_tool(database_url)
+    mixed = persist(
+        database_url,
+        [stamped("again", start + timedelta(hours=30)), stamped("refused", start, tool="forbidden")],
+    )
+    assert (mixed.inserted, mixed.duplicates, len(mixed.refused)) == (0, 1, 1), "the row-by-row path probes too"
+
+    exact_only = persist(
+        database_url,
+        [stamped("again", start + timedelta(hours=2)), stamped("again", start)],
+        dedupe_window_hours=0,
+    )
+    assert (exact_only.inserted, exact_only.duplicates) == (1, 1), "a window of 0: exact copies only"
+
+
+def leaf_scans(plan: dict[str, Any]) -> dict[str, int]:
+    """Partition -> how many times the plan scanned it (EXPLAIN ANALYZE's loops), for every scan node."""
+    scans: dict[str, int] = {}
+    nodes = [plan]
+    while nodes:
+        node = nodes.pop()
+        if str(node.get("Relation Name", "")).startswith(("interaction_logs_p", "interaction_logs_default")):
+            name = node["Relation Name"]
+            scans[name] = scans.get(name, 0) + int(node.get("Actual Loops", 0))
+        nodes.extend(node.get("Plans", []))
+    return scans
+
+
+def test_the_copy_probe_reads_only_the_partitions_of_its_window(database_url: str) -> None:
+    """With daily partitions over three weeks, the worker's INSERT ... SELECT probes for copies in the partitions
+    within a day either side of each row (run-time partition pruning), never the other ones."""
+    run_migrate(database_url, "--partition-interval", "day", "--partition-premake", "10")
+    start = floor_instant(NOW, "day") - timedelta(days=10)
+    maintain(database_url, now=start, premake=20)
+    persist(database_url, [stamped(f"old-{hour}", start + timedelta(hours=hour)) for hour in range(0, 20 * 24, 5)])
+    moment = floor_instant(NOW, "day") + timedelta(hours=12)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("ANALYZE interaction_logs")
+        conn.execute(
+            "CREATE TEMPORARY TABLE interaction_logs_staging ON COMMIT DROP AS"
+            ' SELECT mcp_id, interaction_id, "timestamp", method, tool, session_id, is_error, duration_ms, trace_id,'
+            " data, stream_entry_id FROM interaction_logs WHERE false"
+        )
+        conn.execute(
+            'INSERT INTO interaction_logs_staging (mcp_id, interaction_id, "timestamp", data, stream_entry_id)'
+            " VALUES ('weather', 'probe-1', %s, '{}', '1-0'), ('weather', 'probe-2', %s, '{}', '2-0')",
+            (moment, moment + timedelta(minutes=1)),
+        )
+        statement = insert_rows_from(sql.Identifier("interaction_logs_staging"), DEFAULT_DEDUPE_WINDOW_HOURS)
+        ((plan,),) = conn.execute(sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(statement)).fetchall()
+        row = rows_of([stamped("probe-3", moment)])[0]
+        ((one_row_plan,),) = conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(insert_one_row(DEFAULT_DEDUPE_WINDOW_HOURS)), row
+        ).fetchall()
+        conn.rollback()
+    window = {expected_partition(moment + timedelta(days=days), "day") for days in (-1, 0, 1)}
+    assert len(partition_names(database_url)) > 20
+    for form, explained in (("INSERT ... SELECT", plan), ("one row", one_row_plan)):
+        scanned = {name for name, loops in leaf_scans(explained[0]["Plan"]).items() if loops}
+        assert scanned, form
+        assert scanned <= window, (form, scanned)
 
 
 def test_a_worker_stores_a_record_published_twice_once_and_keeps_partitions_ahead(
