@@ -161,8 +161,9 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 # The staging table lives for one transaction (created in it, dropped at its end), so concurrent batches never
 # see each other's rows, no cleanup is needed after a crash, and a pooler that hands each transaction another
-# server connection (PgBouncer's transaction mode) never meets a table created on another one. It is only needed
-# when a batch holds an already stored row (a redelivery), so the DDL is rare.
+# server connection (PgBouncer's transaction mode) never meets a table created on another one. Every batch
+# takes it while the dedupe window is on (the default; its cost is in README "What it costs"); with a window of
+# 0 only a batch holding an already stored row (a redelivery) does.
 _CREATE_STAGING = """
     CREATE TEMPORARY TABLE interaction_logs_staging (
         mcp_id TEXT, interaction_id TEXT, "timestamp" TIMESTAMPTZ, method TEXT, tool TEXT, session_id TEXT,
