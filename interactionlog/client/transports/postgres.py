@@ -1,8 +1,8 @@
 """The postgresql:// transport: the design's shared-database scheme, straight into `interaction_logs`.
 
-No stream and no worker: each batch is one transaction of `INSERT ... ON CONFLICT (mcp_id, interaction_id) DO
-NOTHING` (the row the worker would store, from `rows`), so publishing a record twice stores it once, and the
-`data` column holds the record's JSON as the publisher encoded it. Rows carry `stream_entry_id = 'direct'`,
+No stream and no worker: each batch is one transaction of `rows.INSERT_ROW` per row (the row the worker would
+store, with the worker's identity rule at the default dedupe window: README "Idempotency"), so publishing a
+record twice stores it once, and the `data` column holds the record's JSON as the publisher encoded it. Rows carry `stream_entry_id = 'direct'`,
 which is also the id `publish` returns. The table must exist (`interactionlog migrate`).
 
 What it costs: every MCP process holds PostgreSQL connections (at most `MAX_CONNECTIONS` each) and waits on
