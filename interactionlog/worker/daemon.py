@@ -22,7 +22,6 @@ from ..retry import OutageLog, StoppedError, periodically, until_done
 from ..settings import Settings
 from . import presence
 from .consumer import Consumer, ConsumerOptions
-from .dead_letters import DEAD_LETTER_REASONS
 from .housekeeping import CHORES, Housekeeper, RefusalLog
 from .observation import Observer
 from .partition_maintenance import keep_partitions
@@ -81,7 +80,7 @@ async def run_worker(
         max_connections=2 * settings.concurrency + 2,
     )
     metrics = WorkerMetrics.create(settings.stream, settings.group)
-    metrics.start_at_zero(dead_letter_reasons=DEAD_LETTER_REASONS, chores=CHORES)
+    metrics.export_zeros(chores=CHORES)
     streams = StreamGroup(
         redis,
         stream=settings.stream,
