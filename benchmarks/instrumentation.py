@@ -66,7 +66,7 @@ async def _paired_calls(plain: MCPServer, instrumented: MCPServer, count: int) -
     async with Client(plain) as first, Client(instrumented) as second:
         clients = (first, second)
         for i in range(WARMUP_CALLS + count):
-            for which in (0, 1) if i % 2 == 0 else (1, 0):
+            for which in ((0, 1) if i % 2 == 0 else (1, 0)):
                 started = time.perf_counter_ns()
                 await clients[which].call_tool("add", {"a": i, "b": 1})
                 if i >= WARMUP_CALLS:
