@@ -31,11 +31,12 @@ from ..client.transports.outcomes import UNAVAILABLE, Outcome
 from ..proto import ingest_pb2, ingest_pb2_grpc
 from .health import GatewayHealth
 from .ingest import Ingest, Submitted
+from .metrics import GRPC
 from .tokens import Principal, TokenCheckUnavailableError, TokenError, TokenVerifier
 
 log = structlog.get_logger(__name__)
 
-TRANSPORT = "grpc"
+TRANSPORT = GRPC
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["InteractionIngest"].full_name
 WINDOW_BYTES = 4 * 1024 * 1024  # read-ahead of one stream, beyond its record count
 HEALTH_INTERVAL_S = 2.0
