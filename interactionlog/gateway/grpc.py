@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ WINDOW_BYTES = 4 * 1024 * 1024  # read-ahead of one stream, beyond its record co
 HEALTH_INTERVAL_S = 2.0
 _ENVELOPE = ("mcp_id", "interaction_id", "timestamp")
 _Message = TypeVar("_Message", ingest_pb2.InteractionData, ingest_pb2.InteractionBatch)
+_Reply = TypeVar("_Reply", ingest_pb2.InteractionResponse, ingest_pb2.InteractionBatchResponse)
 
 
 def submitted(message: ingest_pb2.InteractionData) -> Submitted:
@@ -124,6 +125,15 @@ def _many(message: ingest_pb2.InteractionBatch) -> list[Submitted]:
     return [submitted(record) for record in message.records]
 
 
+def _single_answer(outcomes: list[Outcome]) -> ingest_pb2.InteractionResponse:
+    (outcome,) = outcomes
+    return response(outcome)
+
+
+def _batch_answer(outcomes: list[Outcome]) -> ingest_pb2.InteractionBatchResponse:
+    return ingest_pb2.InteractionBatchResponse(results=[response(outcome) for outcome in outcomes])
+
+
 class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
     """The InteractionIngest service over the shared `Ingest` core."""
 
@@ -152,10 +162,9 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
         context: grpc.aio.ServicerContext[ingest_pb2.InteractionData, ingest_pb2.InteractionResponse],
     ) -> AsyncIterator[ingest_pb2.InteractionResponse]:
         """One answer per record, in order, after its XADD is confirmed (or with why it was not)."""
-        async with aclosing(self._answered(request_iterator, _one, context)) as answered:
-            async for messages in answered:
-                for (outcome,) in messages:
-                    yield response(outcome)  # waits while the client does not read: HTTP/2 flow control
+        async with aclosing(self._answered(request_iterator, context, _one, _single_answer)) as answers:
+            async for answer in answers:
+                yield answer  # waits while the client does not read: HTTP/2 flow control
 
     async def StreamInteractionBatches(
         self,
@@ -163,19 +172,19 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
         context: grpc.aio.ServicerContext[ingest_pb2.InteractionBatch, ingest_pb2.InteractionBatchResponse],
     ) -> AsyncIterator[ingest_pb2.InteractionBatchResponse]:
         """One answer per batch, in order, holding one answer per record once each XADD is confirmed (or refused)."""
-        async with aclosing(self._answered(request_iterator, _many, context)) as answered:
-            async for messages in answered:
-                for outcomes in messages:
-                    yield ingest_pb2.InteractionBatchResponse(results=[response(outcome) for outcome in outcomes])
+        async with aclosing(self._answered(request_iterator, context, _many, _batch_answer)) as answers:
+            async for answer in answers:
+                yield answer
 
     async def _answered(
         self,
         messages: AsyncIterator[_Message],
-        unpack: Callable[[_Message], list[Submitted]],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncGenerator[list[list[Outcome]], None]:
-        """The outcomes of a stream's messages (one list per message), a read-ahead window at a time: every record
-        the window holds is XADDed in one pipeline, so the round trips to Redis do not grow with the records."""
+        unpack: Callable[[_Message], list[Submitted]],
+        answer: Callable[[list[Outcome]], _Reply],
+    ) -> AsyncGenerator[_Reply, None]:
+        """The answer to each message of a stream (`answer` of its records' outcomes), a read-ahead window at a time:
+        every record the window holds is XADDed in one pipeline, so round trips to Redis do not grow with records."""
         principal = await self._principal(context)
         ahead = ReadAhead(self.window)
         reader = asyncio.create_task(_read(messages, unpack, ahead))
@@ -190,7 +199,10 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
                 self.ingest.metrics.duration.labels(self.ingest.metrics.stream, TRANSPORT).observe(
                     time.perf_counter() - started
                 )
-                yield list(_per_message(outcomes, taken))
+                start = 0
+                for message in taken:
+                    yield answer(outcomes[start : start + len(message)])
+                    start += len(message)
             finished = True
         finally:
             reader.cancel()
@@ -216,19 +228,11 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
             if unavailable is not None:
                 status = "UNAVAILABLE"
                 await context.abort(grpc.StatusCode.UNAVAILABLE, unavailable.message)
-            return ingest_pb2.InteractionBatchResponse(results=[response(outcome) for outcome in outcomes])
+            return _batch_answer(outcomes)
         finally:
             code = context.code()
             name = code.name if isinstance(code, grpc.StatusCode) else status
             self.ingest.metrics.answered(TRANSPORT, name, time.perf_counter() - started)
-
-
-def _per_message(outcomes: list[Outcome], messages: list[list[Submitted]]) -> Iterator[list[Outcome]]:
-    """`outcomes` (one per record, in order) cut into one list per message."""
-    start = 0
-    for message in messages:
-        yield outcomes[start : start + len(message)]
-        start += len(message)
 
 
 async def _read(
