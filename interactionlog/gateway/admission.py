@@ -103,7 +103,7 @@ def admit(
         return Refused(error.reason, str(error), generated_id)
     except InvalidRecordError as error:
         return Refused("unstorable_value", str(error), generated_id)
-    if (disagreement := _disagreement(record, envelope)) is not None:
+    if envelope and (disagreement := _disagreement(record, envelope)) is not None:
         return Refused("invalid_record", disagreement, record.interaction_id)
     if mcp_id is not None and record.mcp_id != mcp_id:
         return Refused(
