@@ -9,7 +9,7 @@ order, once the record's XADD to the Redis stream is confirmed (success = true) 
 refused (success = false). PublishBatch is the same for clients that cannot stream: one call, one answer per
 record. StreamInteractionBatches is the stream for throughput: many records per message (as OpenTelemetry's
 export requests carry many spans), answered message by message, because gRPC's cost per message (about
-80 µs of CPU on each side in grpcio) caps one-record messages far below what the gateway can XADD.
+90 µs of CPU on each side in grpcio) caps one-record messages far below what the gateway can XADD.
 Authenticate with the metadata `authorization: Bearer <token>` (see `interactionlog tokens create`).
 
 Regenerate the Python stubs after editing this file:  python -m interactionlog.proto.generate
