@@ -11,8 +11,10 @@ Each scenario makes `--calls` calls, after a warm-up, to a plain and to an instr
 order swapped every call) so that the load of the machine weighs on both alike, and reports p50 and p99 of the
 round trips; "added" is the instrumented server's percentile minus the plain one's. Then the middleware's own
 time around a no-op handler (the request path's share alone), `BackgroundPublisher.publish` (a record dict:
-validation and enqueue) and `publish_deferred` (what the instrumentation calls) per call, and the worker's
-scrubbing pass per record. Redis is a throwaway server of the test suite's own kind (`tests.servers.RedisServer`)
+validation and enqueue) and `publish_deferred` (what the instrumentation calls) per call, below the queue's
+capacity (rounds of 1,000 calls, flushed between rounds), then `publish_deferred` overloaded (10,000 calls in a
+tight loop into a 1,000-record queue: the caller spools what overflows), and the worker's scrubbing pass per
+record. Redis is a throwaway server of the test suite's own kind (`tests.servers.RedisServer`)
 on a loopback port.
 """
 
@@ -41,6 +43,7 @@ from interactionlog.worker.decode import decode_entry
 from tests.servers import RedisServer
 
 WARMUP_CALLS = 300
+ROUND = 1_000  # calls between flushes in the per-call measures: a tenth of the default queue
 
 
 def _server() -> MCPServer:
@@ -66,7 +69,7 @@ async def _paired_calls(plain: MCPServer, instrumented: MCPServer, count: int) -
     async with Client(plain) as first, Client(instrumented) as second:
         clients = (first, second)
         for i in range(WARMUP_CALLS + count):
-            for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            for which in (0, 1) if i % 2 == 0 else (1, 0):
                 started = time.perf_counter_ns()
                 await clients[which].call_tool("add", {"a": i, "b": 1})
                 if i >= WARMUP_CALLS:
@@ -111,12 +114,16 @@ async def _middleware_overhead(redis: RedisServer, spool: Path, count: int) -> N
     print(f"{'middleware around a no-op handler':<44} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
 
 
-def _per_call(label: str, call: Callable[[], object], count: int) -> None:
+def _per_call(label: str, call: Callable[[], object], count: int, settle: Callable[[], object] | None = None) -> None:
+    """Time `count` calls; with `settle`, in rounds of `ROUND` calls with `settle()` (a flush) between rounds, so
+    the queue never fills: the cost of a call below capacity, the thread's work on earlier rounds competing."""
     samples = []
-    for _ in range(count):
+    for index in range(count):
         started = time.perf_counter_ns()
         call()
         samples.append((time.perf_counter_ns() - started) / 1000)
+        if settle is not None and index % ROUND == ROUND - 1:
+            settle()
     p50, p99 = _percentiles(samples)
     print(f"{label:<44} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
 
@@ -165,10 +172,16 @@ def main() -> None:
         publisher = BackgroundPublisher.from_url(redis.url, spool_dir=spool / "publish")
         record = {"mcp_id": "bench", "method": "tools/call", "tool": "add", "request": {"a": 1, "b": 2},
                   "response": {"content": [{"type": "text", "text": "3"}]}, "duration_ms": 0.05}  # fmt: skip
-        _per_call("BackgroundPublisher.publish(record)", lambda: publisher.publish(record), 20_000)
+        settle = lambda: publisher.flush(30)  # noqa: E731
+        _per_call("BackgroundPublisher.publish(record)", lambda: publisher.publish(record), 20_000, settle)
         _per_call("BackgroundPublisher.publish_deferred(build)", lambda: publisher.publish_deferred(lambda: record),
-                  20_000)  # fmt: skip
+                  20_000, settle)  # fmt: skip
         publisher.close()
+        # Overload: calls faster than the thread drains, 10x the queue, so most records are spooled by the caller.
+        overloaded = BackgroundPublisher.from_url(redis.url, spool_dir=spool / "overflow", queue_max=1_000)
+        _per_call("publish_deferred, queue full (caller spools)",
+                  lambda: overloaded.publish_deferred(lambda: record), 10_000)  # fmt: skip
+        overloaded.close()
     print()
     _worker_pass(20_000)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,56 @@ def test_oversize_records_are_truncated_with_a_marker_and_bad_deferred_ones_coun
     assert dropped == 1
     assert "record_dropped_invalid" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+def _hold_spool_lock(spool: Spool) -> sqlite3.Connection:
+    """Take the spool database's write lock from another connection, as a second process spooling would."""
+    holder = sqlite3.connect(spool.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_a_spool_write_that_fails_keeps_the_batch_and_writes_it_later(own_redis: RedisServer, tmp_path: Path) -> None:
+    """With Redis down and the spool's database locked past its timeout, the thread's spool write fails: the batch
+    stays in memory (not lost), flush says it is not yet safe, and once the lock goes it is spooled, then replayed."""
+    spool = Spool(tmp_path, busy_timeout_s=0.05)
+    publisher = BackgroundPublisher(Publisher.from_url(own_redis.url), spool=spool, queue_max=100)
+    try:
+        own_redis.kill()
+        holder = _hold_spool_lock(spool)
+        ids = [publisher.publish(_record(i)) for i in range(50)]
+        assert not publisher.flush(1.5)  # nothing could be sent or spooled yet
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert publisher.flush(10)
+        assert spool.depth("interactions").entries == 50
+        own_redis.start()
+        assert publisher.drain_spool(30)
+        dropped = publisher.metrics.snapshot().get("interactionlog_client_records_dropped_total{reason=spool_error}")
+    finally:
+        publisher.close()
+    assert _stored_ids(own_redis.url) == ids
+    assert not dropped
+
+
+def test_an_overflow_the_spool_cannot_take_never_raises_into_publish(own_redis: RedisServer, tmp_path: Path) -> None:
+    """With the thread stuck on a frozen Redis, a full queue and the spool locked, publish() still returns the id
+    (the caller's spool write failed and the record waits in memory); every record is stored once Redis thaws."""
+    spool = Spool(tmp_path, busy_timeout_s=0.05)
+    publisher = BackgroundPublisher(Publisher.from_url(own_redis.url), spool=spool, queue_max=10)
+    try:
+        own_redis.pause()
+        ids = [publisher.publish(_record(0))]
+        time.sleep(0.2)  # the thread is now waiting on the frozen Redis
+        holder = _hold_spool_lock(spool)
+        ids += [publisher.publish(_record(i)) for i in range(1, 18)]  # 10 queued, 7 overflow into memory
+        holder.execute("ROLLBACK")
+        holder.close()
+        own_redis.resume()
+        assert publisher.drain_spool(30)
+        assert publisher.flush(10)
+        dropped = publisher.metrics.snapshot().get("interactionlog_client_records_dropped_total{reason=spool_error}")
+    finally:
+        publisher.close()
+    assert set(_stored_ids(own_redis.url)) == set(ids)
+    assert not dropped

@@ -1,13 +1,20 @@
 """The background publisher: `publish` returns at once, a thread sends batches, a spool keeps what cannot be sent.
 
-`publish(record)` scrubs, validates and encodes the record in the caller's thread (a few tens of microseconds,
-no network I/O), puts the encoded entry on an in-memory queue and returns its `interaction_id`. One daemon
-thread takes batches off the queue and XADDs them, pipelined, through a synchronous `Publisher` (whatever
-transport `Publisher.from_url` built). What cannot be sent goes to the `Spool` on local disk:
+`publish(record)` validates the record in the caller's thread (a few microseconds, no network or disk I/O), puts
+it on an in-memory queue and returns its `interaction_id`; `publish_deferred(build)` only appends. One daemon
+thread takes batches off the queue, builds, scrubs and encodes them, and XADDs them, pipelined, through a
+synchronous `Publisher` (whatever transport `Publisher.from_url` built). What cannot be sent goes to the `Spool`
+on local disk:
 
 - while Redis is unreachable (a circuit breaker stops the thread from trying on every batch);
-- when the in-memory queue is full (`queue_max`): the caller's thread writes that record to the spool;
+- when the in-memory queue is full (`queue_max`): the caller's thread writes that record to the spool (one
+  SQLite transaction, tens of microseconds whatever the spool holds);
 - at exit (`close`, also run by `atexit`): what the thread could not send within `close_timeout_s`.
+
+When the spool itself fails (its database locked past its busy timeout, a disk error), nothing raises into the
+caller and nothing is lost at once: the entries wait in memory, at most `queue_max` of them, and the thread
+spools or sends them first at its next step; beyond that bound the oldest are dropped, counted
+(``records_dropped_total{reason="spool_error"}``) and logged once per episode.
 
 While the spool holds entries for this stream, new batches are appended behind them and the thread replays the
 spool oldest first, so records reach Redis in the order they were published. Replay is idempotent: each record
@@ -27,6 +34,7 @@ import atexit
 import collections
 import os
 import random
+import sqlite3
 import threading
 import time
 import uuid
@@ -139,6 +147,9 @@ class BackgroundPublisher:
         self._backlog = spool is not None
         self._unavailable_since: float | None = None
         self._dropping = False
+        # Entries a failed spool write could not keep, oldest first; the thread tries them first at its next step.
+        self._unsaved: collections.deque[Entry] = collections.deque()
+        self._spool_failing = False
         self._thread = threading.Thread(target=self._run, name=f"interactionlog-publisher-{self.stream}", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -293,12 +304,18 @@ class BackgroundPublisher:
                 with self._idle:
                     self._busy = False
                     self._idle.notify_all()
-            if stopping and not self._queue:
+            if stopping and (not self._queue or self._spool_failing):
+                if self._queue or self._unsaved:  # the spool failed at exit: what it could not keep is lost, said so
+                    self._count_dropped(len(self._take_unsaved()) + self._discard_queue(), "spool_error")
                 return
 
-    def _take_batch(self) -> list[Entry]:
+    def _mark_busy(self) -> None:
+        """Tell `flush` that records are in this thread's hands (neither queued nor yet sent or spooled)."""
         with self._idle:
             self._busy = True
+
+    def _take_batch(self) -> list[Entry]:
+        self._mark_busy()
         batch: list[Entry] = []
         taken = 0
         while self._queue and taken < self.batch_max:
@@ -310,19 +327,21 @@ class BackgroundPublisher:
         return batch
 
     def _drain_queue(self, stopping: bool) -> None:
-        while self._queue:
-            batch = self._take_batch()
+        pending = self._take_unsaved()  # older than anything queued: first, to keep the order
+        while pending or self._queue:
+            batch, pending = pending or self._take_batch(), []
             if not batch:
                 continue
             if self._backlog or not self.breaker.allow():
                 self._store(batch, "exit" if stopping else ("backlog" if self._backlog else "unavailable"))
                 self._backlog = self.spool is not None
-                continue
-            if self._send(batch):
+            elif self._send(batch):
                 self.metrics.published.inc(len(batch))
             else:
                 self._store(batch, "unavailable")
                 self._backlog = self.spool is not None
+            if self._spool_failing:  # leave the rest queued (bounded) rather than move it into unbounded memory
+                return
 
     def _send(self, entries: list[Entry]) -> bool:
         """XADD `entries`; reports the outcome to the breaker; False when Redis did not confirm them."""
@@ -348,16 +367,65 @@ class BackgroundPublisher:
         return redact_text(text, self.url) if self.url else text
 
     def _store(self, entries: list[Entry], reason: str) -> None:
-        """Spool `entries`, counting what the spool kept and what it (or its absence) dropped."""
+        """Spool `entries`, counting what the spool kept and what it (or its absence) dropped.
+
+        Never raises: when the spool fails (its database busy past its timeout, a disk error) the entries wait in
+        memory (`_unsaved`) and the thread spools or sends them first at its next step, ahead of newer records.
+        """
         if self.spool is None:
             self._count_dropped(len(entries), "no_spool")
             return
-        dropped = self.spool.append(self.stream, entries)
+        try:
+            dropped = self.spool.append(self.stream, entries)
+        except (sqlite3.Error, OSError) as error:
+            self._keep_unsaved(entries, reason, error)
+            return
         self.metrics.spooled.labels(reason).inc(len(entries) - dropped)
+        if self._spool_failing:
+            self._spool_failing = False
+            log.warning("spool_write_recovered", stream=self.stream)
         if dropped:
             self._count_dropped(dropped, "spool_full")
         elif self._dropping:
             self._dropping = False
+
+    def _keep_unsaved(self, entries: list[Entry], reason: str, error: BaseException) -> None:
+        """Hold `entries` the spool refused for the next attempt, at most `queue_max` of them (the oldest beyond
+        that are dropped, counted as ``spool_error``); the failure is logged once per episode."""
+        if not self._spool_failing:
+            self._spool_failing = True
+            log.error("spool_write_failed_keeping_in_memory", stream=self.stream, reason=reason,
+                      error_type=type(error).__name__, error=str(error),
+                      spool=str(self.spool.path) if self.spool else None)  # fmt: skip
+        self._unsaved.extend(entries)
+        excess = len(self._unsaved) - self.queue_max
+        if excess > 0:
+            for _ in range(excess):
+                self._unsaved.popleft()
+            self._count_dropped(excess, "spool_error")
+
+    def _discard_queue(self) -> int:
+        """Empty the queue without encoding it; returns how many records it held."""
+        count = 0
+        while self._queue:
+            try:
+                self._queue.popleft()
+            except IndexError:
+                break
+            count += 1
+        return count
+
+    def _take_unsaved(self) -> list[Entry]:
+        """The entries a failed spool write left in memory, oldest first (the deque is shared with callers)."""
+        taken: list[Entry] = []
+        if self._unsaved:
+            self._mark_busy()
+        while self._unsaved:
+            try:
+                taken.append(self._unsaved.popleft())
+            except IndexError:  # emptied by close() in another thread meanwhile
+                break
+        return taken
 
     def _count_dropped(self, count: int, reason: str) -> None:
         self.metrics.dropped.labels(reason).inc(count)
@@ -404,10 +472,10 @@ class BackgroundPublisher:
         deadline = time.monotonic() + timeout_s
         self._wake.set()
         with self._idle:
-            while self._queue or self._busy:
+            while self._queue or self._busy or self._unsaved:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._thread.is_alive():
-                    return not self._queue and not self._busy
+                    return not self._queue and not self._busy and not self._unsaved
                 self._wake.set()
                 self._idle.wait(min(remaining, 0.05))
         return True

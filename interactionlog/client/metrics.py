@@ -51,7 +51,7 @@ class ClientMetrics:
             replayed=counter("records_replayed", "Spooled records XADDed to Redis and removed from the spool."),
             dropped=counter(
                 "records_dropped",
-                "Records lost on purpose, by reason (spool_full, no_spool): never silent, also logged.",
+                "Records lost, by reason (spool_full, no_spool, spool_error): never silent, also logged.",
                 ("reason",),
             ),
             redacted=counter("values_redacted", "Values replaced by a redaction marker, by kind.", ("kind",)),

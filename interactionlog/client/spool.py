@@ -17,6 +17,12 @@ Semantics, in the manner of Fluent Bit's and Vector's buffer documentation:
 - **Size cap.** `max_bytes` bounds the encoded bytes held. When full, `full_policy` decides: ``drop_newest``
   (the default) refuses the new rows, ``drop_oldest`` deletes the oldest rows to make room. Either way the
   rows dropped are returned to the caller, who counts and logs them.
+- **Cost.** Every operation costs the same whatever the spool holds: triggers keep each stream's row count and
+  bytes in `totals` inside the transaction that changes `entries` (the cap check was a ``sum(bytes)`` over the
+  whole table in every append, which grew with the spool and held the write lock as long), and the oldest row
+  of a stream is the first of the ``(stream, seq)`` index.
+- **Errors.** A busy database (another writer held the lock past `busy_timeout_s`) or a disk error raises
+  `sqlite3.Error`/`OSError` and changes nothing: the caller keeps the entries and tries again.
 """
 
 from __future__ import annotations
@@ -37,19 +43,38 @@ FsyncPolicy = Literal["normal", "full"]
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_LEASE_S = 30.0
-_BUSY_TIMEOUT_MS = 5_000
+DEFAULT_BUSY_TIMEOUT_S = 5.0
 _FILE_NAME = "spool.sqlite3"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream TEXT NOT NULL,
-    fields TEXT NOT NULL,          -- the entry's fields as a JSON object of latin-1 text (bytes kept exactly)
-    bytes INTEGER NOT NULL,
-    spooled_at REAL NOT NULL,      -- Unix time
-    leased_until REAL NOT NULL DEFAULT 0
+# Run in one write transaction when a spool is opened: a spool file of an earlier version (no `totals`) gets the
+# table, filled from what it holds, and the triggers at once, so that no writer ever changes `entries` unseen.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS entries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        stream TEXT NOT NULL,
+        fields TEXT NOT NULL,          -- the entry's fields as a JSON object of latin-1 text (bytes kept exactly)
+        bytes INTEGER NOT NULL,
+        spooled_at REAL NOT NULL,      -- Unix time
+        leased_until REAL NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS entries_replay ON entries (stream, seq)",
+    """CREATE TABLE IF NOT EXISTS totals (
+        stream TEXT PRIMARY KEY,
+        entries INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    )""",
+    """INSERT INTO totals (stream, entries, bytes)
+        SELECT stream, count(*), sum(bytes) FROM entries
+        WHERE NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'entries_counted_in')
+        GROUP BY stream""",
+    """CREATE TRIGGER IF NOT EXISTS entries_counted_in AFTER INSERT ON entries BEGIN
+        INSERT INTO totals (stream, entries, bytes) VALUES (NEW.stream, 1, NEW.bytes)
+        ON CONFLICT (stream) DO UPDATE SET entries = entries + 1, bytes = bytes + excluded.bytes;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS entries_counted_out AFTER DELETE ON entries BEGIN
+        UPDATE totals SET entries = entries - 1, bytes = bytes - OLD.bytes WHERE stream = OLD.stream;
+    END""",
 )
-"""
 
 
 @dataclass(frozen=True)
@@ -81,8 +106,9 @@ def _unpack(text: str) -> dict[bytes, bytes]:
 class Spool:
     """A spool directory's SQLite database, shared safely by the threads of one process and by other processes.
 
-    Each thread gets its own connection; SQLite serialises writers with its file lock (waiting up to 5 s).
-    Raises OSError or sqlite3.Error when the directory cannot be created or the database cannot be opened.
+    Each thread gets its own connection; SQLite serialises writers with its file lock, waiting up to
+    `busy_timeout_s` for it. Raises OSError or sqlite3.Error when the directory cannot be created or the database
+    cannot be opened.
     """
 
     def __init__(
@@ -93,6 +119,7 @@ class Spool:
         full_policy: FullPolicy = "drop_newest",
         fsync: FsyncPolicy = "normal",
         lease_s: float = DEFAULT_LEASE_S,
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
     ) -> None:
         if max_bytes < 1:
             raise ValueError(f"spool max_bytes must be positive, got {max_bytes}")
@@ -107,19 +134,20 @@ class Spool:
         self.full_policy: FullPolicy = full_policy
         self.fsync: FsyncPolicy = fsync
         self.lease_s = lease_s
+        self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        with self._connection() as connection:
-            connection.execute(_SCHEMA)
-            connection.execute("CREATE INDEX IF NOT EXISTS entries_replay ON entries (stream, seq)")
+        with self._transaction() as connection:
+            for statement in _SCHEMA:
+                connection.execute(statement)
 
     def _connection(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so a writer takes the lock
             # up front instead of failing to upgrade a read lock under contention.
-            connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                          check_same_thread=False)  # fmt: skip
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.fsync.upper()}")
@@ -152,7 +180,7 @@ class Spool:
         now = time.time()
         dropped = 0
         with self._transaction() as connection:
-            held = int(connection.execute("SELECT coalesce(sum(bytes), 0) FROM entries").fetchone()[0])
+            held = int(connection.execute("SELECT coalesce(sum(bytes), 0) FROM totals").fetchone()[0])
             incoming = sum(size for _, _, size in rows)
             if held + incoming > self.max_bytes:
                 if self.full_policy == "drop_newest":
@@ -213,11 +241,19 @@ class Spool:
                 connection.executemany("UPDATE entries SET leased_until = 0 WHERE seq = ?", [(seq,) for seq in seqs])
 
     def depth(self, stream: str) -> SpoolDepth:
-        """Rows held for `stream`, their bytes, and the oldest row's age."""
-        count, size, oldest = self._connection().execute(
-            "SELECT count(*), coalesce(sum(bytes), 0), min(spooled_at) FROM entries WHERE stream = ?", (stream,)
-        ).fetchone()
-        return SpoolDepth(int(count), int(size), max(0.0, time.time() - oldest) if oldest is not None else 0.0)
+        """Rows held for `stream`, their bytes, and the oldest row's age; read in one snapshot."""
+        connection = self._connection()
+        connection.execute("BEGIN")
+        try:
+            totals = connection.execute("SELECT entries, bytes FROM totals WHERE stream = ?", (stream,)).fetchone()
+            oldest = connection.execute(
+                "SELECT spooled_at FROM entries WHERE stream = ? ORDER BY seq LIMIT 1", (stream,)
+            ).fetchone()
+        finally:
+            connection.execute("COMMIT")
+        count, size = totals if totals is not None else (0, 0)
+        age = max(0.0, time.time() - oldest[0]) if oldest is not None else 0.0
+        return SpoolDepth(int(count), int(size), age)
 
     def close(self) -> None:
         """Close every connection this spool opened (in any thread)."""

@@ -22,9 +22,9 @@ from ..retry import OutageLog, StoppedError, periodically, until_done
 from ..settings import Settings
 from . import presence
 from .consumer import Consumer, ConsumerOptions
-from .dead_letters import DEAD_LETTER_REASONS
 from .housekeeping import CHORES, Housekeeper, RefusalLog
 from .observation import Observer
+from .partition_maintenance import keep_partitions
 from .store import Store
 from .streams import StreamGroup, connect
 
@@ -80,7 +80,7 @@ async def run_worker(
         max_connections=2 * settings.concurrency + 2,
     )
     metrics = WorkerMetrics.create(settings.stream, settings.group)
-    metrics.start_at_zero(dead_letter_reasons=DEAD_LETTER_REASONS, chores=CHORES)
+    metrics.export_zeros(chores=CHORES)
     streams = StreamGroup(
         redis,
         stream=settings.stream,
@@ -91,7 +91,11 @@ async def run_worker(
         ).inc(),
         dead_letter_maxlen=settings.dead_letter_maxlen,
     )
-    store = await Store.open(settings.database_url, max_connections=settings.concurrency + 1)
+    store = await Store.open(
+        settings.database_url,
+        max_connections=settings.concurrency + 1,
+        dedupe_window_hours=settings.dedupe_window_hours,
+    )
     outages = OutageLog()
     exit_code = EXIT_OK
     observer = None
@@ -136,6 +140,7 @@ async def run_worker(
             chores = asyncio.create_task(
                 _keep_house(housekeeper, metrics, refusals, stopping, settings.housekeeping_interval_ms / 1000)
             )
+            partition_chores = asyncio.create_task(keep_partitions(settings, metrics, stopping))
             tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency)}
             if on_started:
                 on_started(metrics)
@@ -144,7 +149,9 @@ async def run_worker(
             # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
             # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
             # claimed by another worker, so cancelling loses nothing; it only delays those entries.
-            _, unfinished = await asyncio.wait([*tasks.values(), chores], timeout=settings.shutdown_timeout_s)
+            _, unfinished = await asyncio.wait(
+                [*tasks.values(), chores, partition_chores], timeout=settings.shutdown_timeout_s
+            )
             if unfinished:
                 exit_code = EXIT_SHUTDOWN_TIMED_OUT
                 log.error(
