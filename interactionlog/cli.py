@@ -45,7 +45,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3  # `status` thresholds exceeded: distinct from 1 (could not check) and 2 (usage)
 
-REDIS_OPTIONS = ("redis_url", "stream", "dead_letter_stream", "redis_timeout_s")
+REDIS_OPTIONS = ("redis_url", "stream", "dead_letter_stream", "shards", "redis_timeout_s")
 LOG_OPTIONS = ("log_format", "log_level")
 
 
@@ -517,6 +517,7 @@ def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
     except KeyboardInterrupt:  # during start-up: the servers started so far are gone already
         pass
     click.echo("stopped; nothing is left running", err=True)
+
 
 # The gateway's commands live in their own module (the servers' dependencies are an optional extra).
 main.add_command(serve)

@@ -6,6 +6,7 @@ Units are base units (seconds); label values stay low-cardinality (no entry or c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,6 +154,13 @@ class WorkerMetrics:
             self.transient_errors.labels(**labels, component=component)
         for vanished in ("true", "false"):
             self.groups_recreated.labels(**labels, stream_vanished=vanished)
+
+    def for_stream(self, stream: str) -> WorkerMetrics:
+        """The same metrics (one registry) labelled with another `stream`: a shard's, when a worker consumes
+        several; its series start at 0 like the first stream's."""
+        metrics = dataclasses.replace(self, stream=stream)
+        metrics.export_zeros()
+        return metrics
 
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""

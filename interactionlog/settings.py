@@ -18,6 +18,7 @@ from redis.connection import parse_url
 
 from .errors import ConfigurationError
 from .redact import redact_text, secrets_in
+from .shards import Layout, layouts
 
 ENV_PREFIX = "INTERACTIONLOG_"
 
@@ -26,6 +27,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_STREAM = "interactions"
 DEFAULT_STREAM_MAXLEN = 1_000_000
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
+DEFAULT_SHARDS = 1
 
 
 def _default_consumer_prefix() -> str:
@@ -46,6 +48,27 @@ class Settings(BaseModel):
     stream: str = Field(DEFAULT_STREAM, min_length=1, description="Stream the publishers XADD to.")
     group: str = Field("interactionlog", min_length=1, description="Consumer group the workers read in.")
     dead_letter_stream: str = Field("", description="Dead-letter stream; empty means '<stream>:dlq'.")
+    shards: int = Field(
+        DEFAULT_SHARDS,
+        ge=1,
+        le=256,
+        description="Streams the records are spread over, by a hash of mcp_id (README: Redis Cluster and shards); "
+        "publishers, gateways and workers must agree.",
+    )
+    drain_shards: str = Field(
+        "",
+        pattern=r"^\s*(\d+\s*(,\s*\d+\s*)*)?$",
+        description="Workers also consume the streams of these earlier shard counts (comma-separated) until they "
+        "are empty, while the shard count changes.",
+    )
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="After each publish, WAIT until this many replicas have the entries (0: do not wait).",
+    )
+    wait_timeout_ms: int = Field(
+        100, ge=1, description="Longest WAIT for --wait-replicas; a publish not replicated by then raises."
+    )
     stream_maxlen: int = Field(
         DEFAULT_STREAM_MAXLEN, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
     )
@@ -149,6 +172,12 @@ class Settings(BaseModel):
     def dead_letter_stream_key(self) -> str:
         """The dead-letter stream's key: `dead_letter_stream`, or `<stream>:dlq` when that is empty."""
         return self.dead_letter_stream or f"{self.stream}:dlq"
+
+    @property
+    def layouts(self) -> list[Layout]:
+        """The shard layout publishers write (first), then the earlier ones workers still drain."""
+        counts = [int(count) for count in self.drain_shards.split(",") if count.strip()]
+        return layouts(self.stream, self.shards, self.dead_letter_stream, counts)
 
     @property
     def secrets(self) -> set[str]:

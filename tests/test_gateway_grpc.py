@@ -166,8 +166,10 @@ def test_redis_down_makes_records_unavailable_and_health_not_serving(
             assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
             health = health_pb2_grpc.HealthStub(channel)
             wait_until(
-                lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-                == health_pb2.HealthCheckResponse.NOT_SERVING,
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                    == health_pb2.HealthCheckResponse.NOT_SERVING
+                ),
                 what="NOT_SERVING",
             )
 

@@ -291,6 +291,7 @@ def test_a_backlog_over_the_threshold_gets_429_with_retry_after(
     migrated(database_url)
     token = new_token(database_url)
     with running_gateway(redis_url, database_url, log_dir, max_stream_length="10", retry_after_s="7") as gateway:
+
         def refused() -> httpx.Response | None:
             answer = post(gateway, json.dumps(record(99)), token=token)
             return answer if answer.status_code == 429 else None

@@ -168,9 +168,7 @@ def test_a_wrong_token_or_another_mcps_record_is_a_refusal_not_an_outage(
             assert not isinstance(forbidden.value, PublishUnavailableError)
 
 
-def test_an_http_batch_over_the_body_cap_is_split_and_sent(
-    redis_url: str, database_url: str, tmp_path: Path
-) -> None:
+def test_an_http_batch_over_the_body_cap_is_split_and_sent(redis_url: str, database_url: str, tmp_path: Path) -> None:
     """publish_many over http:// of more than the gateway's --max-body-bytes is split in halves until it fits."""
     migrated(database_url)
     token = new_token(database_url)

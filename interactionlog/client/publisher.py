@@ -9,29 +9,37 @@ sent, so the caller can publish the very same records again: each is stored once
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
+from .. import clusters
 from ..errors import InvalidRecordError, PublishError, PublishUnavailableError, RecordTooLargeError
 from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
+from ..shards import Layout, default_shards, entry_mcp_id
 from . import transports
 from .transports import hybrid
 
 # The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
 DEFAULT_TIMEOUT_S = 1.0
+# The longest WAIT for replicas when `wait_replicas` is set.
+DEFAULT_WAIT_TIMEOUT_MS = 100
 
 Record = Interaction | Mapping[str, Any]
 
@@ -62,17 +70,34 @@ class _PublisherCore:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         transport: Any = None,
         strict: bool = False,
+        shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         """Publish through `client` (a redis-py client of the twin's kind) to `stream`, capped at about `maxlen`
         entries, refusing records whose JSON is over `max_record_bytes` and, when `strict`, records with fields
         the wire format does not define; raises ValueError for a bad cap.
 
+        `shards` (default: $INTERACTIONLOG_SHARDS, else 1) spreads records over that many streams by a hash of
+        their `mcp_id` (`shards.Layout`); `wait_replicas` > 0 makes each publish WAIT up to `wait_timeout_ms`
+        for that many replicas to hold the entries, raising PublishUnavailableError when fewer do.
+        With `client` None and a `url`, the client is made on first use, once the node said whether it is part of
+        a Redis Cluster (`clusters`).
+
         With a `transport` (a `client.transports` object of the twin's kind), entries go there instead and
         `client` is None: `stream` and `maxlen` are then the gateway's or moot, validation stays the same."""
         self._redis = client
+        self._url = url
+        self._timeout_s = timeout_s
         self.transport = transport
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        self.layout = Layout(stream, shards if shards is not None else default_shards())
+        self._shard_streams = [shard.stream for shard in self.layout.all()]
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.stream = stream
         self.maxlen = maxlen
         self.max_record_bytes = max_record_bytes
@@ -104,13 +129,36 @@ class _PublisherCore:
     ) -> None:
         """Queue one capped XADD per entry on a sync or asyncio pipeline (queueing itself never awaits)."""
         for fields in entries:
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(self.stream_of(fields), fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
 
-    def _failed(self, error: RedisError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
+    def stream_of(self, fields: dict[bytes, bytes]) -> str:
+        """The stream (of its shard) an encoded entry goes to."""
+        if self.layout.shards == 1:
+            return self.stream
+        return self._shard_streams[self.layout.route(entry_mcp_id(fields))]
+
+    def _check_replicated(self, confirmed: int, entries: Sequence[dict[bytes, bytes]]) -> None:
+        """Raise when WAIT saw fewer than `wait_replicas` replicas take the entries."""
+        if confirmed < self.wait_replicas:
+            raise carrying(
+                PublishUnavailableError(
+                    f"interaction_id {_shown_ids(entries)} added, but only {confirmed} of {self.wait_replicas} "
+                    f"replicas confirmed it within {self.wait_timeout_ms} ms (--wait-replicas): a failover now could "
+                    "lose it. Publish the same entries again (error.entries): each is stored once either way."
+                ),
+                entries,
+            )
+
+    def _connect_options(self) -> tuple[str, bool | None]:
+        """The URL for the first connection and whether it says cluster=yes/no (None: ask the node)."""
+        assert self._url is not None
+        return self._url, clusters.split_url(self._url)[1]
+
+    def _failed(self, error: RedisError | RedisClusterException, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
         """The PublishError for a failed round trip, carrying the records' interaction ids and entries."""
         shown = _shown_ids(entries)
         failure: PublishError
-        if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        if isinstance(error, RedisConnectionError | RedisTimeoutError | RedisClusterException | ClusterDownError):
             failure = PublishUnavailableError(
                 f"Redis is unreachable, interaction_id {shown} not confirmed on {self.stream!r}: some or all may "
                 "have been added. Publish the same entries again (error.entries), or the records with the same "
@@ -134,10 +182,14 @@ class _PublisherCore:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         token: str | None = None,
         strict: bool = False,
+        shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
     ) -> Self:
-        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs), waiting
-        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`. `strict` refuses
-        fields the wire format does not define (a typo such as `tool_name`), pointing to `metadata`.
+        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs; a node of a
+        Redis Cluster works too, see `clusters`), waiting at most about 2 x `timeout_s` for Redis before raising
+        `PublishUnavailableError`. `strict` refuses fields the wire format does not define (a typo such as
+        `tool_name`), pointing to `metadata`. `shards`, `wait_replicas`, `wait_timeout_ms`: see `__init__`.
 
         Other schemes go through a transport (`client.transports`): http(s):// and grpc(s):// to
         `interactionlog serve` with the MCP's `token` (or `?token=` in the URL), postgresql:// straight into the
@@ -163,8 +215,18 @@ class _PublisherCore:
                 strict=strict,
                 transport=transport,
             )
-        client = cls._connect(url, timeout_s)
-        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, strict=strict)
+        return cls(
+            None,
+            stream=stream,
+            maxlen=maxlen,
+            max_record_bytes=max_record_bytes,
+            strict=strict,
+            shards=shards,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            url=url,
+            timeout_s=timeout_s,
+        )
 
     @classmethod
     def from_urls(
@@ -195,10 +257,6 @@ class _PublisherCore:
 
     _open_transport: ClassVar[Any]
     _hybrid: ClassVar[Any]
-
-    @staticmethod
-    def _connect(url: str, timeout_s: float) -> Any:
-        raise NotImplementedError
 
 
 def carrying(error: PublishError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
@@ -241,11 +299,23 @@ class Publisher(_PublisherCore):
     _open_transport = staticmethod(transports.open_transport)
     _hybrid = hybrid.HybridTransport
 
-    @staticmethod
-    def _connect(url: str, timeout_s: float) -> redis.Redis:
-        return redis.Redis.from_url(
-            url, retry=SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **_client_options(timeout_s)
-        )
+    def __init__(self, client: Any, **options: Any) -> None:
+        super().__init__(client, **options)
+        self._connecting = threading.Lock()
+
+    def _client(self) -> Any:
+        """The Redis client, made on first use (a plain or a cluster client, as the node says)."""
+        if self._redis is None:
+            with self._connecting:
+                if self._redis is None:
+                    url, cluster = self._connect_options()
+                    if cluster is None:
+                        cluster = clusters.detect_sync(url, timeout_s=self._timeout_s)
+                    retry = SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+                    self._redis = clusters.sync_client(
+                        url, cluster=cluster, retry=retry, **_client_options(self._timeout_s)
+                    )
+        return self._redis
 
     def publish(self, record: Record) -> str:
         """Validate and XADD one record; returns its stream entry id. An error after sending carries the record's
@@ -272,19 +342,49 @@ class Publisher(_PublisherCore):
             except PublishError as error:
                 carrying(error, entries)
                 raise
-        pipe = self._redis.pipeline(transaction=False)
-        self._queue_xadds(pipe, entries)
         try:
-            ids = pipe.execute()
-        except RedisError as error:
+            client = self._client()
+            if self.wait_replicas:
+                ids = self._publish_replicated(client, entries)
+            else:
+                pipe = client.pipeline(transaction=False)
+                self._queue_xadds(pipe, entries)
+                ids = pipe.execute()
+        except (RedisError, RedisClusterException) as error:
             raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
+
+    def _publish_replicated(self, client: Any, entries: Sequence[dict[bytes, bytes]]) -> list[Any]:
+        """XADD then WAIT on the very connection that wrote (WAIT counts that connection's writes): on a cluster,
+        one pipeline per master holding some of the entries' streams."""
+        ids: list[Any] = [None] * len(entries)
+        by_node: dict[Any, list[int]] = {}
+        for index, fields in enumerate(entries):
+            target = client
+            if isinstance(client, RedisCluster):
+                target = client.get_redis_connection(client.get_node_from_key(self.stream_of(fields)))  # type: ignore[no-untyped-call]
+            by_node.setdefault(target, []).append(index)
+        try:
+            for target, indexes in by_node.items():
+                pipe = target.pipeline(transaction=False)
+                self._queue_xadds(pipe, [entries[index] for index in indexes])
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                *added, confirmed = pipe.execute()
+                for index, entry_id in zip(indexes, added, strict=True):
+                    ids[index] = entry_id
+                self._check_replicated(int(confirmed), [entries[index] for index in indexes])
+        except (RedisError, OSError):
+            if isinstance(client, RedisCluster):  # a failover moved slots: learn the new masters for next time
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    client.nodes_manager.initialize()
+            raise
+        return ids
 
     def close(self) -> None:
         """Close the connection pool."""
         if self.transport is not None:
             self.transport.close()
-        else:
+        elif self._redis is not None:
             self._redis.close()
 
     def __enter__(self) -> Self:
@@ -304,11 +404,25 @@ class AsyncPublisher(_PublisherCore):
     _open_transport = staticmethod(transports.open_async_transport)
     _hybrid = hybrid.AsyncHybridTransport
 
-    @staticmethod
-    def _connect(url: str, timeout_s: float) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            url, retry=AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **_client_options(timeout_s)
-        )
+    def __init__(self, client: Any, **options: Any) -> None:
+        super().__init__(client, **options)
+        self._node_clients: dict[str, aioredis.Redis] = {}  # WAIT on a cluster: one plain client per master
+
+    async def _client(self) -> Any:
+        """The Redis client, made on first use (a plain or a cluster client, as the node says)."""
+        if self._redis is None:
+            url, cluster = self._connect_options()
+            if cluster is None:
+                cluster = await clusters.detect(url, timeout_s=self._timeout_s)
+            retry = AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+            made = clusters.async_client(
+                url, cluster=cluster, retry=retry, max_connections=2**31, **_client_options(self._timeout_s)
+            )
+            if self._redis is None:  # another task may have made one while this one awaited
+                self._redis = made
+            else:
+                await made.aclose()
+        return self._redis
 
     async def publish(self, record: Record) -> str:
         """Validate and XADD one record; returns its stream entry id (errors as `Publisher.publish`)."""
@@ -329,19 +443,67 @@ class AsyncPublisher(_PublisherCore):
             except PublishError as error:
                 carrying(error, entries)
                 raise
-        pipe = self._redis.pipeline(transaction=False)
-        self._queue_xadds(pipe, entries)
         try:
-            ids = await pipe.execute()
-        except RedisError as error:
+            client = await self._client()
+            if self.wait_replicas:
+                ids = await self._publish_replicated(client, entries)
+            else:
+                pipe = client.pipeline(transaction=False)
+                self._queue_xadds(pipe, entries)
+                ids = await pipe.execute()
+        except (RedisError, RedisClusterException) as error:
             raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
+
+    async def _publish_replicated(self, client: Any, entries: Sequence[dict[bytes, bytes]]) -> list[Any]:
+        """XADD then WAIT on the very connection that wrote (see `Publisher._publish_replicated`)."""
+        ids: list[Any] = [None] * len(entries)
+        by_node: dict[Any, list[int]] = {}
+        for index, fields in enumerate(entries):
+            target = client
+            if isinstance(client, AsyncRedisCluster):
+                target = self._node_client(client.get_node_from_key(self.stream_of(fields)))
+            by_node.setdefault(target, []).append(index)
+        try:
+            for target, indexes in by_node.items():
+                pipe = target.pipeline(transaction=False)
+                self._queue_xadds(pipe, [entries[index] for index in indexes])
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+                *added, confirmed = await pipe.execute()
+                for index, entry_id in zip(indexes, added, strict=True):
+                    ids[index] = entry_id
+                self._check_replicated(int(confirmed), [entries[index] for index in indexes])
+        except (RedisError, OSError):
+            if isinstance(client, AsyncRedisCluster):  # a failover moved slots: learn the new masters for next time
+                await self._forget_nodes()
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    await client.nodes_manager.initialize()
+            raise
+        return ids
+
+    def _node_client(self, node: Any) -> aioredis.Redis:
+        """A plain client to one master of the cluster, with the cluster client's credentials and timeouts."""
+        if node.name not in self._node_clients:
+            options = {
+                name: value
+                for name, value in node.connection_kwargs.items()
+                if name in ("username", "password", "ssl", "socket_timeout", "socket_connect_timeout")
+            }
+            self._node_clients[node.name] = aioredis.Redis(host=node.host, port=node.port, **options)
+        return self._node_clients[node.name]
+
+    async def _forget_nodes(self) -> None:
+        clients, self._node_clients = list(self._node_clients.values()), {}
+        for node_client in clients:
+            with contextlib.suppress(RedisError, OSError):
+                await node_client.aclose()
 
     async def close(self) -> None:
         """Close the connection pool."""
         if self.transport is not None:
             await self.transport.close()
-        else:
+        elif self._redis is not None:
+            await self._forget_nodes()
             await self._redis.aclose()
 
     async def __aenter__(self) -> Self:

@@ -29,9 +29,7 @@ class Backlog:
 class BacklogGuard:
     """Reads the backlog periodically and says whether it is over the thresholds (0 disables one)."""
 
-    def __init__(
-        self, redis: aioredis.Redis, *, stream: str, group: str, max_stream_length: int, max_lag: int
-    ) -> None:
+    def __init__(self, redis: aioredis.Redis, *, stream: str, group: str, max_stream_length: int, max_lag: int) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group

@@ -68,6 +68,9 @@ class Gateway:
             maxlen=settings.stream_maxlen,
             max_record_bytes=settings.max_record_bytes,
             timeout_s=gateway.publish_timeout_s,
+            shards=settings.shards,  # routed by mcp_id, like every publisher (shards.Layout)
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_ms=settings.wait_timeout_ms,
         )
         self.redis = connect(
             settings.redis_url,

@@ -579,3 +579,113 @@ class PgBouncerServer(_Server):
     def stop(self) -> None:
         """SIGINT: PgBouncer's safe shutdown, after the transactions in flight."""
         self._graceful_stop(signal.SIGINT)
+
+
+class RedisCluster:
+    """A Redis Cluster on loopback: `masters` redis-servers splitting the 16384 slots evenly (as
+    `redis-cli --cluster create` does), each with `replicas_per_master` replicas that take over when it dies.
+
+    `url` names the first node; a client that detects cluster mode learns the rest from it. Use as a context
+    manager, or `start()` and `cleanup()`.
+    """
+
+    def __init__(self, *, masters: int = 3, replicas_per_master: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self.replicas_per_master = replicas_per_master
+        extra = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+            # A replica that lost its master for long still takes over: the tests kill masters on purpose.
+            "--cluster-replica-validity-factor", "0",
+        ]  # fmt: skip
+        # The bus port defaults to port + 10000, out of range for the high ports free_port() hands out.
+        count = masters * (1 + replicas_per_master)
+        self.nodes = [RedisServer(extra_args=[*extra, "--cluster-port", str(free_port())]) for _ in range(count)]
+        self.url = self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every node, join them into a cluster and wait until every slot is served."""
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ServerError(f"redis-cli is not on PATH; install it:\n{INSTALL_HINTS}")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        command = [cli, "--cluster", "create", *addresses]
+        command += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            raise ServerError(f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}")
+        self.wait_until_healthy()
+
+    def wait_until_healthy(self, timeout_s: float = 30.0) -> None:
+        """Wait until every running node says cluster_state:ok and sees a master for each slot range."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all(self._state_ok(node) for node in self.nodes if node.running) and self._masters_agree():
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(f"the cluster did not become healthy within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def masters(self) -> dict[int, list[tuple[int, int]]]:
+        """Port of each running master -> its slot ranges (inclusive), as CLUSTER SLOTS on a live node says."""
+        live = next(node for node in self.nodes if node.running)
+        client = redis.Redis(host="127.0.0.1", port=live.port, socket_timeout=2)
+        try:
+            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        found: dict[int, list[tuple[int, int]]] = {}
+        for start, end, master, *_ in slots:
+            found.setdefault(int(master[1]), []).append((int(start), int(end)))
+        return found
+
+    def node_on(self, port: int) -> RedisServer:
+        """The node listening on `port`."""
+        return next(node for node in self.nodes if node.port == port)
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The node currently serving `slot` as master."""
+        for port, ranges in self.masters().items():
+            if any(start <= slot <= end for start, end in ranges):
+                return self.node_on(port)
+        raise ServerError(f"no master serves slot {slot}")
+
+    def _state_ok(self, node: RedisServer) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return str(client.info("cluster").get("cluster_enabled")) == "1" and bool(
+                client.cluster("INFO").get("cluster_state") == "ok"
+            )
+        except (redis.exceptions.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def _masters_agree(self) -> bool:
+        try:
+            masters = self.masters()
+        except (redis.exceptions.RedisError, OSError, StopIteration):
+            return False
+        covered = sum(end - start + 1 for ranges in masters.values() for start, end in ranges)
+        return covered == 16384 and all(self.node_on(port).running for port in masters)
+
+    def cleanup(self) -> None:
+        """Kill every node and delete its directory."""
+        for node in self.nodes:
+            node.cleanup()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.cleanup()

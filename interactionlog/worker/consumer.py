@@ -233,9 +233,7 @@ class Consumer:
             "raise --stream-maxlen, add workers, or stop trimming by hand",
         )
 
-    def _triage(
-        self, live: list[Entry], delivery_counts: dict[str, int]
-    ) -> tuple[list[StoredRow], list[DeadLetter]]:
+    def _triage(self, live: list[Entry], delivery_counts: dict[str, int]) -> tuple[list[StoredRow], list[DeadLetter]]:
         """Split entries into rows to store and dead letters (poison, or never storable)."""
         rows: list[StoredRow] = []
         dead: list[DeadLetter] = []
@@ -246,7 +244,9 @@ class Consumer:
                 continue
             try:
                 scrub = self.options.scrub_payloads
-                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub))
+                prefix = self.streams.identity_prefix  # "" with one stream: entry ids differ per shard only
+                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub,
+                                         identity_prefix=prefix))  # fmt: skip
             except PermanentEntryError as error:
                 dead.append(DeadLetter(entry, error.reason, str(error), delivery_count))
         return rows, dead
@@ -298,9 +298,7 @@ class Consumer:
             )
 
     @staticmethod
-    def _refused_letters(
-        live: list[Entry], result: PersistResult, delivery_counts: dict[str, int]
-    ) -> list[DeadLetter]:
+    def _refused_letters(live: list[Entry], result: PersistResult, delivery_counts: dict[str, int]) -> list[DeadLetter]:
         by_id = {entry.id: entry for entry in live}
         return [
             DeadLetter(

@@ -29,22 +29,25 @@ from ..scrub import scrub_stored_json
 __all__ = ["StoredRow", "decode_entry", "entry_defaults", "validate_data"]
 
 
-def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[str, str]:
+def entry_defaults(entry_id: str, missing: set[str] | frozenset[str], identity_prefix: str = "") -> dict[str, str]:
     """The defaults a raw record lacking the `missing` fields gets from the id of the entry it was first
-    published as: that id as `interaction_id`, the time Redis added it as `timestamp` (RFC 3339, milliseconds).
+    published as: that id as `interaction_id` (after `identity_prefix`, a shard's `shards.Shard.identity_prefix`,
+    empty with one stream), the time Redis added it as `timestamp` (RFC 3339, milliseconds).
 
     Derived from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once;
     `dlq replay` writes them into a dead letter's record from its `source_id`, so a replayed one is too.
     """
     found: dict[str, str] = {}
     if "interaction_id" in missing:
-        found["interaction_id"] = entry_id
+        found["interaction_id"] = identity_prefix + entry_id
     if "timestamp" in missing:
         found["timestamp"] = format_timestamp(entry_ids.added_at(entry_id), "milliseconds")
     return found
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True) -> StoredRow:
+def decode_entry(
+    entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True, identity_prefix: str = ""
+) -> StoredRow:
     """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
 
     With `scrub` (the `scrub_payloads` setting), secrets in the payload are replaced by markers before storage;
@@ -76,8 +79,8 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
     # doubles). Defaults a raw record lacks are spliced into its text, never re-encoded.
     encoded = data.decode()
     if missing:
-        encoded = splice_fields(encoded, entry_defaults(entry_id, missing))
-        values = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
+        encoded = splice_fields(encoded, entry_defaults(entry_id, missing, identity_prefix))
+        values = {"interaction_id": identity_prefix + entry_id, "timestamp": entry_ids.added_at(entry_id)}
         record = record.model_copy(update={name: values[name] for name in missing})
     try:
         ensure_storable(encoded, record)

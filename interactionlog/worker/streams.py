@@ -20,10 +20,11 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import clusters
 from ..errors import RedisRefusedError, RedisUnavailableError, TransientError, WrongKeyTypeError
 from ..replies import error_code, is_error, is_refusal, text
 from ..retry import raise_if_cancelling
@@ -33,23 +34,36 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 
+# What a cluster says while a failover moves a slot's master (CLUSTERDOWN, TRYAGAIN, a slot not yet covered):
+# transient, retried like a lost connection.
+CLUSTER_FAILURES = (ClusterError, TryAgainError, RedisClusterException)
+
 # How long releasing a batch waits for its heartbeat to stop (a cancelled one stops within a turn of the loop).
 HEARTBEAT_STOP_WAIT_S = 1.0
 
 
-def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int) -> aioredis.Redis:
-    """A Redis client for workers and operator commands.
+def connect(
+    url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int, cluster: bool | None = None
+) -> aioredis.Redis:
+    """A Redis client for workers and operator commands: redis-py's cluster client when `cluster` (None: ask the
+    node, `clusters.guess_sync`), typed as the plain client whose commands it shares.
 
     Client-side retries are off: a blocking XREADGROUP re-issued behind our back could deliver entries we
     never see. The worker owns retrying, and re-reads its own pending entries after any connection loss.
     """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-        health_check_interval=30,
+    if cluster is None:
+        cluster = clusters.guess_sync(url, timeout_s=connect_timeout_s)
+    return cast(
+        aioredis.Redis,
+        clusters.async_client(
+            url,
+            cluster=cluster,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,
+            health_check_interval=30,
+        ),
     )
 
 
@@ -96,6 +110,7 @@ class StreamGroup:
         dead_letter_stream: str,
         on_recreated: Callable[[bool], None] | None = None,
         dead_letter_maxlen: int | None = None,
+        identity_prefix: str = "",
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -105,6 +120,8 @@ class StreamGroup:
         self.dead_letter_maxlen = dead_letter_maxlen
         # Called with whether the stream itself was gone, each time a vanished group is recreated.
         self.on_recreated = on_recreated
+        # Put before an entry id standing in for a missing interaction_id (`shards.Shard.identity_prefix`).
+        self.identity_prefix = identity_prefix
 
     async def check_key_types(self) -> None:
         """Raise WrongKeyTypeError when the stream's or the dead-letter stream's key holds another type (a string
@@ -276,6 +293,8 @@ class StreamGroup:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
+        except CLUSTER_FAILURES as error:
+            raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
         except ResponseError as error:
             if not is_refusal(error):
                 raise
@@ -287,4 +306,3 @@ class StreamGroup:
                     "rename or delete it, nothing is acknowledged meanwhile"
                 ) from error
             raise RedisRefusedError(f"Redis refused a command ({code}), retrying: {error}") from error
-

@@ -1,0 +1,98 @@
+"""One Redis URL for a single Redis or a Redis Cluster: which one it is, and the redis-py client that speaks to it.
+
+Detection. A URL pointing at any node of a cluster works as it is: the first connection asks that node
+`INFO cluster`, and `cluster_enabled:1` selects redis-py's cluster client (`redis.cluster.RedisCluster`,
+`redis.asyncio.cluster.RedisCluster`), which learns the other nodes and the slot map from it. The query parameter
+`cluster=yes` or `cluster=no` (`redis://node:7000/0?cluster=yes`) skips the question; it is removed before the
+URL reaches redis-py. Give it where a process may start while the cluster is down and cannot wait to ask: without
+it, a process that cannot reach Redis when it first needs to know assumes a single Redis (see `guess_sync`).
+
+Redis Cluster has only database 0; a path naming another database is refused by the cluster client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from .errors import ConfigurationError
+
+CLUSTER_PARAMETER = "cluster"
+_ANSWERS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+
+
+def split_url(url: str) -> tuple[str, bool | None]:
+    """`url` without its `cluster=` parameter, and what that parameter said (None: absent, detect).
+    Raises ConfigurationError for a value other than yes/no."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    said = [value for name, value in query if name == CLUSTER_PARAMETER]
+    if not said:
+        return url, None
+    answer = _ANSWERS.get(said[-1].lower())
+    if answer is None:
+        raise ConfigurationError(f"the Redis URL's cluster= parameter must be yes or no, got {said[-1]!r}")
+    rest = urlencode([(name, value) for name, value in query if name != CLUSTER_PARAMETER])
+    return urlunsplit(parts._replace(query=rest)), answer
+
+
+def _enabled(info: dict[str, Any]) -> bool:
+    return str(info.get("cluster_enabled", 0)) == "1"
+
+
+def detect_sync(url: str, *, timeout_s: float) -> bool:
+    """Whether `url` names a cluster node: its `cluster=` parameter, else `INFO cluster` on it. Raises RedisError
+    when the node cannot be reached, ConfigurationError for a bad parameter."""
+    plain, said = split_url(url)
+    if said is not None:
+        return said
+    probe = redis.Redis.from_url(plain, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return _enabled(probe.info("cluster"))
+    finally:
+        probe.close()
+
+
+def guess_sync(url: str, *, timeout_s: float) -> bool:
+    """`detect_sync`, but False (a single Redis) when the node cannot be reached: for a process that must start
+    without Redis and cannot wait to ask (a `cluster=yes` parameter removes the guess)."""
+    try:
+        return detect_sync(url, timeout_s=timeout_s)
+    except (RedisError, OSError):
+        return False
+
+
+async def detect(url: str, *, timeout_s: float) -> bool:
+    """Whether `url` names a cluster node: its `cluster=` parameter, else `INFO cluster` on it. Raises RedisError
+    when the node cannot be reached (callers that can wait retry), ConfigurationError for a bad parameter."""
+    plain, said = split_url(url)
+    if said is not None:
+        return said
+    probe = aioredis.Redis.from_url(plain, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return _enabled(await probe.info("cluster"))
+    finally:
+        await probe.aclose()
+
+
+def async_client(url: str, *, cluster: bool, max_connections: int, **options: Any) -> Any:
+    """An asyncio client for `url`: `redis.asyncio.Redis`, or `RedisCluster` (with `max_connections` per node)
+    when `cluster`. `options` are those both take (timeouts, retry)."""
+    plain, _ = split_url(url)
+    if cluster:
+        return AsyncRedisCluster.from_url(plain, max_connections=max_connections, **options)
+    return aioredis.Redis.from_url(plain, max_connections=max_connections, **options)
+
+
+def sync_client(url: str, *, cluster: bool, **options: Any) -> Any:
+    """A synchronous client for `url`: `redis.Redis`, or `RedisCluster` when `cluster`."""
+    plain, _ = split_url(url)
+    if cluster:
+        return RedisCluster.from_url(plain, **options)
+    return redis.Redis.from_url(plain, **options)
