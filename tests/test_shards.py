@@ -12,7 +12,7 @@ from redis.crc import key_slot
 from interactionlog.client.publisher import Publisher
 from interactionlog.errors import ConfigurationError
 from interactionlog.shards import Layout, check_one_slot, shard_index
-from tests.pipeline import count_rows, migrate, running_worker, stored_rows, wait_until
+from tests.pipeline import count_rows, migrate, running_worker, stored_rows, stream_entries, wait_until
 
 GROUP = "interactionlog"
 
@@ -64,7 +64,7 @@ def test_a_publisher_sends_each_mcps_records_to_its_shard_in_order(redis_url: st
     client = redis.Redis.from_url(redis_url)
     seen: dict[str, list[str]] = {}
     for shard in layout.all():
-        for _, fields in client.xrange(shard.stream):
+        for _, fields in stream_entries(client, shard.stream):
             data = json.loads(fields[b"data"])
             assert layout.route(data["mcp_id"]) == shard.index
             seen.setdefault(data["mcp_id"], []).append(data["interaction_id"])

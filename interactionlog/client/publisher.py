@@ -418,6 +418,12 @@ class AsyncPublisher(_PublisherCore):
             made = clusters.async_client(
                 url, cluster=cluster, retry=retry, max_connections=2**31, **_client_options(self._timeout_s)
             )
+            if isinstance(made, AsyncRedisCluster):
+                try:  # the slot map, which WAIT's per-master pipelines look up before any command
+                    await made.initialize()
+                except BaseException:
+                    await made.aclose()
+                    raise
             if self._redis is None:  # another task may have made one while this one awaited
                 self._redis = made
             else:
