@@ -29,7 +29,13 @@ from tests.pipeline import WorkerProcess, count_rows, migrate, record, stored_ro
 from tests.servers import RedisCluster
 
 SHARDS = 6
-WORKER_FLAGS = {"shards": str(SHARDS), "concurrency": "1", "redis_timeout_s": "1", "batch_size": "200"}
+
+
+def start_worker(url: str, database_url: str, log_dir: Path) -> WorkerProcess:
+    """A worker consuming all 6 shards with one consumer each."""
+    return WorkerProcess(
+        url, database_url, log_dir, shards=str(SHARDS), concurrency="1", redis_timeout_s="1", batch_size="200"
+    )
 
 
 class Load:
@@ -100,14 +106,14 @@ def test_a_cluster_stores_every_acknowledged_record_once_through_a_worker_kill_a
     assert owners == set(masters), "the shards do not spread over every master"
 
     url = redis_cluster.url
-    workers = [WorkerProcess(url, database_url, tmp_path, **WORKER_FLAGS) for _ in range(2)]
+    workers = [start_worker(url, database_url, tmp_path) for _ in range(2)]
     expected: set[tuple[str, str]] = set()
     try:
         with running_gateway(url, database_url, tmp_path, no_auth=True, shards=str(SHARDS), wait_replicas="1") as gw:
             load = Load(url, "helper")
             wait_until(lambda: count_rows(database_url) > 200, timeout_s=60, what="records flowing")
             workers[0].kill()
-            workers[0] = WorkerProcess(url, database_url, tmp_path, **WORKER_FLAGS)
+            workers[0] = start_worker(url, database_url, tmp_path)
             # A master other than the node named in the URL (new processes start from that node).
             victim_port = next(port for port in masters if port != redis_cluster.nodes[0].port)
             victim = redis_cluster.node_on(victim_port)
