@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from redis.crc import key_slot
 from interactionlog.client.publisher import Publisher
 from interactionlog.errors import ConfigurationError
 from interactionlog.shards import Layout, check_one_slot, shard_index
-from tests.pipeline import count_rows, migrate, running_worker, stored_rows, stream_entries, wait_until
+from tests.pipeline import INTERACTIONLOG, count_rows, migrate, running_worker, stored_rows, stream_entries, wait_until
 
 GROUP = "interactionlog"
 
@@ -107,3 +108,23 @@ def test_changing_the_shard_count_loses_nothing_while_workers_drain_the_old_layo
         for shard in layout.all():
             assert client.xpending(shard.stream, GROUP)["pending"] == 0
     assert len(set(stored_rows(database_url))) == published
+
+
+def test_status_and_dlq_list_cover_every_shard(redis_url: str) -> None:
+    """`status --shards 3` reports each shard's stream; `dlq list` finds dead letters in any shard."""
+    client = redis.Redis.from_url(redis_url)
+    layout = Layout("interactions", 3)
+    for shard in layout.all():
+        client.xgroup_create(shard.stream, GROUP, id="0", mkstream=True)
+    last = layout.shard(2)
+    client.xadd(last.dead_letter_stream, {"error_type": "invalid_json", "error": "bad", "source_id": "1-1"})
+    shown = subprocess.run(
+        [*INTERACTIONLOG, "status", "--redis-url", redis_url, "--shards", "3", "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert [item["stream"] for item in json.loads(shown.stdout)] == [shard.stream for shard in layout.all()]
+    listed = subprocess.run(
+        [*INTERACTIONLOG, "dlq", "list", "--redis-url", redis_url, "--shards", "3"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "source 1-1 [invalid_json]" in listed.stdout
