@@ -10,6 +10,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from interactionlog.client.background import BackgroundPublisher
 from interactionlog.client.publisher import Publisher
 from interactionlog.errors import ConfigurationError
 from interactionlog.shards import Layout, check_one_slot, shard_index
@@ -128,3 +129,22 @@ def test_status_and_dlq_list_cover_every_shard(redis_url: str) -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "source 1-1 [invalid_json]" in listed.stdout
+
+
+def test_the_background_publisher_routes_by_shard_through_its_sender(redis_url: str, tmp_path: Path) -> None:
+    """`BackgroundPublisher.from_url(shards=3)` sends each record to its MCP's shard, like the other helpers."""
+    publisher = BackgroundPublisher.from_url(redis_url, spool_dir=tmp_path, shards=3)
+    try:
+        for index in range(30):
+            publisher.publish({"mcp_id": f"mcp-{index % 6}", "interaction_id": f"b{index}"})
+        assert publisher.flush(10)
+    finally:
+        publisher.close()
+    client = redis.Redis.from_url(redis_url)
+    layout = Layout("interactions", 3)
+    found = 0
+    for shard in layout.all():
+        for _, fields in stream_entries(client, shard.stream):
+            assert layout.route(json.loads(fields[b"data"])["mcp_id"]) == shard.index
+            found += 1
+    assert found == 30
