@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -136,6 +136,29 @@ class _PublisherCore:
         if self.layout.shards == 1:
             return self.stream
         return self._shard_streams[self.layout.route(entry_mcp_id(fields))]
+
+    def _by_master(
+        self, entries: Sequence[dict[bytes, bytes]], connection_to: Callable[[str], Any]
+    ) -> dict[Any, list[int]]:
+        """The indexes of `entries` per client of the master their stream lives on (`connection_to(stream)`)."""
+        found: dict[Any, list[int]] = {}
+        for index, fields in enumerate(entries):
+            found.setdefault(connection_to(self.stream_of(fields)), []).append(index)
+        return found
+
+    def _queue_replicated(self, pipe: Any, entries: Sequence[dict[bytes, bytes]], indexes: Sequence[int]) -> None:
+        """Queue the XADDs of `entries[indexes]`, then the WAIT that follows them on the same connection."""
+        self._queue_xadds(pipe, [entries[index] for index in indexes])
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+
+    def _take_replicated(
+        self, replies: list[Any], entries: Sequence[dict[bytes, bytes]], indexes: Sequence[int], ids: list[Any]
+    ) -> None:
+        """Put the entry ids of one master's pipeline into `ids`; raise when its WAIT confirmed too few replicas."""
+        *added, confirmed = replies
+        for index, entry_id in zip(indexes, added, strict=True):
+            ids[index] = entry_id
+        self._check_replicated(int(confirmed), [entries[index] for index in indexes])
 
     def _check_replicated(self, confirmed: int, entries: Sequence[dict[bytes, bytes]]) -> None:
         """Raise when WAIT saw fewer than `wait_replicas` replicas take the entries."""
@@ -357,22 +380,18 @@ class Publisher(_PublisherCore):
     def _publish_replicated(self, client: Any, entries: Sequence[dict[bytes, bytes]]) -> list[Any]:
         """XADD then WAIT on the very connection that wrote (WAIT counts that connection's writes): on a cluster,
         one pipeline per master holding some of the entries' streams."""
-        ids: list[Any] = [None] * len(entries)
-        by_node: dict[Any, list[int]] = {}
-        for index, fields in enumerate(entries):
-            target = client
+
+        def connection_to(key: str) -> Any:
             if isinstance(client, RedisCluster):
-                target = client.get_redis_connection(client.get_node_from_key(self.stream_of(fields)))  # type: ignore[no-untyped-call]
-            by_node.setdefault(target, []).append(index)
+                return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+            return client
+
+        ids: list[Any] = [None] * len(entries)
         try:
-            for target, indexes in by_node.items():
+            for target, indexes in self._by_master(entries, connection_to).items():
                 pipe = target.pipeline(transaction=False)
-                self._queue_xadds(pipe, [entries[index] for index in indexes])
-                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-                *added, confirmed = pipe.execute()
-                for index, entry_id in zip(indexes, added, strict=True):
-                    ids[index] = entry_id
-                self._check_replicated(int(confirmed), [entries[index] for index in indexes])
+                self._queue_replicated(pipe, entries, indexes)
+                self._take_replicated(pipe.execute(), entries, indexes, ids)
         except (RedisError, OSError):
             if isinstance(client, RedisCluster):  # a failover moved slots: learn the new masters for next time
                 with contextlib.suppress(RedisError, RedisClusterException, OSError):
@@ -463,22 +482,18 @@ class AsyncPublisher(_PublisherCore):
 
     async def _publish_replicated(self, client: Any, entries: Sequence[dict[bytes, bytes]]) -> list[Any]:
         """XADD then WAIT on the very connection that wrote (see `Publisher._publish_replicated`)."""
-        ids: list[Any] = [None] * len(entries)
-        by_node: dict[Any, list[int]] = {}
-        for index, fields in enumerate(entries):
-            target = client
+
+        def connection_to(key: str) -> Any:
             if isinstance(client, AsyncRedisCluster):
-                target = self._node_client(client.get_node_from_key(self.stream_of(fields)))
-            by_node.setdefault(target, []).append(index)
+                return self._node_client(client.get_node_from_key(key))
+            return client
+
+        ids: list[Any] = [None] * len(entries)
         try:
-            for target, indexes in by_node.items():
+            for target, indexes in self._by_master(entries, connection_to).items():
                 pipe = target.pipeline(transaction=False)
-                self._queue_xadds(pipe, [entries[index] for index in indexes])
-                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-                *added, confirmed = await pipe.execute()
-                for index, entry_id in zip(indexes, added, strict=True):
-                    ids[index] = entry_id
-                self._check_replicated(int(confirmed), [entries[index] for index in indexes])
+                self._queue_replicated(pipe, entries, indexes)
+                self._take_replicated(await pipe.execute(), entries, indexes, ids)
         except (RedisError, OSError):
             if isinstance(client, AsyncRedisCluster):  # a failover moved slots: learn the new masters for next time
                 await self._forget_nodes()

@@ -136,7 +136,32 @@ def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-class _Server(ABC):
+class _Started(ABC):
+    """Something started by `start()` and removed by `cleanup()`, usable as a context manager."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start it, and wait until it answers."""
+
+    @abstractmethod
+    def cleanup(self) -> None:
+        """Kill and delete it; safe to call more than once."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+class _Server(_Started):
     """A server process started in the foreground, with its output in a log file of its own directory."""
 
     kind: str
@@ -290,19 +315,6 @@ class _Server(ABC):
             self.kill()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.cleanup()
 
 
 class RedisServer(_Server):
@@ -581,7 +593,7 @@ class PgBouncerServer(_Server):
         self._graceful_stop(signal.SIGINT)
 
 
-class RedisCluster:
+class RedisCluster(_Started):
     """A Redis Cluster on loopback: `masters` redis-servers splitting the 16384 slots evenly (as
     `redis-cli --cluster create` does), each with `replicas_per_master` replicas that take over when it dies.
 
@@ -676,16 +688,3 @@ class RedisCluster:
         """Kill every node and delete its directory."""
         for node in self.nodes:
             node.cleanup()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.cleanup()
