@@ -12,6 +12,7 @@ Redis Cluster has only database 0; a path naming another database is refused by 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -19,7 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .errors import ConfigurationError
 
@@ -96,3 +97,47 @@ def sync_client(url: str, *, cluster: bool, **options: Any) -> Any:
     if cluster:
         return RedisCluster.from_url(plain, **options)
     return redis.Redis.from_url(plain, **options)
+
+
+class NodeClients:
+    """Plain asyncio clients to single masters of a cluster, one per node, for what must run on one connection
+    to the master of a key's slot: a MULTI/EXEC (redis-py 8's asyncio cluster pipeline runs a transaction's every
+    command in a thread of its own, blocking the event loop, and fails once its slot map needs refreshing) and a
+    WAIT after writes. A caller that meets MOVED or a lost connection calls `refresh`: the slot map is learnt
+    again and these clients are dropped."""
+
+    def __init__(self, cluster: AsyncRedisCluster, max_connections: int = 64) -> None:
+        self.cluster = cluster
+        self.max_connections = max_connections
+        self._clients: dict[str, aioredis.Redis] = {}
+
+    def for_key(self, key: str) -> aioredis.Redis:
+        """A client of the master serving `key`'s slot, with the cluster client's credentials, TLS and timeouts.
+        Raises SlotNotCoveredError before the cluster client's first command (nothing is known yet)."""
+        node = self.cluster.get_node_from_key(key)
+        assert node is not None  # get_node_from_key raises rather than return None for a primary
+        client = self._clients.get(node.name)
+        if client is None:
+            options = {name: value for name, value in node.connection_kwargs.items() if name not in ("host", "port")}
+            pool = aioredis.ConnectionPool(
+                connection_class=node.connection_class,
+                host=node.host,
+                port=int(node.port),
+                max_connections=self.max_connections,
+                **options,
+            )
+            client = self._clients[node.name] = aioredis.Redis(connection_pool=pool)
+        return client
+
+    async def refresh(self) -> None:
+        """Forget these clients and learn the slot map again (best effort: the next call fails if it cannot)."""
+        await self.aclose()
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            await self.cluster.nodes_manager.initialize()
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()

@@ -425,7 +425,7 @@ class AsyncPublisher(_PublisherCore):
 
     def __init__(self, client: Any, **options: Any) -> None:
         super().__init__(client, **options)
-        self._node_clients: dict[str, aioredis.Redis] = {}  # WAIT on a cluster: one plain client per master
+        self._masters: clusters.NodeClients | None = None  # WAIT on a cluster: one plain client per master
 
     async def _client(self) -> Any:
         """The Redis client, made on first use (a plain or a cluster client, as the node says)."""
@@ -443,6 +443,7 @@ class AsyncPublisher(_PublisherCore):
                 except BaseException:
                     await made.aclose()
                     raise
+                self._masters = clusters.NodeClients(made)
             if self._redis is None:  # another task may have made one while this one awaited
                 self._redis = made
             else:
@@ -484,9 +485,7 @@ class AsyncPublisher(_PublisherCore):
         """XADD then WAIT on the very connection that wrote (see `Publisher._publish_replicated`)."""
 
         def connection_to(key: str) -> Any:
-            if isinstance(client, AsyncRedisCluster):
-                return self._node_client(client.get_node_from_key(key))
-            return client
+            return self._masters.for_key(key) if self._masters is not None else client
 
         ids: list[Any] = [None] * len(entries)
         try:
@@ -495,36 +494,18 @@ class AsyncPublisher(_PublisherCore):
                 self._queue_replicated(pipe, entries, indexes)
                 self._take_replicated(await pipe.execute(), entries, indexes, ids)
         except (RedisError, OSError):
-            if isinstance(client, AsyncRedisCluster):  # a failover moved slots: learn the new masters for next time
-                await self._forget_nodes()
-                with contextlib.suppress(RedisError, RedisClusterException, OSError):
-                    await client.nodes_manager.initialize()
+            if self._masters is not None:  # a failover moved slots: learn the new masters for next time
+                await self._masters.refresh()
             raise
         return ids
-
-    def _node_client(self, node: Any) -> aioredis.Redis:
-        """A plain client to one master of the cluster, with the cluster client's credentials and timeouts."""
-        if node.name not in self._node_clients:
-            options = {
-                name: value
-                for name, value in node.connection_kwargs.items()
-                if name in ("username", "password", "ssl", "socket_timeout", "socket_connect_timeout")
-            }
-            self._node_clients[node.name] = aioredis.Redis(host=node.host, port=node.port, **options)
-        return self._node_clients[node.name]
-
-    async def _forget_nodes(self) -> None:
-        clients, self._node_clients = list(self._node_clients.values()), {}
-        for node_client in clients:
-            with contextlib.suppress(RedisError, OSError):
-                await node_client.aclose()
 
     async def close(self) -> None:
         """Close the connection pool."""
         if self.transport is not None:
             await self.transport.close()
         elif self._redis is not None:
-            await self._forget_nodes()
+            if self._masters is not None:
+                await self._masters.aclose()
             await self._redis.aclose()
 
     async def __aenter__(self) -> Self:

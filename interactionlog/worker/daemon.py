@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisError
 
 from .. import clusters
@@ -87,6 +88,7 @@ async def run_worker(
     exit_code = EXIT_OK
     observer = None
     redis: aioredis.Redis | None = None
+    masters: clusters.NodeClients | None = None
     try:
         # /metrics, /livez, /readyz and the stream gauges; up before the group exists, so probes answer meanwhile.
         # Inside the try: the pool opened above must be closed whatever happens here.
@@ -103,7 +105,9 @@ async def run_worker(
             max_connections=2 * settings.concurrency * len(shard_list) + 2,
             cluster=bool(cluster),
         )
-        work = [ShardWork.build(redis, shard, settings, metrics) for shard in shard_list]
+        if isinstance(redis, AsyncRedisCluster):
+            masters = clusters.NodeClients(redis, max_connections=settings.concurrency * len(shard_list) + 2)
+        work = [ShardWork.build(redis, shard, settings, metrics, masters) for shard in shard_list]
         if cluster is not None:
             ready, exit_code = await _prepare(work, cluster, outages, stopping, settings.retry_max_backoff_s)
             if ready:
@@ -114,6 +118,8 @@ async def run_worker(
         # Then the sinks, in reverse order of need: PostgreSQL, Redis, and last the metrics endpoint, so a
         # scrape during the drain still sees the final counts.
         await store.close()
+        if masters is not None:
+            await masters.aclose()
         if redis is not None:
             await redis.aclose()
         if observer is not None:

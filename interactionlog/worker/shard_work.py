@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from .. import clusters
 from ..metrics import WorkerMetrics
 from ..settings import Settings
 from ..shards import Shard
@@ -27,8 +28,16 @@ class ShardWork:
     housekeeper: Housekeeper
 
     @classmethod
-    def build(cls, redis: aioredis.Redis, shard: Shard, settings: Settings, metrics: WorkerMetrics) -> ShardWork:
-        """The shard's parts over the worker's one Redis client (a cluster client routes each shard's slot)."""
+    def build(
+        cls,
+        redis: aioredis.Redis,
+        shard: Shard,
+        settings: Settings,
+        metrics: WorkerMetrics,
+        masters: clusters.NodeClients | None = None,
+    ) -> ShardWork:
+        """The shard's parts over the worker's one Redis client (a cluster client routes each shard's slot;
+        `masters` serve the MULTI/EXEC on a cluster)."""
         own = metrics.for_stream(shard.stream)
         own.start_at_zero(dead_letter_reasons=DEAD_LETTER_REASONS, chores=CHORES)
         streams = StreamGroup(
@@ -41,6 +50,7 @@ class ShardWork:
             ).inc(),
             dead_letter_maxlen=settings.dead_letter_maxlen,
             identity_prefix=shard.identity_prefix,
+            masters=masters,
         )
         housekeeper = Housekeeper(
             redis,

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterError, RedisClusterException, ResponseError, TryAgainError
+from redis.exceptions import AskError, ClusterError, MovedError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -111,8 +111,11 @@ class StreamGroup:
         on_recreated: Callable[[bool], None] | None = None,
         dead_letter_maxlen: int | None = None,
         identity_prefix: str = "",
+        masters: clusters.NodeClients | None = None,
     ) -> None:
         self.redis = redis
+        # On a cluster: plain clients to single masters, for the MULTI/EXEC of `settle`.
+        self.masters = masters
         self.stream = stream
         self.group = group
         self.dead_letter_stream = dead_letter_stream
@@ -248,7 +251,20 @@ class StreamGroup:
         """
         if not ack_ids and not dead_letters:
             return 0
-        pipe = self.redis.pipeline(transaction=True)
+        try:
+            return await self._settle(ack_ids, dead_letters, consumer)
+        except TransientError:
+            if self.masters is not None:  # a failover may have moved the slot: learn where it lives now
+                await self.masters.refresh()
+            raise
+
+    async def _settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
+        try:
+            # On a cluster, the MULTI runs on a plain connection to the slot's master (`clusters.NodeClients`).
+            client = self.masters.for_key(self.stream) if self.masters is not None else self.redis
+        except CLUSTER_FAILURES as error:
+            raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
+        pipe = client.pipeline(transaction=True)
         failed_at = datetime.now(UTC).isoformat()
         for letter in dead_letters:
             fields = dead_letter_fields(
@@ -295,6 +311,8 @@ class StreamGroup:
             raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
         except CLUSTER_FAILURES as error:
             raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
+        except (MovedError, AskError) as error:  # only from `masters`: the cluster client follows redirections
+            raise RedisUnavailableError(f"the stream's slot moved to another master: {error}") from error
         except ResponseError as error:
             if not is_refusal(error):
                 raise
