@@ -16,6 +16,7 @@ import psycopg.conninfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from redis.connection import parse_url
 
+from .clusters import is_sentinel, parse_sentinel_url
 from .errors import ConfigurationError
 from .redact import redact_text, secrets_in
 from .shards import Layout, layouts
@@ -40,7 +41,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis URL (redis://, rediss:// or unix://).")
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        description="Redis URL (redis://, rediss:// or unix://; any node of a Redis Cluster; "
+        "redis+sentinel://host:port[,host:port]/service_name behind Sentinel).",
+    )
     database_url: str = Field(
         "postgresql://localhost:5432/",
         description="PostgreSQL URL or conninfo; libpq defaults and PG* variables fill in what it omits.",
@@ -140,9 +145,15 @@ class Settings(BaseModel):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         try:
-            parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves this helper untyped
+            if is_sentinel(value):
+                parse_sentinel_url(value)
+            else:
+                parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves this helper untyped
         except ValueError as error:
-            raise ValueError(f"not a Redis URL ({error}); use redis://[[user]:password@]host:port/db") from None
+            raise ValueError(
+                f"not a Redis URL ({error}); use redis://[[user]:password@]host:port/db, or "
+                "redis+sentinel://host:port[,host:port]/service_name"
+            ) from None
         return value
 
     @field_validator("database_url")

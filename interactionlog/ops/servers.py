@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import psycopg
 import redis
@@ -688,3 +688,86 @@ class RedisCluster(_Started):
         """Kill every node and delete its directory."""
         for node in self.nodes:
             node.cleanup()
+
+
+class SentinelServer(RedisServer):
+    """A redis-server in sentinel mode watching the master at `master_port` as `service` (quorum `quorum`)."""
+
+    kind = "redis-sentinel"
+
+    def __init__(self, *, master_port: int, service: str, quorum: int, down_after_ms: int = 1000) -> None:
+        super().__init__()
+        # Sentinel rewrites its configuration file as it learns replicas and failovers: it must be writable.
+        (self.dir / "sentinel.conf").write_text(
+            f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {10 * down_after_ms}\n"
+        )
+
+    def _command(self) -> list[str]:
+        executable = redis_server_path()
+        if executable is None:
+            raise ServerError(f"redis-server is not on PATH; install it:\n{INSTALL_HINTS}")
+        return [
+            executable, str(self.dir / "sentinel.conf"), "--sentinel",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--daemonize", "no",
+            "--logfile", "",
+        ]  # fmt: skip
+
+
+class RedisSentinels(_Started):
+    """A master, `replicas` replicas and `sentinels` sentinels on loopback, watching the service `service`.
+
+    `url` is the `redis+sentinel://` URL of the setup; `master()` is the node the sentinels name master now.
+    """
+
+    def __init__(self, *, replicas: int = 1, sentinels: int = 3, service: str = "interactionlog") -> None:
+        self.service = service
+        self.master_node = RedisServer()
+        replica_of = ["--replicaof", "127.0.0.1", str(self.master_node.port)]
+        self.replicas = [RedisServer(extra_args=replica_of) for _ in range(replicas)]
+        quorum = sentinels // 2 + 1
+        self.sentinels = [
+            SentinelServer(master_port=self.master_node.port, service=service, quorum=quorum) for _ in range(sentinels)
+        ]
+        addresses = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        self.url = f"redis+sentinel://{addresses}/{service}/0"
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        """The master and the replicas, as started (a failover swaps their roles)."""
+        return [self.master_node, *self.replicas]
+
+    def start(self) -> None:
+        """Start the master, the replicas and the sentinels, and wait until the sentinels see every replica."""
+        for server in [*self.nodes, *self.sentinels]:
+            server.start()
+        deadline = time.monotonic() + 30
+        while self._replicas_seen() < len(self.replicas):
+            if time.monotonic() > deadline:
+                raise ServerError("the sentinels did not discover the replicas within 30 s")
+            time.sleep(0.2)
+
+    def master(self) -> RedisServer:
+        """The node a live sentinel names master now."""
+        port = self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]
+        return next(node for node in self.nodes if node.port == int(port))
+
+    def _replicas_seen(self) -> int:
+        try:
+            return len(self._ask("SENTINEL", "REPLICAS", self.service))
+        except (redis.exceptions.RedisError, OSError, StopIteration):
+            return 0
+
+    def _ask(self, *command: str) -> Any:
+        live = next(sentinel for sentinel in self.sentinels if sentinel.running)
+        client = redis.Redis(host="127.0.0.1", port=live.port, socket_timeout=2)
+        try:
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def cleanup(self) -> None:
+        """Kill everything and delete the directories."""
+        for server in [*self.sentinels, *self.nodes]:
+            server.cleanup()
