@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.servers import PostgresServer, RedisCluster, RedisServer
+from tests.servers import PostgresServer, RedisCluster, RedisSentinels, RedisServer
 
 _database_numbers = itertools.count(1)
 
@@ -78,6 +78,13 @@ def redis_cluster(request: pytest.FixtureRequest) -> Iterator[RedisCluster]:
     afterwards; a test may kill its nodes."""
     with RedisCluster(**_server_options(request)) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def redis_sentinels(request: pytest.FixtureRequest) -> Iterator[RedisSentinels]:
+    """A master, a replica and 3 sentinels of the test's own on loopback, killed and deleted afterwards."""
+    with RedisSentinels(**_server_options(request)) as setup:
+        yield setup
 
 
 @pytest.fixture
