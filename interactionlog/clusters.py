@@ -3,7 +3,8 @@
 Detection. A URL pointing at any node of a cluster works as it is: the first connection asks that node
 `INFO cluster`, and `cluster_enabled:1` selects redis-py's cluster client (`redis.cluster.RedisCluster`,
 `redis.asyncio.cluster.RedisCluster`), which learns the other nodes and the slot map from it. The query parameter
-`cluster=yes` or `cluster=no` (`redis://node:7000/0?cluster=yes`) skips the question; it is removed before the
+`cluster=yes` or `cluster=no` (`redis://node:7000/0?cluster=yes`) skips the question (a Redis user refused
+INFO is taken for a single Redis, so a cluster's restricted user needs `cluster=yes`); it is removed before the
 URL reaches redis-py. Give it where a process may start while the cluster is down and cannot wait to ask: without
 it, a process that cannot reach Redis when it first needs to know assumes a single Redis (see `guess_sync`).
 
@@ -28,7 +29,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.sentinel import Sentinel
 
 from .errors import ConfigurationError
@@ -110,6 +111,8 @@ def detect_sync(url: str, *, timeout_s: float) -> bool:
     probe = redis.Redis.from_url(plain, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         return _enabled(probe.info("cluster"))
+    except ResponseError:
+        return False  # INFO refused (an ACL without it): a single Redis, unless the URL says cluster=yes
     finally:
         probe.close()
 
@@ -132,6 +135,8 @@ async def detect(url: str, *, timeout_s: float) -> bool:
     probe = aioredis.Redis.from_url(plain, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         return _enabled(await probe.info("cluster"))
+    except ResponseError:
+        return False  # INFO refused (an ACL without it): a single Redis, unless the URL says cluster=yes
     finally:
         await probe.aclose()
 
