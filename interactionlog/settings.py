@@ -172,6 +172,10 @@ class Settings(BaseModel):
                 f"batch_max_bytes ({self.batch_max_bytes}) must be at least max_record_bytes "
                 f"({self.max_record_bytes}), or a batch could not hold one record of the largest size"
             )
+        try:
+            self.layouts  # noqa: B018 - validates the stream name against the shard count
+        except ConfigurationError as error:
+            raise ValueError(str(error)) from None
         if self.claim_idle_ms <= self.block_ms:
             raise ValueError(
                 f"claim_idle_ms ({self.claim_idle_ms}) must exceed block_ms ({self.block_ms}), or live "
