@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from redis.crc import key_slot
@@ -15,6 +16,7 @@ from interactionlog.client.publisher import Publisher
 from interactionlog.errors import ConfigurationError
 from interactionlog.shards import Layout, check_one_slot, shard_index
 from tests.pipeline import INTERACTIONLOG, count_rows, migrate, running_worker, stored_rows, stream_entries, wait_until
+from tests.servers import free_port
 
 GROUP = "interactionlog"
 
@@ -148,3 +150,38 @@ def test_the_background_publisher_routes_by_shard_through_its_sender(redis_url: 
             assert layout.route(json.loads(fields[b"data"])["mcp_id"]) == shard.index
             found += 1
     assert found == 30
+
+
+def test_worker_metrics_and_gauges_carry_each_shards_stream(redis_url: str, database_url: str, tmp_path: Path) -> None:
+    """Counters and stream gauges of a 2-shard worker come per shard, told apart by the `stream` label."""
+    migrate(database_url)
+    with Publisher.from_url(redis_url, shards=2) as publisher:
+        publisher.publish_many([{"mcp_id": f"mcp-{i}", "interaction_id": f"m{i}"} for i in range(20)])
+    port = free_port()
+    layout = Layout("interactions", 2)
+    with running_worker(
+        redis_url, database_url, tmp_path, shards="2", metrics_port=str(port), metrics_interval_s="0.2"
+    ):
+        wait_until(lambda: count_rows(database_url) == 20, what="every record stored")
+
+        def scraped() -> str:
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return ""
+            return body if all(f'stream_length{{stream="{s.stream}"}}' in body for s in layout.all()) else ""
+
+        body = wait_until(scraped, what="both shards' gauges")
+    persisted = {
+        shard.stream: _sample(
+            body, f'interactionlog_entries_persisted_total{{group="{GROUP}",stream="{shard.stream}"}}'
+        )
+        for shard in layout.all()
+    }
+    assert sum(persisted.values()) == 20
+    assert all(count > 0 for count in persisted.values())
+
+
+def _sample(body: str, series: str) -> float:
+    line = next(line for line in body.splitlines() if line.startswith(series + " "))
+    return float(line.rsplit(" ", 1)[1])
