@@ -227,23 +227,18 @@ class _PublisherCore:
                 timeout_s=timeout_s,
                 token=token,
                 strict=strict,
+                shards=shards,
+                wait_replicas=wait_replicas,
+                wait_timeout_ms=wait_timeout_ms,
             )
+        common: dict[str, Any] = {
+            "stream": stream, "maxlen": maxlen, "max_record_bytes": max_record_bytes, "strict": strict
+        }  # fmt: skip
         if scheme not in transports.REDIS_SCHEMES:
-            transport = cls._open_transport(url, timeout_s=timeout_s, token=token)
-            return cls(
-                None,
-                stream=stream,
-                maxlen=maxlen,
-                max_record_bytes=max_record_bytes,
-                strict=strict,
-                transport=transport,
-            )
+            return cls(None, **common, transport=cls._open_transport(url, timeout_s=timeout_s, token=token))
         return cls(
             None,
-            stream=stream,
-            maxlen=maxlen,
-            max_record_bytes=max_record_bytes,
-            strict=strict,
+            **common,
             shards=shards,
             wait_replicas=wait_replicas,
             wait_timeout_ms=wait_timeout_ms,
@@ -264,13 +259,16 @@ class _PublisherCore:
         failure_threshold: int = hybrid.DEFAULT_FAILURE_THRESHOLD,
         reset_timeout_s: float = hybrid.DEFAULT_RESET_TIMEOUT_S,
         strict: bool = False,
+        shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
     ) -> Self:
         """A hybrid publisher: each batch goes to the first of `urls` whose circuit breaker is closed (or
         half-open), falling through to the next when one does not confirm. Same methods and errors as any
         publisher; `transport.counts()` says how many records each URL took."""
         members = [
             cls.from_url(url, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, timeout_s=timeout_s,
-                         token=token)
+                         token=token, shards=shards, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
             for url in urls
         ]  # fmt: skip
         transport = cls._hybrid(members, urls, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
