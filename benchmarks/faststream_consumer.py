@@ -23,9 +23,7 @@ from interactionlog.worker.decode import StoredRow, decode_entry
 
 MAX_RECORD_BYTES = 256 * 1024
 
-INSERT = sql.SQL(
-    "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
-).format(
+INSERT = sql.SQL("INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     sql.SQL(", ").join(sql.Identifier(name) for name in StoredRow._fields),
     sql.SQL(", ").join(sql.Placeholder() * len(StoredRow._fields)),
 )

@@ -31,13 +31,22 @@ _MIGRATION_2_INDEXES = [
 ]
 
 
-async def _store(url: str, rows: list[StoredRow]) -> None:
+async def store_in_batches(url: str, rows: list[StoredRow]) -> None:
+    """Store `rows` through the worker's Store, BATCH at a time."""
     store = await Store.open(url, max_connections=1)
     try:
         for start in range(0, len(rows), BATCH):
             await store.persist_batch(rows[start : start + BATCH])
     finally:
         await store.close()
+
+
+def stored_rows(count: int) -> list[StoredRow]:
+    """The rows a worker would store for `count` realistic records (`records.records`)."""
+    return [
+        decode_entry(f"{index + 1}-0", {b"v": b"1", b"data": encode(record)}, 1 << 20)
+        for index, record in enumerate(records(count))
+    ]
 
 
 def measure(servers: Servers, rows: list[StoredRow], *, with_indexes: bool) -> tuple[float, float]:
@@ -51,7 +60,7 @@ def measure(servers: Servers, rows: list[StoredRow], *, with_indexes: bool) -> t
                 conn.execute(f"DROP INDEX {index}")
     checkpoint(servers)
     cpu_before, started = cpu_seconds(servers.postgres_pid), time.perf_counter()
-    asyncio.run(_store(url, rows))
+    asyncio.run(store_in_batches(url, rows))
     elapsed, cpu = time.perf_counter() - started, cpu_seconds(servers.postgres_pid) - cpu_before
     drop_database(servers, name)
     return len(rows) / elapsed, cpu / len(rows) * 1e6
@@ -63,10 +72,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    rows: list[StoredRow] = [
-        decode_entry(f"{index + 1}-0", {b"v": b"1", b"data": encode(record)}, 1 << 20)
-        for index, record in enumerate(records(args.rows))
-    ]
+    rows = stored_rows(args.rows)
     print(f"indexes of migration 2: {', '.join(_MIGRATION_2_INDEXES)}; {args.rows:,} rows, batches of {BATCH}")
     with start_servers() as servers:
         for round_number in range(args.rounds):

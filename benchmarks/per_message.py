@@ -25,9 +25,7 @@ MAX_RECORD_BYTES = 256 * 1024
 COUNT = 100
 BLOCK_MS = 1000
 
-INSERT = sql.SQL(
-    "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
-).format(
+INSERT = sql.SQL("INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
     sql.SQL(", ").join(sql.Identifier(name) for name in StoredRow._fields),
     sql.SQL(", ").join(sql.Placeholder() * len(StoredRow._fields)),
 )

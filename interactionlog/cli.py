@@ -1,5 +1,5 @@
 """The `interactionlog` command: migrate, worker, status, dlq list|replay, publish, tail, stats, show, dev, serve,
-tokens.
+tokens, retention, partition-convert.
 
 Commands are thin: they load Settings (flags and INTERACTIONLOG_* variables), call one module, and turn
 expected failures into a one-line message and an exit code instead of a traceback.
@@ -33,6 +33,7 @@ from .ops.publish_file import read_json_lines
 from .ops.terminal import printable
 from .redact import redact_text, redact_url
 from .settings import Settings, load_settings, settings_options
+from .worker import conversion, partition_maintenance
 from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
 from .worker.store import migrate_and_name
@@ -88,16 +89,114 @@ def main() -> None:
 
 
 @main.command()
-@settings_options("database_url", *LOG_OPTIONS)
+@settings_options("database_url", "partition_interval", "partition_premake", *LOG_OPTIONS)
 def migrate(**values: Any) -> None:
-    """Create or upgrade the interaction_logs table (idempotent; safe to run from several places)."""
+    """Create or upgrade the interaction_logs table (idempotent; safe to run from several places).
+
+    A new table is partitioned by --partition-interval; given explicitly, it changes the interval of an existing
+    one from the end of its partitions on. A populated table of an earlier version is left unpartitioned: convert
+    it with `interactionlog partition-convert`.
+    """
     settings = _settings(values)
-    database, applied = _run(migrate_and_name(settings.database_url), settings)
+    explicit = settings.partition_interval if "partition_interval" in settings.model_fields_set else None
+    database, applied = _run(
+        migrate_and_name(
+            settings.database_url, partition_interval=explicit, partition_premake=settings.partition_premake
+        ),
+        settings,
+    )
     if applied:
         for migration in applied:
             click.echo(f"applied migration {migration.version} to {database}: {migration.description}")
     else:
         click.echo(f"schema of {database} is up to date")
+    summary = _run(partition_maintenance.describe(settings.database_url), settings)
+    click.echo(summary, err=summary.startswith("warning"))
+
+
+@main.command()
+@settings_options("database_url", "retention_days", "partition_premake", *LOG_OPTIONS)
+@click.option("--dry-run", is_flag=True, help="Print what would be dropped and created; change nothing.")
+def retention(dry_run: bool, **values: Any) -> None:
+    """Drop the interaction_logs partitions whose rows are all older than --retention-days (a DROP TABLE each,
+    never a DELETE).
+
+    It runs one round of the workers' partition housekeeping: partitions ahead are created and rows in the
+    default partition get partitions of their own first, so a record older than the retention is dropped too.
+    Exits 2 when retention is off (0 days), 1 when the round could not run or an action was postponed.
+    """
+    settings = _settings(values)
+    if not settings.retention_days:
+        raise click.UsageError(
+            "retention is off (0 days, keep forever): give --retention-days N or INTERACTIONLOG_RETENTION_DAYS"
+        )
+    report = _run(
+        partition_maintenance.run_round(
+            settings.database_url,
+            premake=settings.partition_premake,
+            retention_days=settings.retention_days,
+            dry_run=dry_run,
+        ),
+        settings,
+    )
+    if report.skipped:
+        click.echo(f"error: {report.skipped}", err=True)
+        raise SystemExit(EXIT_FAILED)
+    create, drop = ("would create", "would drop") if dry_run else ("created", "dropped")
+    for name in report.created:
+        click.echo(f"{create} {name}")
+    for name in report.dropped:
+        click.echo(f"{drop} {name}")
+    for reason in report.postponed:
+        click.echo(f"postponed: {reason}", err=True)
+    click.echo(
+        f"{drop} {len(report.dropped)} partition(s) older than {settings.retention_days} days "
+        f"(about {report.dropped_rows} rows)",
+        err=True,
+    )
+    if report.postponed:
+        raise SystemExit(EXIT_FAILED)
+
+
+@main.command(name="partition-convert")
+@settings_options("database_url", "partition_interval", "partition_premake", *LOG_OPTIONS)
+@click.option(
+    "--rows-per-batch", default=10_000, show_default=True, type=click.IntRange(min=1), help="Rows moved per commit."
+)
+@click.option(
+    "--pause-ms", default=0, show_default=True, type=click.IntRange(min=0), help="Pause between batches, to go easy."
+)
+def partition_convert(rows_per_batch: int, pause_ms: int, **values: Any) -> None:
+    """Convert an unpartitioned interaction_logs of an earlier version to the partitioned layout, online.
+
+    Workers keep running: after a short switch, new rows go to the partitioned table while the old rows move
+    over in batches (each row exactly once), then the old table is dropped. Run `migrate` first. Interrupted, run
+    it again: it resumes.
+    """
+    settings = _settings(values)
+    explicit = settings.partition_interval if "partition_interval" in settings.model_fields_set else None
+
+    def progress(report: conversion.ConversionReport) -> None:
+        click.echo(f"moved {report.moved} row(s) so far", err=True)
+
+    report = _run(
+        conversion.convert(
+            settings.database_url,
+            interval=explicit,
+            premake=settings.partition_premake,
+            rows_per_batch=rows_per_batch,
+            pause_s=pause_ms / 1000,
+            on_batch=progress,
+        ),
+        settings,
+    )
+    if report.already_partitioned:
+        click.echo("interaction_logs is partitioned already: nothing to convert")
+        return
+    click.echo(
+        f"converted interaction_logs: {report.moved} row(s) moved ({report.duplicates} stored twice meanwhile, "
+        f"kept once), {report.created} partition(s) created"
+    )
 
 
 @main.command()

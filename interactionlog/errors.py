@@ -114,3 +114,7 @@ class DatabaseRefusedError(DatabaseUnavailableError):
 
 class AttemptAbandonedError(DatabaseUnavailableError):
     """A persist attempt outlived its allowance (a half-open connection) and was abandoned as hung."""
+
+
+class PartitioningError(InteractionlogError):
+    """interaction_logs cannot be partitioned, converted or maintained as asked; the message says what to do."""

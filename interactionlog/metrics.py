@@ -53,6 +53,9 @@ class WorkerMetrics:
     transient_errors: Counter
     lost_to_trimming: Counter
     groups_recreated: Counter
+    partitions_created: Counter
+    partitions_dropped: Counter
+    rows_moved_from_default: Counter
     batch_size: Histogram
     persist_seconds: Histogram
     end_to_end_seconds: Histogram
@@ -114,6 +117,17 @@ class WorkerMetrics:
                 "Times the consumer group vanished and was recreated; stream_vanished=true means the stream went "
                 "too (Redis restarted without persistence): entries not yet stored then are lost.",
                 ("stream_vanished",),
+            ),
+            partitions_created=counter(
+                "partitions_created", "interaction_logs partitions created by this worker's housekeeping."
+            ),
+            partitions_dropped=counter(
+                "partitions_dropped",
+                "interaction_logs partitions dropped by this worker's housekeeping, past --retention-days.",
+            ),
+            rows_moved_from_default=counter(
+                "rows_moved_from_default_partition",
+                "Rows moved out of interaction_logs_default into a partition created for their day or month.",
             ),
             batch_size=histogram("batch_size_entries", "Entries per batch handled.", _BATCH_BUCKETS),
             persist_seconds=histogram(

@@ -1,4 +1,5 @@
-"""One row of `interaction_logs`: its columns, its shape built from a validated record, and the idempotent INSERT.
+"""One row of `interaction_logs`: its columns, its shape built from a validated record, and the idempotent INSERT
+with the identity rule (which rows are copies of one record).
 
 Shared by the worker, which stores rows read from the stream, and the `postgresql://` transport, which stores
 them straight from the publisher and bypasses the stream, so both paths write the same columns the same way.
@@ -6,12 +7,14 @@ them straight from the publisher and bypasses the stream, so both paths write th
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from psycopg import sql
 
 from .record import Interaction
+from .settings import DEFAULT_DEDUPE_WINDOW_HOURS
 
 TABLE = "interaction_logs"
 
@@ -34,13 +37,86 @@ class StoredRow(NamedTuple):
 
 COLUMNS = StoredRow._fields
 
-# One row, skipped when (mcp_id, interaction_id) is stored already: a record published twice is stored once.
-INSERT_ROW = sql.SQL(
-    "INSERT INTO interaction_logs ({}) VALUES ({}) ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
-).format(
-    sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS),
-    sql.SQL(", ").join(sql.Placeholder() * len(COLUMNS)),
+# The SQL type of each column, in COLUMNS order: a one-row VALUES list needs them spelled out.
+COLUMN_TYPES = (
+    "text",
+    "text",
+    "timestamptz",
+    "text",
+    "text",
+    "text",
+    "boolean",
+    "double precision",
+    "text",
+    "jsonb",
+    "text",
 )
+
+
+def insert_rows_from(source: sql.Composable, dedupe_window_hours: float) -> sql.Composed:
+    """`INSERT INTO interaction_logs ... SELECT ... FROM source AS s`, storing each record once.
+
+    `source` is a relation or a parenthesised subquery with the COLUMNS. The identity rule (README "Idempotency"):
+    - a row whose (mcp_id, interaction_id, "timestamp") is stored already is skipped by the unique index (a
+      redelivery of the same entry): `ON CONFLICT DO NOTHING`, without a target so that it also covers the key
+      (mcp_id, interaction_id) of a table of an earlier version, not yet converted to partitions;
+    - a row whose (mcp_id, interaction_id) is stored already with a "timestamp" within `dedupe_window_hours`
+      either side of its own is skipped as a copy (a record published again, stamped again): the NOT EXISTS
+      probe. PostgreSQL requires the partition key in every unique index, so no index can say this alone. The
+      probe's range on "timestamp" lets run-time partition pruning limit it to the partitions of the window,
+      then it is one probe of the unique index. OFFSET 0 keeps it a per-row subplan: pulled up into an anti-join,
+      the planner may hash the whole table instead. 0 hours leaves exact copies only, with no probe.
+    The probe sees what was committed before the statement began: two copies in the same statement, or in
+    batches committing at the same time, are not seen (`first_copies` handles the first case).
+    """
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS)
+    selected = sql.SQL(", ").join(sql.Identifier("s", name) for name in COLUMNS)
+    return sql.SQL("INSERT INTO interaction_logs ({}) SELECT {} FROM {} AS s{} ON CONFLICT DO NOTHING").format(
+        columns, selected, source, copy_probe(dedupe_window_hours)
+    )
+
+
+def copy_probe(dedupe_window_hours: float) -> sql.Composable:
+    """The WHERE clause of `insert_rows_from` keeping a row `s` only when interaction_logs holds no copy of it
+    within the window; empty for 0 hours."""
+    if dedupe_window_hours <= 0:
+        return sql.SQL("")
+    return sql.SQL(
+        " WHERE NOT EXISTS (SELECT FROM interaction_logs AS t WHERE t.mcp_id = s.mcp_id"
+        " AND t.interaction_id = s.interaction_id"
+        ' AND t."timestamp" BETWEEN s."timestamp" - {window} AND s."timestamp" + {window} OFFSET 0)'
+    ).format(window=sql.Literal(timedelta(hours=dedupe_window_hours)))
+
+
+def insert_one_row(dedupe_window_hours: float) -> sql.Composed:
+    """`insert_rows_from` for one row given as COLUMNS' parameters (positional, in COLUMNS order)."""
+    values = sql.SQL("(VALUES ({})) AS v ({})").format(
+        sql.SQL(", ").join(sql.SQL("%s::" + kind) for kind in COLUMN_TYPES),
+        sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS),
+    )
+    return insert_rows_from(sql.SQL("(SELECT * FROM {})").format(values), dedupe_window_hours)
+
+
+# One row, stored once by the identity rule of `insert_rows_from` with the default window.
+INSERT_ROW = insert_one_row(DEFAULT_DEDUPE_WINDOW_HOURS)
+
+
+def first_copies(rows: Sequence[StoredRow], dedupe_window_hours: float) -> list[StoredRow]:
+    """`rows` without the copies among them: a row whose (mcp_id, interaction_id) an earlier row kept has, with
+    a timestamp within `dedupe_window_hours` either side. The rule of `insert_rows_from`, which cannot see the
+    rows of its own statement. O(len(rows)); with 0 hours, `rows` as they are (the unique index decides)."""
+    if dedupe_window_hours <= 0:
+        return list(rows)
+    window = timedelta(hours=dedupe_window_hours)
+    kept_at: dict[tuple[str, str], list[datetime]] = {}
+    kept: list[StoredRow] = []
+    for row in rows:
+        times = kept_at.setdefault((row.mcp_id, row.interaction_id), [])
+        if any(abs(row.timestamp - moment) <= window for moment in times):
+            continue
+        times.append(row.timestamp)
+        kept.append(row)
+    return kept
 
 
 def row_of(record: Interaction, data: str, stream_entry_id: str) -> StoredRow:

@@ -29,6 +29,8 @@ DEFAULT_STREAM = "interactions"
 DEFAULT_STREAM_MAXLEN = 1_000_000
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
 DEFAULT_SHARDS = 1
+# A record republished with the same interaction_id within this many hours of a stored copy is stored once.
+DEFAULT_DEDUPE_WINDOW_HOURS = 24.0
 
 
 def _default_consumer_prefix() -> str:
@@ -115,6 +117,28 @@ class Settings(BaseModel):
     )
     consumer_idle_timeout_ms: int = Field(
         600_000, ge=1_000, description="A consumer with nothing pending and idle this long is deleted from the group."
+    )
+    partition_interval: Literal["day", "month"] = Field(
+        "month",
+        description="Width of each interaction_logs partition (UTC); recorded in the database by migrate and "
+        "partition-convert, which the workers then follow.",
+    )
+    partition_premake: int = Field(
+        4, ge=1, le=400, description="Partitions kept created ahead of the current day or month."
+    )
+    retention_days: int = Field(
+        0,
+        ge=0,
+        le=36_500,
+        description="Drop interaction_logs partitions whose rows are all older than this many days; 0 keeps "
+        "everything forever.",
+    )
+    dedupe_window_hours: float = Field(
+        DEFAULT_DEDUPE_WINDOW_HOURS,
+        ge=0,
+        le=8_760,
+        description="A record whose (mcp_id, interaction_id) is stored already with a timestamp this many hours "
+        "either side of its own is skipped as a copy; 0 skips only exact copies (same timestamp too).",
     )
     retry_max_backoff_s: float = Field(
         10.0, gt=0, description="Longest wait between retries while Redis or PostgreSQL is away."

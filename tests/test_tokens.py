@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
+import time
 
 import psycopg
+import pytest
 
+from interactionlog.gateway.tokens import Principal, TokenCheckUnavailableError, TokenVerifier
 from tests.gateway import migrated
 from tests.pipeline import INTERACTIONLOG
+from tests.servers import PostgresServer
 
 
 def tokens(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
@@ -68,3 +73,33 @@ def test_tokens_before_migrate_says_to_migrate(database_url: str) -> None:
     assert result.returncode == 1
     assert "interactionlog migrate" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_frozen_database_fails_a_new_token_fast_and_keeps_checked_ones_working(own_postgres: PostgresServer) -> None:
+    """With PostgreSQL frozen (SIGSTOP), checking a token the gateway never saw raises TokenCheckUnavailableError
+    (503) within the verifier's timeout instead of hanging the request, and a token checked before still works."""
+    database_url = own_postgres.url()
+    migrated(database_url)
+    known, unseen = (tokens(database_url, "create", "--mcp-id", "weather").stdout.strip() for _ in range(2))
+
+    async def check() -> tuple[Principal, float]:
+        verifier = TokenVerifier(database_url, cache_s=60, timeout_s=1.0)
+        await verifier.open()
+        try:
+            principal = await verifier.verify(f"Bearer {known}")
+            own_postgres.pause()
+            started = time.monotonic()
+            with pytest.raises(TokenCheckUnavailableError):
+                await verifier.verify(f"Bearer {unseen}")
+            waited = time.monotonic() - started
+            assert await verifier.verify(f"Bearer {known}") == principal
+            with pytest.raises(TokenCheckUnavailableError):
+                await verifier.ping()
+            return principal, waited
+        finally:
+            own_postgres.resume()
+            await verifier.close()
+
+    principal, waited = asyncio.run(check())
+    assert principal.mcp_id == "weather"
+    assert waited < 3.0

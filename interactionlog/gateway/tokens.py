@@ -152,10 +152,15 @@ class _Known:
 
 
 class TokenVerifier:
-    """Checks bearer tokens against `interactionlog_tokens`, remembering each answer for `cache_s`."""
+    """Checks bearer tokens against `interactionlog_tokens`, remembering each answer for `cache_s`.
+
+    Every check waits at most `timeout_s` on PostgreSQL (for a pooled connection and for the query: a frozen or
+    locked database answers 503 in bounded time rather than holding the request until the client gives up).
+    """
 
     def __init__(self, database_url: str, *, cache_s: float, timeout_s: float = 3.0) -> None:
         self.cache_s = cache_s
+        self.timeout_s = timeout_s
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             database_url, min_size=1, max_size=4, timeout=timeout_s, open=False, name="interactionlog-tokens"
         )
@@ -173,9 +178,9 @@ class TokenVerifier:
     async def ping(self) -> None:
         """One round trip to PostgreSQL; raises TokenCheckUnavailableError when it does not answer."""
         try:
-            async with self._pool.connection() as conn:
+            async with asyncio.timeout(self.timeout_s), self._pool.connection() as conn:
                 await conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout) as error:
+        except (psycopg.Error, PoolTimeout, TimeoutError) as error:
             raise TokenCheckUnavailableError(f"PostgreSQL is unreachable: {type(error).__name__}") from error
 
     async def verify(self, authorization: str | None) -> Principal:
@@ -197,9 +202,12 @@ class TokenVerifier:
         if known is not None and time.monotonic() - known.checked_at < self.cache_s:
             return known
         try:
-            fresh = await asyncio.shield(self._fetch(token_id))
+            # Shielded: a request that goes away does not cancel a fetch that others may be waiting on.
+            fresh = await asyncio.wait_for(asyncio.shield(self._fetch(token_id)), self.timeout_s)
         except (psycopg.Error, PoolTimeout) as error:
             return self._unchecked(known, error)
+        except TimeoutError:
+            return self._unchecked(known, TimeoutError(f"PostgreSQL did not answer within {self.timeout_s:g}s"))
         if self._database_down:
             self._database_down = False
             log.info("token_check_recovered")

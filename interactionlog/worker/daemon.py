@@ -28,6 +28,7 @@ from . import presence
 from .consumer import Consumer, ConsumerOptions
 from .housekeeping import RefusalLog
 from .observation import Observer
+from .partition_maintenance import keep_partitions
 from .shard_work import ShardWork
 from .store import Store
 from .streams import connect
@@ -84,7 +85,11 @@ async def run_worker(
     guessed = clusters.guess_sync(settings.redis_url, timeout_s=settings.redis_timeout_s)
     shard_list = _shards(settings)
     metrics = WorkerMetrics.create(shard_list[0].stream, settings.group)
-    store = await Store.open(settings.database_url, max_connections=settings.concurrency * len(shard_list) + 1)
+    store = await Store.open(
+        settings.database_url,
+        max_connections=settings.concurrency * len(shard_list) + 1,
+        dedupe_window_hours=settings.dedupe_window_hours,
+    )
     exit_code = EXIT_OK
     observer = None
     redis: aioredis.Redis | None = None
@@ -182,6 +187,8 @@ async def _consume(
         )
 
     chores = asyncio.create_task(_keep_house(work, refusals, stopping, settings.housekeeping_interval_ms / 1000))
+    # Partitions are the table's, not a shard's: one task per process, counted under the first shard's labels.
+    partition_chores = asyncio.create_task(keep_partitions(settings, work[0].metrics, stopping))
     tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency * len(work))}
     if on_started:
         on_started(work[0].metrics)
@@ -190,7 +197,7 @@ async def _consume(
     # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
     # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
     # claimed by another worker, so cancelling loses nothing; it only delays those entries.
-    _, unfinished = await asyncio.wait([*tasks.values(), chores], timeout=settings.shutdown_timeout_s)
+    _, unfinished = await asyncio.wait([*tasks.values(), chores, partition_chores], timeout=settings.shutdown_timeout_s)
     if unfinished:
         exit_code = EXIT_SHUTDOWN_TIMED_OUT
         log.error(

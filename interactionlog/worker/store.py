@@ -1,12 +1,14 @@
 """The PostgreSQL sink: versioned schema migrations and idempotent batch persistence.
 
-A batch is COPYed straight into `interaction_logs` in one transaction: in steady state that is all, the same
-work as a bare bulk load. If any row is already present (a redelivery after a crash, a record published twice),
-the COPY fails whole on the unique constraint and the batch takes the idempotent path instead: COPY into a
-temporary staging table created inside that transaction, then one `INSERT ... SELECT ... ON CONFLICT (mcp_id,
-interaction_id) DO NOTHING`. Either way a record is stored once. Nothing lives longer than a transaction on a
-server connection (no session temporary table, no server-side prepared statement), so PgBouncer in transaction
-pooling mode works as well as a direct connection.
+A batch is COPYed into a temporary staging table created inside its transaction, then moved into
+`interaction_logs` by one `INSERT ... SELECT` that skips copies of stored records: the identity rule of
+`rows.insert_rows_from` (the same (mcp_id, interaction_id, "timestamp"), or the same (mcp_id, interaction_id)
+within the dedupe window). With a window of 0 only exact copies are skipped, which the unique index finds by
+itself: the batch is then COPYed straight into `interaction_logs`, the same work as a bare bulk load, and only
+when that COPY fails on the unique index (a redelivery after a crash) does it take the staging path. Either way
+a record is stored once. Nothing lives longer than a transaction on a server connection (no session temporary
+table, no server-side prepared statement), so PgBouncer in transaction pooling mode works as well as a direct
+connection.
 
 PostgreSQL's refusals come in two kinds, told apart by SQLSTATE class (`classify`):
 - *per row*: the row itself is refused (a data exception, a constraint, an operator's trigger raising, ... any
@@ -21,7 +23,7 @@ Connection loss and server trouble (08, 40, 53, 55, 57, 58, XX) are outages: `Da
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,10 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavailableError
-from ..rows import COLUMNS, INSERT_ROW, TABLE, StoredRow
+from ..rows import COLUMNS, TABLE, StoredRow, first_copies, insert_one_row, insert_rows_from
+from ..settings import DEFAULT_DEDUPE_WINDOW_HOURS
+from . import partitions
+from .partition_maintenance import maintain
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +66,7 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    apply: Callable[[psycopg.AsyncConnection[Any]], Awaitable[object]] | None = None  # runs after the statements
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -141,12 +147,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX interactionlog_tokens_mcp_id ON interactionlog_tokens (mcp_id)",
         ),
     ),
+    # Migration 4 (issue 13): interaction_logs partitioned by range on "timestamp". A new install's table, still
+    # empty, is switched to the partitioned layout at once. A populated table of an earlier version stays as it
+    # is, untouched (the workers' inserts work on both layouts); `interactionlog partition-convert` converts it
+    # online.
+    Migration(
+        4,
+        'interaction_logs partitioned by range on "timestamp", with a default partition',
+        (partitions.CONFIG_TABLE_DDL,),
+        apply=partitions.partition_new_install,
+    ),
 )
 
 # The staging table lives for one transaction (created in it, dropped at its end), so concurrent batches never
 # see each other's rows, no cleanup is needed after a crash, and a pooler that hands each transaction another
-# server connection (PgBouncer's transaction mode) never meets a table created on another one. It is only needed
-# when a batch holds an already stored row (a redelivery), so the DDL is rare.
+# server connection (PgBouncer's transaction mode) never meets a table created on another one. Every batch
+# takes it while the dedupe window is on (the default; its cost is in README "What it costs"); with a window of
+# 0 only a batch holding an already stored row (a redelivery) does.
 _CREATE_STAGING = """
     CREATE TEMPORARY TABLE interaction_logs_staging (
         mcp_id TEXT, interaction_id TEXT, "timestamp" TIMESTAMPTZ, method TEXT, tool TEXT, session_id TEXT,
@@ -165,10 +182,6 @@ _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS)
 _COPY_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "bool", "float8", "text", "jsonb", "text")
 _COPY_TABLE = sql.SQL("COPY interaction_logs ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
 _COPY_STAGING = sql.SQL("COPY interaction_logs_staging ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
-_MOVE_STAGING = sql.SQL(
-    "INSERT INTO interaction_logs ({cols}) SELECT {cols} FROM interaction_logs_staging "
-    "ON CONFLICT (mcp_id, interaction_id) DO NOTHING"
-).format(cols=_COLUMN_LIST)
 
 
 class _JsonTextDumper(JsonbBinaryDumper):
@@ -218,14 +231,29 @@ def describe_database_error(error: Exception) -> str:
 class Store:
     """Idempotent batch persistence into `interaction_logs` over a small connection pool."""
 
-    def __init__(self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]]) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        dedupe_window_hours: float = DEFAULT_DEDUPE_WINDOW_HOURS,
+    ) -> None:
         self._pool = pool
+        # The identity rule, in the statements of rows.insert_rows_from (README "Idempotency").
+        self._dedupe_window_hours = dedupe_window_hours
+        self._move_staging = insert_rows_from(sql.Identifier("interaction_logs_staging"), dedupe_window_hours)
+        self._insert_row = insert_one_row(dedupe_window_hours)
         self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
         # The systemic refusal of the last batch attempt, until a batch goes through: readiness reports it.
         self.refusal: str | None = None
 
     @classmethod
-    async def open(cls, database_url: str, *, max_connections: int, timeout_s: float = 5.0) -> Store:
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        max_connections: int,
+        timeout_s: float = 5.0,
+        dedupe_window_hours: float = DEFAULT_DEDUPE_WINDOW_HOURS,
+    ) -> Store:
         """Open the pool without waiting for PostgreSQL: the worker starts (and retries) while it is away."""
         pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             database_url,
@@ -240,7 +268,7 @@ class Store:
             name="interactionlog",
         )
         await pool.open(wait=False)
-        return cls(pool)
+        return cls(pool, dedupe_window_hours)
 
     async def close(self) -> None:
         """Close every connection; a batch still running fails with a transient error."""
@@ -274,7 +302,7 @@ class Store:
         return None
 
     async def persist_batch(self, rows: Sequence[StoredRow]) -> PersistResult:
-        """Store `rows` in one transaction, skipping (mcp_id, interaction_id) pairs already present.
+        """Store `rows` in one transaction, skipping copies of records stored already (`rows.insert_rows_from`).
 
         Raises DatabaseUnavailableError when PostgreSQL is unreachable or the batch must be retried as a whole, and
         its DatabaseRefusedError when PostgreSQL would refuse any row (see the module docstring); the caller must then
@@ -282,8 +310,9 @@ class Store:
         """
         if not rows:
             return PersistResult()
+        firsts = first_copies(rows, self._dedupe_window_hours)  # the statements cannot see copies among them
         try:
-            result = await self._persist(rows)
+            result = await self._persist(firsts)
         except (psycopg.Error, PoolTimeout) as error:
             described = describe_database_error(error)
             if isinstance(error, psycopg.Error) and classify(error) == "systemic":
@@ -291,22 +320,27 @@ class Store:
                 raise DatabaseRefusedError(f"could not persist batch: {self.refusal}") from error
             raise DatabaseUnavailableError(f"could not persist batch: {described}") from error
         self.refusal = None
+        result.duplicates += len(rows) - len(firsts)
         return result
 
     async def _persist(self, rows: Sequence[StoredRow]) -> PersistResult:
         async with self._pool.connection() as conn:
             try:
+                if self._dedupe_window_hours > 0:
+                    # A copy published again carries another timestamp, which the unique index does not catch:
+                    # every batch takes the statement that probes for copies within the window.
+                    return await self._persist_copy(conn, rows, self._move_staging)
                 try:
                     return await self._copy_into_table(conn, rows)
                 except psycopg.errors.UniqueViolation:
                     # Some rows are stored already (a redelivery, or a record published twice): take the
                     # idempotent path for this batch.
-                    return await self._persist_copy(conn, rows)
+                    return await self._persist_copy(conn, rows, self._move_staging)
             except psycopg.Error as error:
                 if not is_permanent(error) or conn.broken:
                     raise
                 log.info("batch_refused_isolating_rows", rows=len(rows), error=describe_database_error(error))
-                return await self._persist_row_by_row(conn, rows)
+                return await self._persist_row_by_row(conn, rows, self._insert_row)
 
     async def persist_batch_within(self, rows: Sequence[StoredRow], timeout_s: float) -> PersistResult:
         """`persist_batch`, abandoned if it takes longer than `timeout_s`: raises `AttemptAbandonedError` then.
@@ -343,22 +377,26 @@ class Store:
         return PersistResult(inserted=len(rows))
 
     @staticmethod
-    async def _persist_copy(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:
+    async def _persist_copy(
+        conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow], move: sql.Composed
+    ) -> PersistResult:
         async with conn.transaction(), conn.cursor() as cursor:
             await cursor.execute(_CREATE_STAGING)
             await _copy_rows(cursor, _COPY_STAGING, rows)
-            await cursor.execute(_MOVE_STAGING)
+            await cursor.execute(move)
             inserted = max(cursor.rowcount, 0)
         return PersistResult(inserted=inserted, duplicates=len(rows) - inserted)
 
     @staticmethod
-    async def _persist_row_by_row(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:
+    async def _persist_row_by_row(
+        conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow], insert: sql.Composed
+    ) -> PersistResult:
         result = PersistResult()
         async with conn.transaction():
             for row in rows:
                 try:
                     async with conn.transaction():  # a savepoint: a refused row rolls back alone
-                        cursor = await conn.execute(INSERT_ROW, row)
+                        cursor = await conn.execute(insert, row)
                 except psycopg.Error as error:
                     if not is_permanent(error):
                         raise
@@ -383,13 +421,32 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     conn.adapters.register_dumper(None, _JsonTextDumper)  # by oid only: used where set_types() says jsonb
 
 
-async def migrate(database_url: str) -> list[Migration]:
-    """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly."""
-    _, applied = await migrate_and_name(database_url)
+async def migrate(
+    database_url: str,
+    *,
+    partition_interval: partitions.Interval | None = None,
+    partition_premake: int = 4,
+    up_to: int | None = None,
+) -> list[Migration]:
+    """Apply the migrations this database lacks, in order; safe to run concurrently and repeatedly.
+
+    Then record the partition interval (`partition_interval`, else the one recorded, else the default) and
+    create the partitions of the current interval and the `partition_premake` next ones. `up_to` stops at that
+    version, partitions left alone: the schema of an earlier release, for tests and benchmarks of upgrades.
+    """
+    _, applied = await migrate_and_name(
+        database_url, partition_interval=partition_interval, partition_premake=partition_premake, up_to=up_to
+    )
     return applied
 
 
-async def migrate_and_name(database_url: str) -> tuple[str, list[Migration]]:
+async def migrate_and_name(
+    database_url: str,
+    *,
+    partition_interval: partitions.Interval | None = None,
+    partition_premake: int = 4,
+    up_to: int | None = None,
+) -> tuple[str, list[Migration]]:
     """`migrate`, also returning which database it migrated, as the server names it (``database x on host:port
     as user u``): libpq fills in what a URL omits (PG* variables, defaults), so the URL alone may not say."""
     applied: list[Migration] = []
@@ -406,15 +463,22 @@ async def migrate_and_name(database_url: str) -> tuple[str, list[Migration]]:
         cursor = await conn.execute("SELECT version FROM interactionlog_schema_migrations")
         done = {version for (version,) in await cursor.fetchall()}
         for migration in MIGRATIONS:
-            if migration.version in done:
+            if migration.version in done or (up_to is not None and migration.version > up_to):
                 continue
             for statement in migration.statements:
                 await conn.execute(statement.encode())
+            if migration.apply is not None:
+                await migration.apply(conn)
             await conn.execute(
                 "INSERT INTO interactionlog_schema_migrations (version, description) VALUES (%s, %s)",
                 (migration.version, migration.description),
             )
             applied.append(migration)
+        if up_to is None:
+            await partitions.record_interval(
+                conn, partition_interval or partitions.DEFAULT_INTERVAL, replace=partition_interval is not None
+            )
+            await maintain(conn, premake=partition_premake)
     return where, applied
 
 

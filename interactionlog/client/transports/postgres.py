@@ -1,12 +1,17 @@
 """The postgresql:// transport: the design's shared-database scheme, straight into `interaction_logs`.
 
-No stream and no worker: each batch is one transaction of `INSERT ... ON CONFLICT (mcp_id, interaction_id) DO
-NOTHING` (the row the worker would store, from `rows`), so publishing a record twice stores it once, and the
-`data` column holds the record's JSON as the publisher encoded it. Rows carry `stream_entry_id = 'direct'`,
+No stream and no worker: each batch is one transaction of `rows.INSERT_ROW` per row (the row the worker would
+store, with the worker's identity rule at the default dedupe window: README "Idempotency"), so publishing a
+record twice stores it once, and the `data` column holds the record's JSON as the publisher encoded it. Rows carry `stream_entry_id = 'direct'`,
 which is also the id `publish` returns. The table must exist (`interactionlog migrate`).
 
 What it costs: every MCP process holds PostgreSQL connections (at most `MAX_CONNECTIONS` each) and waits on
 a commit per batch; there is no buffer in front of the database. Use it where Redis is not an option.
+
+Every wait is bounded by `timeout_s`: taking a pooled connection, connecting (libpq's `connect_timeout`, whole
+seconds, at least 2), and the insert itself, by a ``SET LOCAL statement_timeout`` in its transaction (so a table
+held behind a lock, by a migration or a `LOCK TABLE`, fails the batch as unavailable instead of hanging the
+caller; ``SET LOCAL`` rather than a connection option, which PgBouncer refuses).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class _PostgresCore:
     def __init__(self, url: str, *, timeout_s: float) -> None:
         self.where = f"PostgreSQL at {redact_url(url)}"
         self.options = _pool_options(url, timeout_s)
+        # An integer of milliseconds, formatted in: SET takes no bind parameters.
+        self.bound_statement = f"SET LOCAL statement_timeout = {max(1, math.ceil(timeout_s * 1000))}"
 
     def _failed(self, error: Exception) -> PublishError:
         """A data or constraint error refuses the batch; anything else (down, restarting, no table) is transient."""
@@ -83,6 +90,7 @@ class PostgresTransport(_PostgresCore):
         for attempt in (1, 2):
             try:
                 with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                    cursor.execute(self.bound_statement)
                     cursor.executemany(INSERT_ROW, rows)
                 break
             except psycopg.OperationalError as error:
@@ -119,6 +127,7 @@ class AsyncPostgresTransport(_PostgresCore):
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                    await cursor.execute(self.bound_statement)
                     await cursor.executemany(INSERT_ROW, rows)
                 break
             except psycopg.OperationalError as error:
