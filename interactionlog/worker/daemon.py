@@ -15,7 +15,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import clusters
 from ..errors import ConfigurationError, RedisUnavailableError, WrongKeyTypeError
@@ -37,6 +37,9 @@ log = structlog.get_logger(__name__)
 
 # Read here rather than in Settings on purpose: it is a test-only hook and must not appear as a flag.
 CRASH_HOOK_VARIABLE = "INTERACTIONLOG_TEST_CRASH_AT"
+
+# Redis away (or a cluster moving a slot's master): logged once, retried at the next round.
+REDIS_AWAY = (RedisError, RedisClusterException, OSError)
 
 EXIT_OK = 0
 EXIT_SHUTDOWN_TIMED_OUT = 1
@@ -169,7 +172,7 @@ async def _consume(
     refusals = {part.shard.stream: RefusalLog() for part in work}
     # One round before any consumer reads: a group that never read is owed every entry ever added, and
     # its first read would hide the ones the MAXLEN cap trimmed meanwhile.
-    with contextlib.suppress(RedisError, OSError):  # Redis away again: the periodic rounds will tell
+    with contextlib.suppress(*REDIS_AWAY):  # Redis away again: the periodic rounds will tell
         for part in work:
             await _housekeeping_round(part, refusals[part.shard.stream])
 
@@ -210,7 +213,7 @@ async def _consume(
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
     # Gone, for `interactionlog status`; best effort, as a crash would skip it anyway.
-    with contextlib.suppress(RedisError, OSError):
+    with contextlib.suppress(*REDIS_AWAY):
         for part in work:
             await presence.depart(redis, part.shard.stream, settings.group, names)
     return exit_code
@@ -334,14 +337,12 @@ async def _keep_house(
         for part in work:
             try:
                 await _housekeeping_round(part, refusals[part.shard.stream])
-            except (RedisError, OSError) as error:
+            except REDIS_AWAY as error:
                 failed = error
         if failed is not None:
             raise failed
 
-    await periodically(
-        round_of_all, interval_s=interval_s, name="housekeeping", stopping=stopping, expected=(RedisError, OSError)
-    )
+    await periodically(round_of_all, interval_s=interval_s, name="housekeeping", stopping=stopping, expected=REDIS_AWAY)
 
 
 def _waiting_in(task: asyncio.Task[object]) -> list[str]:

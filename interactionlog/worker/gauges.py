@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import metrics as m
 from ..retry import periodically
@@ -189,7 +189,12 @@ class GaugeCollector:
         async def refresh_gauges() -> None:
             self.gauges.snapshot = await self.refresh()
 
-        await periodically(refresh_gauges, interval_s=self.interval_s, name="stream_gauges", expected=(RedisError,))
+        await periodically(
+            refresh_gauges,
+            interval_s=self.interval_s,
+            name="stream_gauges",
+            expected=(RedisError, RedisClusterException),
+        )
 
     async def _collect_and_publish(self) -> Snapshot:
         collected_at = time.time()
