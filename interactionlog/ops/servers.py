@@ -611,15 +611,29 @@ class RedisCluster(_Started):
             # A replica that lost its master for long still takes over: the tests kill masters on purpose.
             "--cluster-replica-validity-factor", "0",
         ]  # fmt: skip
-        # The bus port defaults to port + 10000, out of range for the high ports free_port() hands out.
+        self._extra = extra
         count = masters * (1 + replicas_per_master)
-        self.nodes = [RedisServer(extra_args=[*extra, "--cluster-port", str(free_port())]) for _ in range(count)]
+        self.nodes = [self._new_node() for _ in range(count)]
         self.url = self.nodes[0].url
+
+    def _new_node(self) -> RedisServer:
+        # The bus port defaults to port + 10000, out of range for the high ports free_port() hands out.
+        return RedisServer(extra_args=[*self._extra, "--cluster-port", str(free_port())])
 
     def start(self) -> None:
         """Start every node, join them into a cluster and wait until every slot is served."""
-        for node in self.nodes:
-            node.start()
+        for index in range(len(self.nodes)):
+            for attempt in range(5):
+                try:
+                    self.nodes[index].start()
+                    break
+                except ServerError:
+                    # Another process took one of its two ports between free_port() and the bind: new ports.
+                    self.nodes[index].cleanup()
+                    if attempt == 4:
+                        raise
+                    self.nodes[index] = self._new_node()
+        self.url = self.nodes[0].url
         cli = shutil.which("redis-cli")
         if cli is None:
             raise ServerError(f"redis-cli is not on PATH; install it:\n{INSTALL_HINTS}")
