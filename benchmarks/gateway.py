@@ -8,9 +8,12 @@ gateway's) and a real `interactionlog serve` process, then measures, each bounde
 - single-record POSTs at a steady rate, one keep-alive client: p50/p99 latency (and `Publisher.publish` straight
   to Redis, the same records, for comparison);
 - batched POSTs (NDJSON, 1000 records each) from two clients: records/s, and the gateway's CPU per record;
-- one gRPC StreamInteractions call: records/s, every record answered;
+- one gRPC stream, every record answered: StreamInteractions (one record per message) and
+  StreamInteractionBatches (`BATCH_RECORDS` per message): records/s, and the gateway's and the client's CPU per
+  record;
 - a gRPC client that writes without ever reading its answers: the gateway's memory (RSS) over time, which must
-  stay flat while the client is held back by flow control.
+  stay flat while the client is held back by flow control;
+- the same two streams against a bare grpcio echo (`benchmarks.grpc_ceiling`): the ceiling grpcio sets.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -41,16 +43,11 @@ from interactionlog.gateway.tokens import create_token
 from interactionlog.proto import ingest_pb2, ingest_pb2_grpc
 from interactionlog.worker.store import migrate
 
-from .records import records
+from .grpc_ceiling import measure as echo_ceiling
 from .servers import Servers, cpu_seconds, create_database, free_port, start_servers
+from .streams import BATCH_RECORDS, MCP_ID, bench_records, one_stream
 
 INGEST = "/api/v2/interactions"
-MCP_ID = "bench"  # the token's MCP: every record is published as it
-
-
-def bench_records(count: int, seed: int) -> list[dict[str, Any]]:
-    """The benchmark suite's realistic ~700-byte records, all of the token's MCP."""
-    return [{**item, "mcp_id": MCP_ID} for item in records(count, seed=seed)]
 
 
 @dataclass(frozen=True)
@@ -168,27 +165,6 @@ def batched_posts(gateway: Gateway, token: str, count: int, clients: int = 2) ->
     return count / elapsed, (cpu_seconds(gateway.process.pid) - cpu_before) / count * 1e6
 
 
-async def one_stream(gateway: Gateway, token: str, count: int) -> tuple[float, float]:
-    """Records/s through one StreamInteractions call (every record answered), and the gateway's CPU µs per record."""
-    messages = [ingest_pb2.InteractionData(data=json.dumps(item)) for item in bench_records(count, 14)]
-
-    async def requests() -> AsyncIterator[ingest_pb2.InteractionData]:
-        for message in messages:
-            yield message
-
-    async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
-        stub = ingest_pb2_grpc.InteractionIngestStub(channel)
-        metadata = (("authorization", f"Bearer {token}"),)
-        cpu_before, started = cpu_seconds(gateway.process.pid), time.perf_counter()
-        answered = 0
-        async for answer in stub.StreamInteractions(requests(), metadata=metadata):
-            assert answer.success, answer.message
-            answered += 1
-        elapsed = time.perf_counter() - started
-    assert answered == count
-    return count / elapsed, (cpu_seconds(gateway.process.pid) - cpu_before) / count * 1e6
-
-
 async def stalled_reader(gateway: Gateway, token: str, seconds: float) -> tuple[list[float], int]:
     """A client that writes records and never reads an answer, for `seconds`: the gateway's RSS every half second
     (MiB), and how many records the client managed to write."""
@@ -235,13 +211,20 @@ def main() -> None:
             print(f"Publisher.publish to Redis, same:      p50 {p50:.2f} ms   p99 {p99:.2f} ms")
             rate, cpu = batched_posts(gateway, token, batched)
             print(f"batched POSTs, {batched} records:      {rate:,.0f} records/s   gateway CPU {cpu:.1f} us/record")
-            rate, cpu = asyncio.run(one_stream(gateway, token, streamed))
-            print(f"one gRPC stream, {streamed} records:   {rate:,.0f} records/s   gateway CPU {cpu:.1f} us/record")
+            metadata = (("authorization", f"Bearer {token}"),)
+            pid = gateway.process.pid
+            asyncio.run(one_stream(gateway.grpc_target, pid, metadata, min(streamed, 2000)))  # warm-up
+            figures = asyncio.run(one_stream(gateway.grpc_target, pid, metadata, streamed))
+            print(f"one gRPC stream, {streamed} records, one per message:   {figures}")
+            figures = asyncio.run(one_stream(gateway.grpc_target, pid, metadata, streamed, batch=BATCH_RECORDS))
+            print(f"one gRPC stream, {streamed} records, {BATCH_RECORDS} per message: {figures}")
             samples, written = asyncio.run(stalled_reader(gateway, token, stall_s))
             print(
                 f"gRPC client not reading, {stall_s:g} s:    gateway RSS {samples[0]:.1f} -> max {max(samples):.1f} -> "
                 f"{samples[-1]:.1f} MiB; the client could write {written} records before flow control held it"
             )
+        for name, figures in echo_ceiling(streamed).items():
+            print(f"grpcio echo (no admission, no Redis), {streamed} records, {name}: {figures}")
         print(f"load average {os.getloadavg()[0]:.1f} at the end (other processes share these cores)")
 
 

@@ -144,66 +144,42 @@ class WorkerMetrics:
         metrics.export_zeros()
         return metrics
 
-    def export_zeros(self) -> None:
+    def export_zeros(self, chores: Iterable[str] = ()) -> None:
         """Create every label set this worker can ever use, at 0, so each series exists from the first scrape.
 
         A counter first seen at 1 has no earlier sample for `increase()` to compare with, so an alert on its first
-        event would never fire, and a dashboard panel would say "No data" rather than 0.
+        event would never fire, and a dashboard panel would say "No data" rather than 0. Every counter and
+        histogram of this class is covered, a new one too: those labelled by stream and group alone directly, the
+        others by each value their one further label takes (`chores`: the housekeeping chores' names).
+        Raises ValueError for a metric whose further label has no known values (a new label needs them here).
         """
         labels = self.labels()
-        for metric in (
-            self.persisted,
-            self.duplicates,
-            self.reclaimed,
-            self.acked_after_deletion,
-            self.lost_to_trimming,
-            self.batch_size,
-            self.persist_seconds,
-            self.end_to_end_seconds,
-        ):
-            metric.labels(**labels)
-        for reason in DEAD_LETTER_REASONS:
-            self.dead_lettered.labels(**labels, reason=reason)
-        for component in _transient_components():
-            self.transient_errors.labels(**labels, component=component)
-        for vanished in ("true", "false"):
-            self.groups_recreated.labels(**labels, stream_vanished=vanished)
+        values: dict[str, Iterable[str]] = {
+            "reason": DEAD_LETTER_REASONS,
+            "component": sorted(_transient_components()),
+            "stream_vanished": ("true", "false"),
+            "chore": tuple(chores),
+        }
+        for metric in vars(self).values():
+            if not isinstance(metric, Counter | Histogram):
+                continue
+            further = [name for name in metric._labelnames if name not in labels]
+            if not further:
+                metric.labels(**labels)
+                continue
+            if len(further) > 1 or further[0] not in values:
+                raise ValueError(f"no zero series known for {metric._name} labels {further}: add them to export_zeros")
+            for value in values[further[0]]:
+                metric.labels(**labels, **{further[0]: value})
 
     def for_stream(self, stream: str) -> WorkerMetrics:
         """The same metrics (one registry) labelled with another `stream`: a shard's, when a worker consumes
-        several; its series start at 0 like the first stream's."""
-        metrics = dataclasses.replace(self, stream=stream)
-        metrics.export_zeros()
-        return metrics
+        several (its zero series are the caller's `export_zeros`, as for the first stream's)."""
+        return dataclasses.replace(self, stream=stream)
 
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""
         return {"stream": self.stream, "group": self.group}
-
-    def start_at_zero(self, *, dead_letter_reasons: Iterable[str], chores: Iterable[str]) -> None:
-        """Create every series at 0, so alerts (`increase(...) > 0`) and dashboards see the first event as a step
-        from 0, not as a series appearing out of nowhere."""
-        labels = self.labels()
-        for counter in (
-            self.persisted,
-            self.duplicates,
-            self.reclaimed,
-            self.acked_after_deletion,
-            self.lost_while_pending,
-            self.dead_letters_trimmed,
-            self.lost_to_trimming,
-        ):
-            counter.labels(**labels)
-        for histogram in (self.batch_size, self.persist_seconds, self.end_to_end_seconds):
-            histogram.labels(**labels)
-        for reason in dead_letter_reasons:
-            self.dead_lettered.labels(**labels, reason=reason)
-        for component in ("redis", "postgres"):
-            self.transient_errors.labels(**labels, component=component)
-        for vanished in ("true", "false"):
-            self.groups_recreated.labels(**labels, stream_vanished=vanished)
-        for chore in chores:
-            self.housekeeping_failures.labels(**labels, chore=chore)
 
     def record_batch(
         self,

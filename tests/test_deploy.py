@@ -1,6 +1,6 @@
 """deploy/ and compose.yaml, checked without a container engine: the manifests agree with the worker and the
 gateway (their settings, endpoints, metrics and shutdown timeouts), the alert rules pass promtool and their unit
-tests, and every metric the alerts and the dashboard name is one a running worker exports."""
+tests, and every metric the alerts and the dashboard name is one a running worker or gateway exports."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from interactionlog.client.publisher import AsyncPublisher
@@ -153,9 +155,9 @@ def dashboard_queries() -> list[str]:
 
 @pytest.fixture
 def exported(redis_url: str, database_url: str) -> set[str]:
-    """Every sample name a worker's /metrics can carry, read from a real scrape of the real exporter (the worker's
-    registry plus the stream gauges, refreshed from a real Redis backlog), expanded by metric type so counters
-    and histograms count before their first observation."""
+    """Every sample name a worker's or a gateway's /metrics can carry, read from real scrapes of the real exporters
+    (the worker's registry plus the stream gauges, refreshed from a real Redis backlog; the gateway application's
+    /metrics), expanded by metric type so counters and histograms count before their first observation."""
     build_backlog(redis.Redis.from_url(redis_url))
 
     async def scrape() -> str:
@@ -177,29 +179,49 @@ def exported(redis_url: str, database_url: str) -> set[str]:
             await store.close()
             await client.aclose()
 
+    names = sample_names(asyncio.run(scrape())) | sample_names(TestClient(gateway_app()).get("/metrics").text)
+    assert {"interactionlog_stream_group_lag", "interactionlog_gateway_records_accepted_total"} <= names
+    return names
+
+
+def sample_names(exposition: str) -> set[str]:
+    """Every sample name a /metrics text can carry, expanded by metric type."""
     names: set[str] = set()
-    for family in text_string_to_metric_families(asyncio.run(scrape())):
+    for family in text_string_to_metric_families(exposition):
         names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
         names.update(sample.name for sample in family.samples)
-    assert "interactionlog_stream_group_lag" in names
     return names
 
 
 def test_every_metric_the_alerts_name_is_exported(exported: set[str]) -> None:
-    """Each alert selects at least one worker metric, and every metric it names is exported (or is KEDA's)."""
+    """Each alert selects at least one worker or gateway metric, and every metric it names is exported (or is
+    KEDA's)."""
     for rule in alert_rules():
         names = metric_names(rule["expr"])
-        assert names & exported, f"{rule['alert']} selects no worker metric: {sorted(names)}"
+        assert names & exported, f"{rule['alert']} selects no worker or gateway metric: {sorted(names)}"
         unknown = names - exported - EXTERNAL_METRICS.keys()
-        assert not unknown, f"{rule['alert']} names metrics no worker exports: {sorted(unknown)}"
+        assert not unknown, f"{rule['alert']} names metrics neither a worker nor a gateway exports: {sorted(unknown)}"
 
 
 def test_every_metric_the_dashboard_names_is_exported(exported: set[str]) -> None:
-    """Each dashboard query selects worker metrics only, so no panel stays empty for a typo."""
+    """Each dashboard query selects worker or gateway metrics only, so no panel stays empty for a typo."""
     for query in dashboard_queries():
         names = metric_names(query)
         assert names, f"no metric in {query}"
-        assert names <= exported, f"{query} names metrics no worker exports: {sorted(names - exported)}"
+        assert names <= exported, f"{query} names metrics nothing exports: {sorted(names - exported)}"
+
+
+def test_a_fresh_gateway_exports_its_accepted_counters_at_zero() -> None:
+    """Before its first record, a gateway's /metrics carries records_accepted_total at 0 for each transport: the
+    denominator of InteractionlogGatewayRefusingRecords exists even for a gateway that refuses everything."""
+    families = {
+        family.name: family for family in text_string_to_metric_families(TestClient(gateway_app()).get("/metrics").text)
+    }
+    samples = families["interactionlog_gateway_records_accepted"].samples
+    assert {(sample.labels["transport"], sample.value) for sample in samples if sample.name.endswith("_total")} == {
+        ("http", 0.0),
+        ("grpc", 0.0),
+    }
 
 
 def test_the_metric_name_parser_sees_through_promql() -> None:
@@ -541,7 +563,12 @@ def gateway_container() -> dict[str, Any]:
 
 
 def gateway_paths() -> set[str]:
-    """The paths a real gateway application serves (built without connecting to anything)."""
+    """The paths a real gateway application serves."""
+    return {getattr(route, "path", "") for route in gateway_app().routes}
+
+
+def gateway_app() -> FastAPI:
+    """A real gateway application, built without connecting to anything."""
     redis_client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")
     guard = BacklogGuard(redis_client, stream=STREAM, group=GROUP, max_stream_length=0, max_lag=0)
     ingest = Ingest(
@@ -551,10 +578,9 @@ def gateway_paths() -> set[str]:
         max_record_bytes=1024,
         retry_after_s=1,
     )
-    app = create_app(
+    return create_app(
         ingest, None, GatewayHealth(redis_client, asyncio.Event()), max_body_bytes=1024, request_timeout_s=1
     )
-    return {getattr(route, "path", "") for route in app.routes}
 
 
 def test_the_gateway_runs_serve_with_probes_on_paths_it_serves() -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -76,6 +77,47 @@ def test_every_record_of_a_stream_is_answered_in_order_after_its_xadd(env: Env, 
     entries = dict(stream_entries(redis.Redis.from_url(redis_url)))
     assert [answer.entry_id for answer in accepted] == list(entries)
     assert all(json.loads(entries[a.entry_id][b"data"])["interaction_id"] == a.interaction_id for a in accepted)
+
+
+async def stream_batches(
+    target: str, batches: Sequence[Sequence[ingest_pb2.InteractionData]], metadata: Metadata
+) -> list[ingest_pb2.InteractionBatchResponse]:
+    """Send each batch as one message of a StreamInteractionBatches call and collect the answers."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ingest_pb2_grpc.InteractionIngestStub(channel)
+
+        async def requests() -> AsyncIterator[ingest_pb2.InteractionBatch]:
+            for batch in batches:
+                yield ingest_pb2.InteractionBatch(records=batch)
+
+        return [answer async for answer in stub.StreamInteractionBatches(requests(), metadata=metadata)]
+
+
+def test_every_batch_of_a_batch_stream_is_answered_in_order_after_its_xadds(env: Env, redis_url: str) -> None:
+    """Batches of 1, 700 (over the 512-record window), 0 and 40 records: one answer per batch with one result per
+    record, indexed across the whole stream; refusals carry the worker's reason and only accepted records are in
+    the stream, as sent."""
+    sizes = [1, 700, 0, 40]
+    messages = [data(i) for i in range(sum(sizes))]
+    messages[3] = ingest_pb2.InteractionData(data="not json")
+    messages[705] = data(705, mcp_id="news")
+    messages[720] = ingest_pb2.InteractionData(data='{"tool": "t", "request": {"n": 1.00000000000000001}}')
+    starts = [sum(sizes[:position]) for position in range(len(sizes))]
+    batches = [messages[start : start + size] for start, size in zip(starts, sizes, strict=True)]
+    before = dict(stream_entries(redis.Redis.from_url(redis_url)))
+    answers = asyncio.run(stream_batches(env.gateway.grpc_target, batches, env.metadata))
+    assert [len(answer.results) for answer in answers] == sizes
+    results = [result for answer in answers for result in answer.results]
+    assert [result.index for result in results] == list(range(sum(sizes)))
+    assert [(results[i].success, results[i].error_type) for i in (3, 705)] == [
+        (False, "invalid_json"),
+        (False, "forbidden"),
+    ]
+    accepted = [result for result in results if result.success]
+    assert len(accepted) == sum(sizes) - 2
+    entries = {key: value for key, value in stream_entries(redis.Redis.from_url(redis_url)) if key not in before}
+    assert [result.entry_id for result in accepted] == list(entries)
+    assert entries[results[720].entry_id][b"data"].endswith(b'"tool": "t", "request": {"n": 1.00000000000000001}}')
 
 
 def test_envelope_fields_fill_what_data_lacks_and_must_agree_with_it(env: Env, redis_url: str) -> None:
@@ -174,20 +216,27 @@ def test_redis_down_makes_records_unavailable_and_health_not_serving(
             )
 
 
-async def written_before_stalling(target: str, metadata: Metadata, total: int, stall_s: float) -> tuple[int, bool]:
-    """Write `total` records on a stream without reading any answer; returns how many were written when the
-    writes stalled for `stall_s`, and whether all were (the call is then cancelled). The client's receive window
-    is kept at 64 KiB (no BDP growth), so unread answers back up to the server soon."""
+async def written_before_stalling(
+    target: str, metadata: Metadata, total: int, stall_s: float, *, batch: int = 0
+) -> tuple[int, bool]:
+    """Write `total` records on a stream without reading any answer (one per message, or `batch` per message on
+    StreamInteractionBatches); returns how many records were written when the writes stalled for `stall_s`, and
+    whether all were (the call is then cancelled). The client's receive window is kept at 64 KiB (no BDP growth),
+    so unread answers back up to the server soon."""
     options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
-        call = ingest_pb2_grpc.InteractionIngestStub(channel).StreamInteractions(metadata=metadata)
+        stub = ingest_pb2_grpc.InteractionIngestStub(channel)
+        call: grpc.aio.StreamStreamCall[Any, Any] = (
+            stub.StreamInteractionBatches(metadata=metadata) if batch else stub.StreamInteractions(metadata=metadata)
+        )
         written = 0
 
         async def write() -> None:
             nonlocal written
-            for index in range(total):
-                await call.write(data(index, request={"padding": "x" * 1000}))
-                written += 1
+            while written < total:
+                records = [data(written + offset, request={"padding": "x" * 1000}) for offset in range(batch or 1)]
+                await call.write(ingest_pb2.InteractionBatch(records=records) if batch else records[0])
+                written += len(records)
 
         writer = asyncio.create_task(write())
         last = -1
@@ -207,6 +256,17 @@ def test_a_client_that_stops_reading_is_slowed_down_not_buffered(env: Env, redis
     assert not finished
     assert written < 10_000, written
     assert redis.Redis.from_url(redis_url).xlen("interactions") <= written
+
+
+def test_a_batch_stream_client_that_stops_reading_is_slowed_down_not_buffered(env: Env, redis_url: str) -> None:
+    """The same bound holds with 50 records per message: the window counts records, not messages."""
+    before = redis.Redis.from_url(redis_url).xlen("interactions")
+    written, finished = asyncio.run(
+        written_before_stalling(env.gateway.grpc_target, env.metadata, 40_000, 2.0, batch=50)
+    )
+    assert not finished
+    assert written < 10_000, written
+    assert redis.Redis.from_url(redis_url).xlen("interactions") - before <= written
 
 
 def test_a_slow_redis_slows_the_client_and_nothing_is_lost_after(

@@ -4,7 +4,12 @@ gateway and worker (or straight into the table) to PostgreSQL, with the same API
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
+import logging
+import pkgutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +17,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from structlog.testing import capture_logs
+import structlog
 
+import interactionlog.client
 from interactionlog import (
     AsyncPublisher,
     InvalidRecordError,
@@ -187,7 +193,7 @@ def test_postgresql_without_the_table_says_to_migrate(database_url: str) -> None
 
 
 def test_hybrid_falls_back_logs_once_per_episode_and_returns_to_the_first(
-    own_redis: RedisServer, database_url: str, tmp_path: Path
+    own_redis: RedisServer, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Redis, then PostgreSQL: with Redis killed, records go straight to the table and the fallback is logged once;
     once Redis is back and its breaker lets a trial through, records go to Redis again, `transport_recovered` is
@@ -196,7 +202,8 @@ def test_hybrid_falls_back_logs_once_per_episode_and_returns_to_the_first(
     publisher = Publisher.from_urls([own_redis.url, database_url], timeout_s=0.3, reset_timeout_s=0.3)
     transport = publisher.transport
     assert isinstance(transport, HybridTransport)
-    with running_worker(own_redis.url, database_url, tmp_path), capture_logs() as logs:
+    caplog.set_level(logging.INFO, logger="interactionlog.client.transports.hybrid")
+    with running_worker(own_redis.url, database_url, tmp_path):
         publisher.publish_many([record(i) for i in range(5)])
         wait_until(lambda: count_rows(database_url) == 5, what="the first 5 rows")
         own_redis.kill()
@@ -207,9 +214,47 @@ def test_hybrid_falls_back_logs_once_per_episode_and_returns_to_the_first(
         publisher.publish_many([record(i) for i in range(25, 30)])
         wait_until(lambda: count_rows(database_url) == 30, what="30 rows")
     publisher.close()
-    events = [entry["event"] for entry in logs if entry["event"].startswith("transport_")]
+    events = [json.loads(entry.getMessage())["event"] for entry in caplog.records if "transport_" in entry.getMessage()]
     assert events.count("transport_fallback") == 1
     assert events.count("transport_recovered") == 1
     redis_name, postgres_name = transport.names
     assert transport.counts() == {redis_name: 10, postgres_name: 20}
     assert len(stored(database_url)) == 30
+
+
+def test_a_hybrid_fallback_in_a_process_without_logging_writes_nothing_to_stdout(database_url: str) -> None:
+    """In a process that configured no logging (a stdio MCP server, whose stdout is its protocol channel), the
+    hybrid's fallback warning goes to stderr through the standard library, and stdout stays empty."""
+    migrated(database_url)
+    script = (
+        "import sys; from interactionlog import Publisher; from tests.pipeline import record\n"
+        "with Publisher.from_urls(sys.argv[1:], timeout_s=0.3) as publisher: publisher.publish(record(1))"
+    )
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    completed = subprocess.run(
+        [sys.executable, "-c", script, dead_redis, database_url],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout == ""
+    assert "transport_fallback" in completed.stderr
+    assert count_rows(database_url) == 1
+
+
+def test_no_module_of_the_client_side_logs_through_structlogs_default_stdout_logger() -> None:
+    """Every module that runs inside an MCP process (`interactionlog.client.*`) logs through `library_logger`:
+    none holds a logger from `structlog.get_logger`, which prints to stdout unless the process configured it. (Both
+    are lazy proxies; `get_logger`'s wraps no logger of its own, `_logger is None`, and takes structlog's default.)"""
+    offenders = []
+    for module_info in pkgutil.walk_packages(interactionlog.client.__path__, "interactionlog.client."):
+        module = importlib.import_module(module_info.name)
+        offenders += [
+            f"{module_info.name}.{name}"
+            for name, value in vars(module).items()
+            if isinstance(value, structlog._config.BoundLoggerLazyProxy) and value._logger is None
+        ]
+    assert offenders == []

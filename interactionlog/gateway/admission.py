@@ -15,7 +15,6 @@ what `data` lacks, and must agree with what it has.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,10 +25,9 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from ..client.transports.outcomes import FORBIDDEN
 from ..errors import InvalidRecordError, PermanentEntryError
-from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, ensure_storable
+from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, ensure_storable, splice_fields
 from ..worker.decode import validate_data
 
-_WHITESPACE = b" \t\r\n"
 _TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 
 
@@ -62,14 +60,12 @@ class Refused:
 
 
 def splice(data: bytes, fields: Mapping[str, str]) -> bytes:
-    """`data` (a JSON object's text) with `fields` written in front of its first key; unchanged otherwise."""
-    start = len(data) - len(data.lstrip(_WHITESPACE))
-    if not fields or data[start : start + 1] != b"{":
-        return data  # not an object: validation says so
-    rest = data[start + 1 :]
-    head = b",".join(json.dumps(name).encode() + b":" + json.dumps(value).encode() for name, value in fields.items())
-    separator = b"" if rest.lstrip(_WHITESPACE).startswith(b"}") else b","
-    return b"{" + head + separator + rest
+    """`data` with `fields` written in front of its first key (`record.splice_fields`, the worker's own); `data`
+    unchanged when it is not a JSON object's UTF-8 text (validation then says what is wrong)."""
+    try:
+        return splice_fields(data.decode(), fields).encode()
+    except ValueError:  # UnicodeDecodeError included
+        return data
 
 
 def _present(data: bytes) -> _Present:
@@ -107,7 +103,7 @@ def admit(
         return Refused(error.reason, str(error), generated_id)
     except InvalidRecordError as error:
         return Refused("unstorable_value", str(error), generated_id)
-    if (disagreement := _disagreement(record, envelope)) is not None:
+    if envelope and (disagreement := _disagreement(record, envelope)) is not None:
         return Refused("invalid_record", disagreement, record.interaction_id)
     if mcp_id is not None and record.mcp_id != mcp_id:
         return Refused(

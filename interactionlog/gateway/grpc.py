@@ -1,11 +1,12 @@
 """gRPC ingest: the design's `StreamInteractions` (one answer per record, in order, flow-controlled), the unary
-`PublishBatch` for clients that cannot stream, and the standard `grpc.health.v1` service.
+`PublishBatch` for clients that cannot stream, `StreamInteractionBatches` (the stream with many records per
+message, for throughput), and the standard `grpc.health.v1` service.
 
-Flow control on a stream: a reader task reads records ahead of their answers into a window of `grpc_window`
+Flow control on a stream: a reader task reads messages ahead of their answers into a window of `grpc_window`
 records (and at most `WINDOW_BYTES`); the writer takes what the window holds, XADDs it in one pipeline, and
-writes one answer per record. When Redis is slow, the window fills and the reader stops reading, so HTTP/2 flow
-control stops the client; when the client stops reading its answers, `write` waits, the window fills, and the
-same happens. Nothing grows without bound, whoever is slow.
+writes one answer per message (per record on `StreamInteractions`). When Redis is slow, the window fills and the
+reader stops reading, so HTTP/2 flow control stops the client; when the client stops reading its answers,
+`write` waits, the window fills, and the same happens. Nothing grows without bound, whoever is slow.
 
 Authentication: `authorization: Bearer <token>` metadata, checked once per call (UNAUTHENTICATED otherwise).
 """
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -29,15 +31,18 @@ from ..client.transports.outcomes import UNAVAILABLE, Outcome
 from ..proto import ingest_pb2, ingest_pb2_grpc
 from .health import GatewayHealth
 from .ingest import Ingest, Submitted
+from .metrics import GRPC
 from .tokens import Principal, TokenCheckUnavailableError, TokenError, TokenVerifier
 
 log = structlog.get_logger(__name__)
 
-TRANSPORT = "grpc"
+TRANSPORT = GRPC
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["InteractionIngest"].full_name
 WINDOW_BYTES = 4 * 1024 * 1024  # read-ahead of one stream, beyond its record count
 HEALTH_INTERVAL_S = 2.0
 _ENVELOPE = ("mcp_id", "interaction_id", "timestamp")
+_Message = TypeVar("_Message", ingest_pb2.InteractionData, ingest_pb2.InteractionBatch)
+_Reply = TypeVar("_Reply", ingest_pb2.InteractionResponse, ingest_pb2.InteractionBatchResponse)
 
 
 def submitted(message: ingest_pb2.InteractionData) -> Submitted:
@@ -62,43 +67,71 @@ def response(outcome: Outcome) -> ingest_pb2.InteractionResponse:
 
 
 class ReadAhead:
-    """Records read from a stream and not yet answered: at most `size` of them (and about `max_bytes`).
+    """Messages read from a stream and not yet answered, holding at most `size` records (and about `max_bytes`).
 
-    One reader puts, one writer takes; `end()` (safe in a `finally`) tells the writer nothing more will come.
+    A message is the records of one `InteractionData` (one) or one `InteractionBatch` (any number). A message
+    larger than the window is let in when the window is empty, so a batch over `size` records still flows; its
+    bytes are bounded by the server's maximum message size. One reader puts, one writer takes; `end()` (safe in a
+    `finally`) tells the writer nothing more will come.
     """
 
     def __init__(self, size: int, max_bytes: int = WINDOW_BYTES) -> None:
         self.size = size
         self.max_bytes = max_bytes
-        self._items: deque[Submitted] = deque()
+        self._messages: deque[list[Submitted]] = deque()
+        self._records = 0
         self._bytes = 0
-        self._ready = asyncio.Event()  # items to take, or the end
+        self._ready = asyncio.Event()  # messages to take, or the end
         self._space = asyncio.Event()
         self.ended = False
 
-    async def put(self, item: Submitted) -> None:
-        """Add a record, waiting while the window is full."""
-        while len(self._items) >= self.size or (self._items and self._bytes >= self.max_bytes):
+    async def put(self, records: list[Submitted]) -> None:
+        """Add one message's records, waiting while the window has no room for them."""
+        while self._messages and (self._records + len(records) > self.size or self._bytes >= self.max_bytes):
             self._space.clear()
             await self._space.wait()
-        self._items.append(item)
-        self._bytes += len(item.data)
+        self._messages.append(records)
+        self._records += len(records)
+        self._bytes += sum(len(record.data) for record in records)
         self._ready.set()
 
     def end(self) -> None:
-        """No more records will be put."""
+        """No more messages will be put."""
         self.ended = True
         self._ready.set()
 
-    async def take(self, limit: int) -> list[Submitted]:
-        """Up to `limit` records, waiting for the first; empty once ended and drained."""
-        while not self._items and not self.ended:
+    async def take(self, limit: int) -> list[list[Submitted]]:
+        """Whole messages holding up to `limit` records (at least one message), waiting for the first; empty once
+        ended and drained."""
+        while not self._messages and not self.ended:
             self._ready.clear()
             await self._ready.wait()
-        taken = [self._items.popleft() for _ in range(min(limit, len(self._items)))]
-        self._bytes -= sum(len(item.data) for item in taken)
+        taken: list[list[Submitted]] = []
+        count = 0
+        while self._messages and (not taken or count + len(self._messages[0]) <= limit):
+            taken.append(message := self._messages.popleft())
+            count += len(message)
+        self._records -= count
+        self._bytes -= sum(len(record.data) for message in taken for record in message)
         self._space.set()
         return taken
+
+
+def _one(message: ingest_pb2.InteractionData) -> list[Submitted]:
+    return [submitted(message)]
+
+
+def _many(message: ingest_pb2.InteractionBatch) -> list[Submitted]:
+    return [submitted(record) for record in message.records]
+
+
+def _single_answer(outcomes: list[Outcome]) -> ingest_pb2.InteractionResponse:
+    (outcome,) = outcomes
+    return response(outcome)
+
+
+def _batch_answer(outcomes: list[Outcome]) -> ingest_pb2.InteractionBatchResponse:
+    return ingest_pb2.InteractionBatchResponse(results=[response(outcome) for outcome in outcomes])
 
 
 class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
@@ -129,21 +162,47 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
         context: grpc.aio.ServicerContext[ingest_pb2.InteractionData, ingest_pb2.InteractionResponse],
     ) -> AsyncIterator[ingest_pb2.InteractionResponse]:
         """One answer per record, in order, after its XADD is confirmed (or with why it was not)."""
+        async with aclosing(self._answered(request_iterator, context, _one, _single_answer)) as answers:
+            async for answer in answers:
+                yield answer  # waits while the client does not read: HTTP/2 flow control
+
+    async def StreamInteractionBatches(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.InteractionBatch],
+        context: grpc.aio.ServicerContext[ingest_pb2.InteractionBatch, ingest_pb2.InteractionBatchResponse],
+    ) -> AsyncIterator[ingest_pb2.InteractionBatchResponse]:
+        """One answer per batch, in order, holding one answer per record once each XADD is confirmed (or refused)."""
+        async with aclosing(self._answered(request_iterator, context, _many, _batch_answer)) as answers:
+            async for answer in answers:
+                yield answer
+
+    async def _answered(
+        self,
+        messages: AsyncIterator[_Message],
+        context: grpc.aio.ServicerContext[Any, Any],
+        unpack: Callable[[_Message], list[Submitted]],
+        answer: Callable[[list[Outcome]], _Reply],
+    ) -> AsyncGenerator[_Reply, None]:
+        """The answer to each message of a stream (`answer` of its records' outcomes), a read-ahead window at a time:
+        every record the window holds is XADDed in one pipeline, so round trips to Redis do not grow with records."""
         principal = await self._principal(context)
         ahead = ReadAhead(self.window)
-        reader = asyncio.create_task(_read(request_iterator, ahead))
+        reader = asyncio.create_task(_read(messages, unpack, ahead))
         index = 0
         finished = False
         try:
-            while batch := await ahead.take(self.window):
+            while taken := await ahead.take(self.window):
+                records = [record for message in taken for record in message]
                 started = time.perf_counter()
-                outcomes = await self.ingest.submit(batch, principal, TRANSPORT, first_index=index)
-                index += len(batch)
+                outcomes = await self.ingest.submit(records, principal, TRANSPORT, first_index=index)
+                index += len(records)
                 self.ingest.metrics.duration.labels(self.ingest.metrics.stream, TRANSPORT).observe(
                     time.perf_counter() - started
                 )
-                for outcome in outcomes:
-                    yield response(outcome)  # waits while the client does not read: HTTP/2 flow control
+                start = 0
+                for message in taken:
+                    yield answer(outcomes[start : start + len(message)])
+                    start += len(message)
             finished = True
         finally:
             reader.cancel()
@@ -164,22 +223,24 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
             if (reason := self.ingest.backlog()) is not None:
                 status = "RESOURCE_EXHAUSTED"
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
-            outcomes = await self.ingest.submit([submitted(m) for m in request.records], principal, TRANSPORT)
+            outcomes = await self.ingest.submit(_many(request), principal, TRANSPORT)
             unavailable = next((o for o in outcomes if o.error_type == UNAVAILABLE), None)
             if unavailable is not None:
                 status = "UNAVAILABLE"
                 await context.abort(grpc.StatusCode.UNAVAILABLE, unavailable.message)
-            return ingest_pb2.InteractionBatchResponse(results=[response(outcome) for outcome in outcomes])
+            return _batch_answer(outcomes)
         finally:
             code = context.code()
             name = code.name if isinstance(code, grpc.StatusCode) else status
             self.ingest.metrics.answered(TRANSPORT, name, time.perf_counter() - started)
 
 
-async def _read(requests: AsyncIterator[ingest_pb2.InteractionData], ahead: ReadAhead) -> None:
+async def _read(
+    messages: AsyncIterator[_Message], unpack: Callable[[_Message], list[Submitted]], ahead: ReadAhead
+) -> None:
     try:
-        async for message in requests:
-            await ahead.put(submitted(message))
+        async for message in messages:
+            await ahead.put(unpack(message))
     finally:
         ahead.end()
 

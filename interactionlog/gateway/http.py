@@ -34,12 +34,13 @@ from ..record import Interaction
 from .bodies import BodyError, decompress, read_capped, split_records
 from .health import GatewayHealth
 from .ingest import Ingest, Submitted
+from .metrics import HTTP
 from .tokens import TokenCheckUnavailableError, TokenError, TokenVerifier
 
 log = structlog.get_logger(__name__)
 
 INGEST_PATH = "/api/v2/interactions"
-TRANSPORT = "http"
+TRANSPORT = HTTP
 
 
 class RecordResult(BaseModel):

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ..metrics import NAMESPACE
 
 LABELS = ("stream", "transport")
+HTTP, GRPC = "http", "grpc"  # the `transport` label of each gateway
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -28,7 +29,7 @@ class GatewayMetrics:
     def create(cls, stream: str, registry: CollectorRegistry | None = None) -> GatewayMetrics:
         """Register the gateway's metrics on `registry` (a fresh one by default)."""
         registry = registry if registry is not None else CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry=registry,
             requests=Counter(
                 "gateway_requests",
@@ -61,6 +62,11 @@ class GatewayMetrics:
             ),
             stream=stream,
         )
+        # At 0 from the first scrape: the denominator of the refusal-share alert exists before any record is
+        # accepted (a gateway that refuses everything), and increase() sees the first accepted records.
+        for transport in (HTTP, GRPC):
+            metrics.accepted.labels(stream, transport)
+        return metrics
 
     def answered(self, transport: str, status: str, seconds: float) -> None:
         """Count one answered request."""

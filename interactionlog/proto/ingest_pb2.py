@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!interactionlog/proto/ingest.proto\x12\x11interactionlog.v1\"Z\n\x0fInteractionData\x12\x0e\n\x06mcp_id\x18\x01 \x01(\t\x12\x16\n\x0einteraction_id\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\"\x84\x01\n\x13InteractionResponse\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\x04\"G\n\x10InteractionBatch\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".interactionlog.v1.InteractionData\"S\n\x18InteractionBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.interactionlog.v1.InteractionResponse2\xdb\x01\n\x11InteractionIngest\x12\x64\n\x12StreamInteractions\x12\".interactionlog.v1.InteractionData\x1a&.interactionlog.v1.InteractionResponse(\x01\x30\x01\x12`\n\x0cPublishBatch\x12#.interactionlog.v1.InteractionBatch\x1a+.interactionlog.v1.InteractionBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!interactionlog/proto/ingest.proto\x12\x11interactionlog.v1\"Z\n\x0fInteractionData\x12\x0e\n\x06mcp_id\x18\x01 \x01(\t\x12\x16\n\x0einteraction_id\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\t\"\x84\x01\n\x13InteractionResponse\x12\x16\n\x0einteraction_id\x18\x01 \x01(\t\x12\x0f\n\x07success\x18\x02 \x01(\x08\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x05 \x01(\t\x12\r\n\x05index\x18\x06 \x01(\x04\"G\n\x10InteractionBatch\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".interactionlog.v1.InteractionData\"S\n\x18InteractionBatchResponse\x12\x37\n\x07results\x18\x01 \x03(\x0b\x32&.interactionlog.v1.InteractionResponse2\xcd\x02\n\x11InteractionIngest\x12\x64\n\x12StreamInteractions\x12\".interactionlog.v1.InteractionData\x1a&.interactionlog.v1.InteractionResponse(\x01\x30\x01\x12`\n\x0cPublishBatch\x12#.interactionlog.v1.InteractionBatch\x1a+.interactionlog.v1.InteractionBatchResponse\x12p\n\x18StreamInteractionBatches\x12#.interactionlog.v1.InteractionBatch\x1a+.interactionlog.v1.InteractionBatchResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,5 +40,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERACTIONBATCHRESPONSE']._serialized_start=356
   _globals['_INTERACTIONBATCHRESPONSE']._serialized_end=439
   _globals['_INTERACTIONINGEST']._serialized_start=442
-  _globals['_INTERACTIONINGEST']._serialized_end=661
+  _globals['_INTERACTIONINGEST']._serialized_end=775
 # @@protoc_insertion_point(module_scope)

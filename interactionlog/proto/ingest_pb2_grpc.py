@@ -44,6 +44,11 @@ class InteractionIngestStub:
                 request_serializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatch.SerializeToString,
                 response_deserializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatchResponse.FromString,
                 _registered_method=True)
+        self.StreamInteractionBatches = channel.stream_stream(
+                '/interactionlog.v1.InteractionIngest/StreamInteractionBatches',
+                request_serializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatch.SerializeToString,
+                response_deserializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatchResponse.FromString,
+                _registered_method=True)
 
 
 class InteractionIngestServicer:
@@ -64,6 +69,15 @@ class InteractionIngestServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamInteractionBatches(self, request_iterator, context):
+        """StreamInteractions with many records per message: one InteractionBatchResponse per InteractionBatch, in
+        order, sent once every record of the batch is confirmed or refused; `index` counts records from the start
+        of the stream. Flow control as for StreamInteractions (the window counts records, not messages).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InteractionIngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_InteractionIngestServicer_to_server(servicer, server):
             ),
             'PublishBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishBatch,
+                    request_deserializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatch.FromString,
+                    response_serializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatchResponse.SerializeToString,
+            ),
+            'StreamInteractionBatches': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamInteractionBatches,
                     request_deserializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatch.FromString,
                     response_serializer=interactionlog_dot_proto_dot_ingest__pb2.InteractionBatchResponse.SerializeToString,
             ),
@@ -130,6 +149,33 @@ class InteractionIngest:
             request,
             target,
             '/interactionlog.v1.InteractionIngest/PublishBatch',
+            interactionlog_dot_proto_dot_ingest__pb2.InteractionBatch.SerializeToString,
+            interactionlog_dot_proto_dot_ingest__pb2.InteractionBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamInteractionBatches(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/interactionlog.v1.InteractionIngest/StreamInteractionBatches',
             interactionlog_dot_proto_dot_ingest__pb2.InteractionBatch.SerializeToString,
             interactionlog_dot_proto_dot_ingest__pb2.InteractionBatchResponse.FromString,
             options,

@@ -13,7 +13,6 @@ from .. import clusters
 from ..metrics import WorkerMetrics
 from ..settings import Settings
 from ..shards import Shard
-from .dead_letters import DEAD_LETTER_REASONS
 from .housekeeping import CHORES, Housekeeper
 from .streams import StreamGroup
 
@@ -39,7 +38,7 @@ class ShardWork:
         """The shard's parts over the worker's one Redis client (a cluster client routes each shard's slot;
         `masters` serve the MULTI/EXEC on a cluster)."""
         own = metrics.for_stream(shard.stream)
-        own.start_at_zero(dead_letter_reasons=DEAD_LETTER_REASONS, chores=CHORES)
+        own.export_zeros(chores=CHORES)
         streams = StreamGroup(
             redis,
             stream=shard.stream,

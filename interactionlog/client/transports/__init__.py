@@ -16,7 +16,8 @@ confirmed (sending the same entries again is safe), `PublishError` when refused.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from importlib import import_module
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 from ...errors import ConfigurationError
@@ -68,37 +69,30 @@ def hybrid_members(url: str) -> list[str]:
     return members
 
 
+# scheme -> the module (imported only when used: each pulls an optional dependency), its sync and asyncio
+# transports, and whether it takes the gateway's token.
+_KINDS = (
+    (HTTP_SCHEMES, "http", "HttpTransport", "AsyncHttpTransport", True),
+    (GRPC_SCHEMES, "grpc", "GrpcTransport", "AsyncGrpcTransport", True),
+    (POSTGRES_SCHEMES, "postgres", "PostgresTransport", "AsyncPostgresTransport", False),
+)
+
+
 def open_transport(url: str, *, timeout_s: float, token: str | None) -> Transport:
     """A sync transport for a non-Redis `url` (the optional dependency of its kind is imported only here)."""
-    scheme = scheme_of(url)
-    if scheme in HTTP_SCHEMES:
-        from .http import HttpTransport
-
-        return HttpTransport(url, timeout_s=timeout_s, token=token)
-    if scheme in GRPC_SCHEMES:
-        from .grpc import GrpcTransport
-
-        return GrpcTransport(url, timeout_s=timeout_s, token=token)
-    if scheme in POSTGRES_SCHEMES:
-        from .postgres import PostgresTransport
-
-        return PostgresTransport(url, timeout_s=timeout_s)
-    raise ConfigurationError(f"{scheme}:// is published by the Publisher itself, not through a transport")
+    return cast(Transport, _open(url, timeout_s=timeout_s, token=token, asynchronous=False))
 
 
 def open_async_transport(url: str, *, timeout_s: float, token: str | None) -> AsyncTransport:
     """The asyncio twin of `open_transport`."""
+    return cast(AsyncTransport, _open(url, timeout_s=timeout_s, token=token, asynchronous=True))
+
+
+def _open(url: str, *, timeout_s: float, token: str | None, asynchronous: bool) -> object:
     scheme = scheme_of(url)
-    if scheme in HTTP_SCHEMES:
-        from .http import AsyncHttpTransport
-
-        return AsyncHttpTransport(url, timeout_s=timeout_s, token=token)
-    if scheme in GRPC_SCHEMES:
-        from .grpc import AsyncGrpcTransport
-
-        return AsyncGrpcTransport(url, timeout_s=timeout_s, token=token)
-    if scheme in POSTGRES_SCHEMES:
-        from .postgres import AsyncPostgresTransport
-
-        return AsyncPostgresTransport(url, timeout_s=timeout_s)
-    raise ConfigurationError(f"{scheme}:// is published by the AsyncPublisher itself, not through a transport")
+    for schemes, module, sync_name, async_name, takes_token in _KINDS:
+        if scheme in schemes:
+            kind = getattr(import_module(f".{module}", __name__), async_name if asynchronous else sync_name)
+            return kind(url, timeout_s=timeout_s, **({"token": token} if takes_token else {}))
+    publisher = "AsyncPublisher" if asynchronous else "Publisher"
+    raise ConfigurationError(f"{scheme}:// is published by the {publisher} itself, not through a transport")

@@ -7,6 +7,8 @@ once, so no record is refused while any member still works; when every member fa
 fails with `PublishUnavailableError`. A refusal (`PublishError`: an invalid record, a wrong token) is final:
 the same records would be refused anywhere.
 
+Both twins take the same decisions (`_Route`); each only makes the call, awaited or not.
+
 Counted: the records each member delivered (`counts()`). Logged once per episode: `transport_fallback` (warning)
 when records start going to a member other than the first, `transport_recovered` when they go back to it.
 """
@@ -16,26 +18,37 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-
-import structlog
+from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 from ...errors import PublishError, PublishUnavailableError
+from ...logs import library_logger
 from ...redact import redact_url
 from ..breaker import CircuitBreaker
 from . import AsyncTransport, Transport
 
-log = structlog.get_logger(__name__)
+log = library_logger(__name__)  # inside an MCP process: never stdout, a stdio server's protocol channel
 
 DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_RESET_TIMEOUT_S = 5.0
+_Member = TypeVar("_Member", Transport, AsyncTransport)
 
 
-class _Episodes:
-    """The members' breakers and counts, and the once-per-episode fallback log, shared by both twins."""
+class _Episodes(Generic[_Member]):
+    """The members, their breakers and counts, and the once-per-episode fallback log, shared by both twins;
+    `names` are the members' URLs."""
 
-    def __init__(self, names: Sequence[str], *, failure_threshold: int, reset_timeout_s: float) -> None:
-        if not names:
-            raise ValueError("a hybrid transport needs at least one member")
+    def __init__(
+        self,
+        members: Sequence[_Member],
+        names: Sequence[str],
+        *,
+        failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        reset_timeout_s: float = DEFAULT_RESET_TIMEOUT_S,
+    ) -> None:
+        if not names or len(members) != len(names):
+            raise ValueError("a hybrid transport needs at least one member, and one name per member")
+        self.members: list[_Member] = list(members)
         self.names = [redact_url(name) for name in names]
         self.breakers = [
             CircuitBreaker(failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s) for _ in names
@@ -88,55 +101,67 @@ class _Episodes:
         """Member `index` answered, with a refusal: it is healthy."""
         self.breakers[index].succeeded()
 
-    def exhausted(self, tried: int, last: PublishUnavailableError | None) -> PublishUnavailableError:
-        """The error for a batch no member confirmed."""
-        if last is None:
-            return PublishUnavailableError(
-                f"every transport is cooling down after failures ({', '.join(self.names)}); records not sent, "
-                "send them again shortly"
-            )
-        return PublishUnavailableError(f"no transport confirmed the records ({tried} tried); last: {last}")
-
     def counts(self) -> dict[str, int]:
         """Records delivered by each member (its URL, without secrets), since the start."""
         with self._lock:
             return dict(self._counts)
 
 
-class HybridTransport(_Episodes):
-    """The hybrid for the sync `Publisher`; members are transports (publishers included)."""
+class _Route:
+    """One batch's way through the members: the ones to try, in order, and what each answered.
 
-    def __init__(
-        self,
-        members: Sequence[Transport],
-        names: Sequence[str],
-        *,
-        failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
-        reset_timeout_s: float = DEFAULT_RESET_TIMEOUT_S,
-    ) -> None:
-        super().__init__(names, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
-        self.members = list(members)
+    Use as `for index in route: with route.attempt(index): return <member index's call>`, then
+    `raise route.exhausted()`: a member that did not confirm is passed over, a refusal is final.
+    """
+
+    def __init__(self, episodes: _Episodes[Transport] | _Episodes[AsyncTransport], records: int) -> None:
+        self.episodes = episodes
+        self.records = records
+        self.tried = 0
+        self.last: PublishUnavailableError | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        for index in self.episodes.candidates():
+            self.tried += 1
+            yield index
+
+    @contextmanager
+    def attempt(self, index: int) -> Iterator[None]:
+        """Around member `index`'s call: a success is counted, PublishUnavailableError is swallowed (the next
+        member is tried), PublishError propagates (the same records would be refused anywhere)."""
+        try:
+            yield
+        except PublishUnavailableError as error:
+            self.episodes.failed(index, error)
+            self.last = error
+        except PublishError:
+            self.episodes.refused(index)
+            raise
+        else:
+            self.episodes.delivered(index, self.records)
+
+    def exhausted(self) -> PublishUnavailableError:
+        """The error for a batch no member confirmed."""
+        if self.last is None:
+            return PublishUnavailableError(
+                f"every transport is cooling down after failures ({', '.join(self.episodes.names)}); records not "
+                "sent, send them again shortly"
+            )
+        return PublishUnavailableError(f"no transport confirmed the records ({self.tried} tried); last: {self.last}")
+
+
+class HybridTransport(_Episodes[Transport]):
+    """The hybrid for the sync `Publisher`; members are transports (publishers included)."""
 
     def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """Deliver through the first healthy member; see the module's docstring."""
         if not entries:
             return []
-        last: PublishUnavailableError | None = None
-        tried = 0
-        for index in self.candidates():
-            tried += 1
-            try:
-                ids = self.members[index].publish_encoded(entries)
-            except PublishUnavailableError as error:
-                self.failed(index, error)
-                last = error
-                continue
-            except PublishError:
-                self.refused(index)
-                raise
-            self.delivered(index, len(entries))
-            return ids
-        raise self.exhausted(tried, last)
+        route = _Route(self, len(entries))
+        for index in route:
+            with route.attempt(index):
+                return self.members[index].publish_encoded(entries)
+        raise route.exhausted()
 
     def close(self) -> None:
         """Close every member."""
@@ -144,40 +169,18 @@ class HybridTransport(_Episodes):
             member.close()
 
 
-class AsyncHybridTransport(_Episodes):
+class AsyncHybridTransport(_Episodes[AsyncTransport]):
     """The hybrid for `AsyncPublisher`."""
-
-    def __init__(
-        self,
-        members: Sequence[AsyncTransport],
-        names: Sequence[str],
-        *,
-        failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
-        reset_timeout_s: float = DEFAULT_RESET_TIMEOUT_S,
-    ) -> None:
-        super().__init__(names, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
-        self.members = list(members)
 
     async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """Deliver through the first healthy member; see the module's docstring."""
         if not entries:
             return []
-        last: PublishUnavailableError | None = None
-        tried = 0
-        for index in self.candidates():
-            tried += 1
-            try:
-                ids = await self.members[index].publish_encoded(entries)
-            except PublishUnavailableError as error:
-                self.failed(index, error)
-                last = error
-                continue
-            except PublishError:
-                self.refused(index)
-                raise
-            self.delivered(index, len(entries))
-            return ids
-        raise self.exhausted(tried, last)
+        route = _Route(self, len(entries))
+        for index in route:
+            with route.attempt(index):
+                return await self.members[index].publish_encoded(entries)
+        raise route.exhausted()
 
     async def close(self) -> None:
         """Close every member."""

@@ -2,8 +2,9 @@
 
 No stream and no worker: each batch is one transaction of `rows.INSERT_ROW` per row (the row the worker would
 store, with the worker's identity rule at the default dedupe window: README "Idempotency"), so publishing a
-record twice stores it once, and the `data` column holds the record's JSON as the publisher encoded it. Rows carry `stream_entry_id = 'direct'`,
-which is also the id `publish` returns. The table must exist (`interactionlog migrate`).
+record twice stores it once, and the `data` column holds the record's JSON as the publisher encoded it. Rows
+carry `stream_entry_id = 'direct'`, which is also the id `publish` returns. The table must exist
+(`interactionlog migrate`).
 
 What it costs: every MCP process holds PostgreSQL connections (at most `MAX_CONNECTIONS` each) and waits on
 a commit per batch; there is no buffer in front of the database. Use it where Redis is not an option.
