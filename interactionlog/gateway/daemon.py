@@ -20,6 +20,7 @@ from ..client.publisher import AsyncPublisher
 from ..probes import MetricsServer
 from ..redact import redact_url
 from ..settings import Settings
+from ..shards import Layout
 from ..worker.daemon import stop_on_signals
 from ..worker.streams import connect
 from .backlog import BacklogGuard
@@ -82,7 +83,7 @@ class Gateway:
         self.metrics = GatewayMetrics.create(settings.stream)
         self.guard = BacklogGuard(
             self.redis,
-            stream=settings.stream,
+            streams=[shard.stream for shard in Layout(settings.stream, settings.shards).all()],
             group=settings.group,
             max_stream_length=gateway.max_stream_length,
             max_lag=gateway.max_lag,
