@@ -1,8 +1,8 @@
 """A small MCP server instrumented with interactionlog: the two lines are marked.
 
-    pip install -e '.[mcp]'
-    INTERACTIONLOG_REDIS_URL=redis://localhost:6379/0 python examples/weather_server.py          # stdio
-    python examples/weather_server.py http 8000                                                  # streamable HTTP
+pip install -e '.[mcp]'
+INTERACTIONLOG_REDIS_URL=redis://localhost:6379/0 python examples/weather_server.py          # stdio
+python examples/weather_server.py http 8000                                                  # streamable HTTP
 """
 
 import sys

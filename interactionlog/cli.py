@@ -46,7 +46,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CHECK_FAILED = 3  # `status` thresholds exceeded: distinct from 1 (could not check) and 2 (usage)
 
-REDIS_OPTIONS = ("redis_url", "stream", "dead_letter_stream", "redis_timeout_s")
+REDIS_OPTIONS = ("redis_url", "stream", "dead_letter_stream", "shards", "redis_timeout_s")
 LOG_OPTIONS = ("log_format", "log_level")
 
 
@@ -243,23 +243,35 @@ def status_command(
     """
     settings = _settings(values)
 
-    async def collect() -> PipelineStatus:
+    shards = settings.layouts[0].all()
+
+    async def collect() -> list[PipelineStatus]:
         redis = _redis(settings)
         try:
-            return await collect_status(redis, settings.stream, settings.dead_letter_stream_key)
+            return [await collect_status(redis, shard.stream, shard.dead_letter_stream) for shard in shards]
         finally:
             await redis.aclose()
 
-    snapshot = _run(collect(), settings)
-    click.echo(json.dumps(snapshot.to_dict(), indent=2) if as_json else status.render_status(snapshot))
-    problems, warnings = status.threshold_problems(
-        snapshot,
-        settings.group,
-        max_lag=max_lag,
-        max_pending_age_s=max_pending_age_s,
-        max_dead_letters=max_dead_letters,
-        fail_on_unknown_lag=fail_on_unknown_lag,
-    )
+    snapshots = _run(collect(), settings)
+    # One shard prints as it always did; several print one section (or JSON object, in a list) per shard.
+    if as_json:
+        dicts = [snapshot.to_dict() for snapshot in snapshots]
+        click.echo(json.dumps(dicts[0] if len(dicts) == 1 else dicts, indent=2))
+    else:
+        click.echo("\n".join(status.render_status(snapshot) for snapshot in snapshots))
+    problems: list[str] = []
+    warnings: list[str] = []
+    for snapshot in snapshots:
+        found, said = status.threshold_problems(
+            snapshot,
+            settings.group,
+            max_lag=max_lag,
+            max_pending_age_s=max_pending_age_s,
+            max_dead_letters=max_dead_letters,
+            fail_on_unknown_lag=fail_on_unknown_lag,
+        )
+        problems += found
+        warnings += said
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     for problem in problems:
@@ -284,8 +296,13 @@ def dlq_list(count: int, reason: str | None, as_json: bool, **values: Any) -> No
 
     async def fetch() -> list[dlq.DeadLetterView]:
         redis = _redis(settings)
+        views: list[dlq.DeadLetterView] = []
         try:
-            return await dlq.list_dead_letters(redis, settings.dead_letter_stream_key, count=count, reason=reason)
+            for shard in settings.layouts[0].all():  # shard by shard, oldest first within each, `count` in all
+                views += await dlq.list_dead_letters(redis, shard.dead_letter_stream, count=count, reason=reason)
+                if len(views) >= count:
+                    break
+            return views[:count]
         finally:
             await redis.aclose()
 
@@ -319,20 +336,32 @@ def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason
 
     async def replay() -> dlq.ReplayOutcome:
         redis = _redis(settings)
+        total = dlq.ReplayOutcome()
         try:
-            return await dlq.replay_dead_letters(
-                redis,
-                dead_letter_stream=settings.dead_letter_stream_key,
-                stream=settings.stream,
-                maxlen=settings.stream_maxlen,
-                count=None if replay_all else count,
-                ids=ids,
-                reason=reason,
-            )
+            # Each shard's dead letters go back onto that shard's stream; ids not found in one may be in another.
+            for shard in settings.layouts[0].all():
+                left = None if replay_all or count is None else count - len(total.replayed)
+                if left == 0:
+                    break
+                outcome = await dlq.replay_dead_letters(
+                    redis,
+                    dead_letter_stream=shard.dead_letter_stream,
+                    stream=shard.stream,
+                    maxlen=settings.stream_maxlen,
+                    count=left,
+                    ids=ids,
+                    reason=reason,
+                )
+                total.replayed += outcome.replayed
+                total.taken_by_another += outcome.taken_by_another
+                total.not_found = (
+                    outcome.not_found if shard.index == 0 else sorted(set(total.not_found) & set(outcome.not_found))
+                )
         except ValueError as error:
             raise click.UsageError(str(error)) from None
         finally:
             await redis.aclose()
+        return total
 
     outcome = _run(replay(), settings)
     for old_id, new_id in outcome.replayed:
@@ -360,7 +389,7 @@ def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason
 
 
 @main.command()
-@settings_options("redis_url", "stream", "stream_maxlen", "max_record_bytes", "redis_timeout_s", *LOG_OPTIONS)
+@settings_options("redis_url", "stream", "shards", "stream_maxlen", "max_record_bytes", "redis_timeout_s", *LOG_OPTIONS)
 @click.argument("source", type=click.File("rb"), default="-")
 @click.option(
     "--chunk-size", default=500, show_default=True, type=click.IntRange(min=1), help="Records per round trip."
@@ -380,6 +409,7 @@ def publish(source: IO[bytes], chunk_size: int, strict: bool, **values: Any) -> 
         maxlen=settings.stream_maxlen,
         max_record_bytes=settings.max_record_bytes,
         timeout_s=settings.redis_timeout_s,
+        shards=settings.shards,
     )
     published = rejected = 0
     chunk: list[dict[bytes, bytes]] = []
@@ -616,6 +646,7 @@ def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
     except KeyboardInterrupt:  # during start-up: the servers started so far are gone already
         pass
     click.echo("stopped; nothing is left running", err=True)
+
 
 # The gateway's commands live in their own module (the servers' dependencies are an optional extra).
 main.add_command(serve)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,6 +173,11 @@ class WorkerMetrics:
                 raise ValueError(f"no zero series known for {metric._name} labels {further}: add them to export_zeros")
             for value in values[further[0]]:
                 metric.labels(**labels, **{further[0]: value})
+
+    def for_stream(self, stream: str) -> WorkerMetrics:
+        """The same metrics (one registry) labelled with another `stream`: a shard's, when a worker consumes
+        several (its zero series are the caller's `export_zeros`, as for the first stream's)."""
+        return dataclasses.replace(self, stream=stream)
 
     def labels(self) -> dict[str, str]:
         """The stream and group labels every sample of this worker carries."""

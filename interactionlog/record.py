@@ -290,7 +290,7 @@ def refuse_unknown_fields(record: Interaction) -> None:
         names = ", ".join(f"'{name}'" for name in unknown)
         raise InvalidRecordError(
             f"invalid interaction record: field {names} is not a field of the wire format (strict mode); put fields "
-            "of your own under 'metadata' (\"metadata\": {\"user_id\": ...}), fix the name if it is a typo, or "
+            'of your own under \'metadata\' ("metadata": {"user_id": ...}), fix the name if it is a typo, or '
             "publish without strict=True to keep it as a top-level field"
         )
 

@@ -16,8 +16,10 @@ import psycopg.conninfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from redis.connection import parse_url
 
+from .clusters import is_sentinel, parse_sentinel_url
 from .errors import ConfigurationError
 from .redact import redact_text, secrets_in
+from .shards import Layout, layouts
 
 ENV_PREFIX = "INTERACTIONLOG_"
 
@@ -26,6 +28,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_STREAM = "interactions"
 DEFAULT_STREAM_MAXLEN = 1_000_000
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024
+DEFAULT_SHARDS = 1
 # A record republished with the same interaction_id within this many hours of a stored copy is stored once.
 DEFAULT_DEDUPE_WINDOW_HOURS = 24.0
 
@@ -40,7 +43,11 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_url: str = Field(DEFAULT_REDIS_URL, description="Redis URL (redis://, rediss:// or unix://).")
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        description="Redis URL (redis://, rediss:// or unix://; any node of a Redis Cluster; "
+        "redis+sentinel://host:port[,host:port]/service_name behind Sentinel).",
+    )
     database_url: str = Field(
         "postgresql://localhost:5432/",
         description="PostgreSQL URL or conninfo; libpq defaults and PG* variables fill in what it omits.",
@@ -48,6 +55,27 @@ class Settings(BaseModel):
     stream: str = Field(DEFAULT_STREAM, min_length=1, description="Stream the publishers XADD to.")
     group: str = Field("interactionlog", min_length=1, description="Consumer group the workers read in.")
     dead_letter_stream: str = Field("", description="Dead-letter stream; empty means '<stream>:dlq'.")
+    shards: int = Field(
+        DEFAULT_SHARDS,
+        ge=1,
+        le=256,
+        description="Streams the records are spread over, by a hash of mcp_id (README: Redis Cluster and shards); "
+        "publishers, gateways and workers must agree.",
+    )
+    drain_shards: str = Field(
+        "",
+        pattern=r"^\s*(\d+\s*(,\s*\d+\s*)*)?$",
+        description="Workers also consume the streams of these earlier shard counts (comma-separated) until they "
+        "are empty, while the shard count changes.",
+    )
+    wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="After each publish, WAIT until this many replicas have the entries (0: do not wait).",
+    )
+    wait_timeout_ms: int = Field(
+        100, ge=1, description="Longest WAIT for --wait-replicas; a publish not replicated by then raises."
+    )
     stream_maxlen: int = Field(
         DEFAULT_STREAM_MAXLEN, ge=1, description="Approximate MAXLEN cap applied by XADD (publish and dlq replay)."
     )
@@ -141,9 +169,15 @@ class Settings(BaseModel):
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
         try:
-            parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves this helper untyped
+            if is_sentinel(value):
+                parse_sentinel_url(value)
+            else:
+                parse_url(value)  # type: ignore[no-untyped-call]  # redis-py leaves this helper untyped
         except ValueError as error:
-            raise ValueError(f"not a Redis URL ({error}); use redis://[[user]:password@]host:port/db") from None
+            raise ValueError(
+                f"not a Redis URL ({error}); use redis://[[user]:password@]host:port/db, or "
+                "redis+sentinel://host:port[,host:port]/service_name"
+            ) from None
         return value
 
     @field_validator("database_url")
@@ -162,6 +196,10 @@ class Settings(BaseModel):
                 f"batch_max_bytes ({self.batch_max_bytes}) must be at least max_record_bytes "
                 f"({self.max_record_bytes}), or a batch could not hold one record of the largest size"
             )
+        try:
+            self.layouts  # noqa: B018 - validates the stream name against the shard count
+        except ConfigurationError as error:
+            raise ValueError(str(error)) from None
         if self.claim_idle_ms <= self.block_ms:
             raise ValueError(
                 f"claim_idle_ms ({self.claim_idle_ms}) must exceed block_ms ({self.block_ms}), or live "
@@ -173,6 +211,12 @@ class Settings(BaseModel):
     def dead_letter_stream_key(self) -> str:
         """The dead-letter stream's key: `dead_letter_stream`, or `<stream>:dlq` when that is empty."""
         return self.dead_letter_stream or f"{self.stream}:dlq"
+
+    @property
+    def layouts(self) -> list[Layout]:
+        """The shard layout publishers write (first), then the earlier ones workers still drain."""
+        counts = [int(count) for count in self.drain_shards.split(",") if count.strip()]
+        return layouts(self.stream, self.shards, self.dead_letter_stream, counts)
 
     @property
     def secrets(self) -> set[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisCluster, RedisSentinels, RedisServer
 
 _database_numbers = itertools.count(1)
 
@@ -70,6 +70,21 @@ def own_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A started Redis server of the test's own, killed and deleted afterwards whatever the test did to it."""
     with RedisServer(**_server_options(request)) as server:
         yield server
+
+
+@pytest.fixture
+def redis_cluster(request: pytest.FixtureRequest) -> Iterator[RedisCluster]:
+    """A Redis Cluster of the test's own on loopback (3 masters, 1 replica each by default), killed and deleted
+    afterwards; a test may kill its nodes."""
+    with RedisCluster(**_server_options(request)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_sentinels(request: pytest.FixtureRequest) -> Iterator[RedisSentinels]:
+    """A master, a replica and 3 sentinels of the test's own on loopback, killed and deleted afterwards."""
+    with RedisSentinels(**_server_options(request)) as setup:
+        yield setup
 
 
 @pytest.fixture

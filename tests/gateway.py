@@ -37,7 +37,13 @@ class GatewayProcess:
     """An `interactionlog serve` running as a real process on free loopback ports, its log captured to a file."""
 
     def __init__(
-        self, redis_url: str, database_url: str, log_dir: Path, *, no_auth: bool = False, tls: bool = False,
+        self,
+        redis_url: str,
+        database_url: str,
+        log_dir: Path,
+        *,
+        no_auth: bool = False,
+        tls: bool = False,
         **flags: str,
     ) -> None:
         self.http_port = int(flags.pop("http_port", str(free_port())))

@@ -570,7 +570,7 @@ def gateway_paths() -> set[str]:
 def gateway_app() -> FastAPI:
     """A real gateway application, built without connecting to anything."""
     redis_client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")
-    guard = BacklogGuard(redis_client, stream=STREAM, group=GROUP, max_stream_length=0, max_lag=0)
+    guard = BacklogGuard(redis_client, streams=[STREAM], group=GROUP, max_stream_length=0, max_lag=0)
     ingest = Ingest(
         AsyncPublisher.from_url("redis://127.0.0.1:1/0"),
         guard,

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from interactionlog.gateway.http import ErrorReply, IngestReply
+from interactionlog.shards import Layout
 from tests.gateway import INGEST, GatewayProcess, migrated, new_token, post, revoke, running_gateway
 from tests.pipeline import record, stream_entries, wait_until
 from tests.servers import PostgresServer, RedisServer
@@ -281,25 +282,53 @@ def log_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _backlogged(redis_url: str, stream: str, entries: int) -> redis.Redis:
+    """A client of `redis_url` after adding `entries` records to `stream`, as a backlog no worker has read."""
+    client = redis.Redis.from_url(redis_url)
+    for index in range(entries):
+        client.xadd(stream, {"v": "1", "data": json.dumps(record(index))})
+    return client
+
+
+def _first_429(gateway: GatewayProcess, token: str) -> httpx.Response:
+    """The first 429 the gateway answers a one-record POST with, once its backlog guard has read the backlog."""
+
+    def refused() -> httpx.Response | None:
+        answer = post(gateway, json.dumps(record(99)), token=token)
+        return answer if answer.status_code == 429 else None
+
+    response = wait_until(refused, what="a 429")
+    assert response is not None
+    return response
+
+
 def test_a_backlog_over_the_threshold_gets_429_with_retry_after(
     redis_url: str, database_url: str, log_dir: Path
 ) -> None:
     """With the stream longer than --max-stream-length, requests get 429 and Retry-After, and add nothing."""
-    client = redis.Redis.from_url(redis_url)
-    for index in range(20):
-        client.xadd("interactions", {"v": "1", "data": json.dumps(record(index))})
+    client = _backlogged(redis_url, "interactions", 20)
     migrated(database_url)
     token = new_token(database_url)
     with running_gateway(redis_url, database_url, log_dir, max_stream_length="10", retry_after_s="7") as gateway:
-        def refused() -> httpx.Response | None:
-            answer = post(gateway, json.dumps(record(99)), token=token)
-            return answer if answer.status_code == 429 else None
-
-        response = wait_until(refused, what="a 429")
-        assert response is not None
+        response = _first_429(gateway, token)
         assert response.headers["Retry-After"] == "7"
         assert "--max-stream-length" in response.json()["message"]
         assert client.xlen("interactions") == 20
+
+
+def test_a_sharded_gateway_refuses_when_any_shard_is_over_the_backlog_threshold(
+    redis_url: str, database_url: str, log_dir: Path
+) -> None:
+    """With --shards 3, a backlog on one shard's stream (not the base stream's name, which holds nothing) is
+    enough for a 429 that names that shard's stream; nothing is added to any shard."""
+    shard = Layout("interactions", 3).shard(1)
+    client = _backlogged(redis_url, shard.stream, 20)
+    migrated(database_url)
+    token = new_token(database_url)
+    with running_gateway(redis_url, database_url, log_dir, shards="3", max_stream_length="10") as gateway:
+        response = _first_429(gateway, token)
+        assert repr(shard.stream) in response.json()["message"]
+    assert [client.xlen(each.stream) for each in Layout("interactions", 3).all()] == [0, 20, 0]
 
 
 def test_redis_unreachable_gets_503_with_retry_after(own_redis: RedisServer, database_url: str, log_dir: Path) -> None:

@@ -9,7 +9,9 @@ sent, so the caller can publish the very same records again: each is stored once
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from types import TracebackType
@@ -18,23 +20,29 @@ from typing import Any, ClassVar, Self, cast
 import redis
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
+from .. import clusters
 from ..errors import InvalidRecordError, PublishError, PublishUnavailableError, RecordTooLargeError
 from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
+from ..shards import Layout, default_shards, entry_mcp_id
 from . import transports
 from .plain import encode_plain
 from .transports import hybrid
 
 # The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
 DEFAULT_TIMEOUT_S = 1.0
+# The longest WAIT for replicas when `wait_replicas` is set.
+DEFAULT_WAIT_TIMEOUT_MS = 100
 
 Record = Interaction | Mapping[str, Any]
 
@@ -69,17 +77,34 @@ class _PublisherCore:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         transport: Any = None,
         strict: bool = False,
+        shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
+        url: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         """Publish through `client` (a redis-py client of the twin's kind) to `stream`, capped at about `maxlen`
         entries, refusing records whose JSON is over `max_record_bytes` and, when `strict`, records with fields
         the wire format does not define; raises ValueError for a bad cap.
 
+        `shards` (default: $INTERACTIONLOG_SHARDS, else 1) spreads records over that many streams by a hash of
+        their `mcp_id` (`shards.Layout`); `wait_replicas` > 0 makes each publish WAIT up to `wait_timeout_ms`
+        for that many replicas to hold the entries, raising PublishUnavailableError when fewer do.
+        With `client` None and a `url`, the client is made on first use, once the node said whether it is part of
+        a Redis Cluster (`clusters`).
+
         With a `transport` (a `client.transports` object of the twin's kind), entries go there instead and
         `client` is None: `stream` and `maxlen` are then the gateway's or moot, validation stays the same."""
         self._redis = client
+        self._url = url
+        self._timeout_s = timeout_s
         self.transport = transport
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen}")
+        self.layout = Layout(stream, shards if shards is not None else default_shards())
+        self._shard_streams = [shard.stream for shard in self.layout.all()]
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.stream = stream
         self.maxlen = maxlen
         self.max_record_bytes = max_record_bytes
@@ -111,13 +136,59 @@ class _PublisherCore:
     ) -> None:
         """Queue one capped XADD per entry on a sync or asyncio pipeline (queueing itself never awaits)."""
         for fields in entries:
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(self.stream_of(fields), fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
 
-    def _failed(self, error: RedisError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
+    def stream_of(self, fields: dict[bytes, bytes]) -> str:
+        """The stream (of its shard) an encoded entry goes to."""
+        if self.layout.shards == 1:
+            return self.stream
+        return self._shard_streams[self.layout.route(entry_mcp_id(fields))]
+
+    def _by_master(
+        self, entries: Sequence[dict[bytes, bytes]], connection_to: Callable[[str], Any]
+    ) -> dict[Any, list[int]]:
+        """The indexes of `entries` per client of the master their stream lives on (`connection_to(stream)`)."""
+        found: dict[Any, list[int]] = {}
+        for index, fields in enumerate(entries):
+            found.setdefault(connection_to(self.stream_of(fields)), []).append(index)
+        return found
+
+    def _queue_replicated(self, pipe: Any, entries: Sequence[dict[bytes, bytes]], indexes: Sequence[int]) -> None:
+        """Queue the XADDs of `entries[indexes]`, then the WAIT that follows them on the same connection."""
+        self._queue_xadds(pipe, [entries[index] for index in indexes])
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+
+    def _take_replicated(
+        self, replies: list[Any], entries: Sequence[dict[bytes, bytes]], indexes: Sequence[int], ids: list[Any]
+    ) -> None:
+        """Put the entry ids of one master's pipeline into `ids`; raise when its WAIT confirmed too few replicas."""
+        *added, confirmed = replies
+        for index, entry_id in zip(indexes, added, strict=True):
+            ids[index] = entry_id
+        self._check_replicated(int(confirmed), [entries[index] for index in indexes])
+
+    def _check_replicated(self, confirmed: int, entries: Sequence[dict[bytes, bytes]]) -> None:
+        """Raise when WAIT saw fewer than `wait_replicas` replicas take the entries."""
+        if confirmed < self.wait_replicas:
+            raise carrying(
+                PublishUnavailableError(
+                    f"interaction_id {_shown_ids(entries)} added, but only {confirmed} of {self.wait_replicas} "
+                    f"replicas confirmed it within {self.wait_timeout_ms} ms (--wait-replicas): a failover now could "
+                    "lose it. Publish the same entries again (error.entries): each is stored once either way."
+                ),
+                entries,
+            )
+
+    def _connect_options(self) -> tuple[str, bool | None]:
+        """The URL for the first connection and whether it says cluster=yes/no (None: ask the node)."""
+        assert self._url is not None
+        return self._url, clusters.split_url(self._url)[1]
+
+    def _failed(self, error: RedisError | RedisClusterException, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
         """The PublishError for a failed round trip, carrying the records' interaction ids and entries."""
         shown = _shown_ids(entries)
         failure: PublishError
-        if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        if isinstance(error, RedisConnectionError | RedisTimeoutError | RedisClusterException | ClusterDownError):
             failure = PublishUnavailableError(
                 f"Redis is unreachable, interaction_id {shown} not confirmed on {self.stream!r}: some or all may "
                 "have been added. Publish the same entries again (error.entries), or the records with the same "
@@ -141,10 +212,14 @@ class _PublisherCore:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         token: str | None = None,
         strict: bool = False,
+        shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
     ) -> Self:
-        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs), waiting
-        at most about 2 x `timeout_s` for Redis before raising `PublishUnavailableError`. `strict` refuses
-        fields the wire format does not define (a typo such as `tool_name`), pointing to `metadata`.
+        """A publisher for the Redis at `url` (redis://, rediss:// with TLS, user:password@ for ACLs; a node of a
+        Redis Cluster works too, see `clusters`), waiting at most about 2 x `timeout_s` for Redis before raising
+        `PublishUnavailableError`. `strict` refuses fields the wire format does not define (a typo such as
+        `tool_name`), pointing to `metadata`. `shards`, `wait_replicas`, `wait_timeout_ms`: see `__init__`.
 
         Other schemes go through a transport (`client.transports`): http(s):// and grpc(s):// to
         `interactionlog serve` with the MCP's `token` (or `?token=` in the URL), postgresql:// straight into the
@@ -159,19 +234,24 @@ class _PublisherCore:
                 timeout_s=timeout_s,
                 token=token,
                 strict=strict,
+                shards=shards,
+                wait_replicas=wait_replicas,
+                wait_timeout_ms=wait_timeout_ms,
             )
+        common: dict[str, Any] = {
+            "stream": stream, "maxlen": maxlen, "max_record_bytes": max_record_bytes, "strict": strict
+        }  # fmt: skip
         if scheme not in transports.REDIS_SCHEMES:
-            transport = cls._open_transport(url, timeout_s=timeout_s, token=token)
-            return cls(
-                None,
-                stream=stream,
-                maxlen=maxlen,
-                max_record_bytes=max_record_bytes,
-                strict=strict,
-                transport=transport,
-            )
-        client = cls._connect(url, timeout_s)
-        return cls(client, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, strict=strict)
+            return cls(None, **common, transport=cls._open_transport(url, timeout_s=timeout_s, token=token))
+        return cls(
+            None,
+            **common,
+            shards=shards,
+            wait_replicas=wait_replicas,
+            wait_timeout_ms=wait_timeout_ms,
+            url=url,
+            timeout_s=timeout_s,
+        )
 
     @classmethod
     def from_urls(
@@ -186,13 +266,16 @@ class _PublisherCore:
         failure_threshold: int = hybrid.DEFAULT_FAILURE_THRESHOLD,
         reset_timeout_s: float = hybrid.DEFAULT_RESET_TIMEOUT_S,
         strict: bool = False,
+        shards: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS,
     ) -> Self:
         """A hybrid publisher: each batch goes to the first of `urls` whose circuit breaker is closed (or
         half-open), falling through to the next when one does not confirm. Same methods and errors as any
         publisher; `transport.counts()` says how many records each URL took."""
         members = [
             cls.from_url(url, stream=stream, maxlen=maxlen, max_record_bytes=max_record_bytes, timeout_s=timeout_s,
-                         token=token)
+                         token=token, shards=shards, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
             for url in urls
         ]  # fmt: skip
         transport = cls._hybrid(members, urls, failure_threshold=failure_threshold, reset_timeout_s=reset_timeout_s)
@@ -202,10 +285,6 @@ class _PublisherCore:
 
     _open_transport: ClassVar[Any]
     _hybrid: ClassVar[Any]
-
-    @staticmethod
-    def _connect(url: str, timeout_s: float) -> Any:
-        raise NotImplementedError
 
 
 def carrying(error: PublishError, entries: Sequence[dict[bytes, bytes]]) -> PublishError:
@@ -264,11 +343,23 @@ class Publisher(_PublisherCore):
     _open_transport = staticmethod(transports.open_transport)
     _hybrid = hybrid.HybridTransport
 
-    @staticmethod
-    def _connect(url: str, timeout_s: float) -> redis.Redis:
-        return redis.Redis.from_url(
-            url, retry=SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **_client_options(timeout_s)
-        )
+    def __init__(self, client: Any, **options: Any) -> None:
+        super().__init__(client, **options)
+        self._connecting = threading.Lock()
+
+    def _client(self) -> Any:
+        """The Redis client, made on first use (a plain or a cluster client, as the node says)."""
+        if self._redis is None:
+            with self._connecting:
+                if self._redis is None:
+                    url, cluster = self._connect_options()
+                    if cluster is None:
+                        cluster = clusters.detect_sync(url, timeout_s=self._timeout_s)
+                    retry = SyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+                    self._redis = clusters.sync_client(
+                        url, cluster=cluster, retry=retry, **_client_options(self._timeout_s)
+                    )
+        return self._redis
 
     def publish(self, record: Record) -> str:
         """Validate and XADD one record; returns its stream entry id. An error after sending carries the record's
@@ -296,23 +387,55 @@ class Publisher(_PublisherCore):
                 carrying(error, entries)
                 raise
         try:
-            ids = self._xadd_all(entries)
-        except RedisError as error:
+            client = self._client()
+            if self.wait_replicas:
+                ids = self._publish_replicated(client, entries)
+            elif isinstance(client, redis.Redis):  # one node: the packed, one-write round trip
+                ids = self._xadd_all(client, entries)
+            else:  # a cluster client routes each XADD to its slot's master
+                pipe = client.pipeline(transaction=False)
+                self._queue_xadds(pipe, entries)
+                ids = pipe.execute()
+        except (RedisError, RedisClusterException) as error:
             raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
 
-    def _xadd_all(self, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
+    def _publish_replicated(self, client: Any, entries: Sequence[dict[bytes, bytes]]) -> list[Any]:
+        """XADD then WAIT on the very connection that wrote (WAIT counts that connection's writes): on a cluster,
+        one pipeline per master holding some of the entries' streams."""
+
+        def connection_to(key: str) -> Any:
+            if isinstance(client, RedisCluster):
+                return client.get_redis_connection(client.get_node_from_key(key))  # type: ignore[no-untyped-call]
+            return client
+
+        ids: list[Any] = [None] * len(entries)
+        try:
+            for target, indexes in self._by_master(entries, connection_to).items():
+                pipe = target.pipeline(transaction=False)
+                self._queue_replicated(pipe, entries, indexes)
+                self._take_replicated(pipe.execute(), entries, indexes, ids)
+        except (RedisError, OSError):
+            if isinstance(client, RedisCluster):  # a failover moved slots: learn the new masters for next time
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    client.nodes_manager.initialize()
+            raise
+        return ids
+
+    def _xadd_all(self, client: redis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
         """The capped XADDs of `entries`, packed by hiredis and sent in one socket write, then their replies: what
         a redis-py pipeline does, less its per-command Python (8 us against 4 a record, benchmarks/NOTES.md).
 
         Like the pipeline it replaces, a lost connection is retried once on a fresh one (the client's `retry`),
         and an error reply raises the first one once every reply is read, so the connection stays usable.
         """
-        head = (b"XADD", self.stream.encode(), b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
+        cap = (b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
         # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
-        pack = cast(Callable[[tuple[bytes, ...]], bytes], pack_command)
-        payload = b"".join([pack((*head, *chain.from_iterable(fields.items()))) for fields in entries])
-        pool = self._redis.connection_pool
+        pack = cast(Callable[[tuple[bytes | str, ...]], bytes], pack_command)
+        payload = b"".join(
+            [pack((b"XADD", self.stream_of(fields), *cap, *chain.from_iterable(fields.items()))) for fields in entries]
+        )
+        pool = client.connection_pool
         conn: Any = pool.get_connection()
         try:
             return conn.retry.call_with_retry(  # type: ignore[no-any-return]  # redis-py's Retry is untyped
@@ -325,7 +448,7 @@ class Publisher(_PublisherCore):
         """Close the connection pool."""
         if self.transport is not None:
             self.transport.close()
-        else:
+        elif self._redis is not None:
             self._redis.close()
 
     def __enter__(self) -> Self:
@@ -345,11 +468,32 @@ class AsyncPublisher(_PublisherCore):
     _open_transport = staticmethod(transports.open_async_transport)
     _hybrid = hybrid.AsyncHybridTransport
 
-    @staticmethod
-    def _connect(url: str, timeout_s: float) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            url, retry=AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1), **_client_options(timeout_s)
-        )
+    def __init__(self, client: Any, **options: Any) -> None:
+        super().__init__(client, **options)
+        self._masters: clusters.NodeClients | None = None  # WAIT on a cluster: one plain client per master
+
+    async def _client(self) -> Any:
+        """The Redis client, made on first use (a plain or a cluster client, as the node says)."""
+        if self._redis is None:
+            url, cluster = self._connect_options()
+            if cluster is None:
+                cluster = await clusters.detect(url, timeout_s=self._timeout_s)
+            retry = AsyncRetry(ExponentialBackoff(cap=0.05, base=0.01), 1)
+            made = clusters.async_client(
+                url, cluster=cluster, retry=retry, max_connections=2**31, **_client_options(self._timeout_s)
+            )
+            if isinstance(made, AsyncRedisCluster):
+                try:  # the slot map, which WAIT's per-master pipelines look up before any command
+                    await made.initialize()
+                except BaseException:
+                    await made.aclose()
+                    raise
+                self._masters = clusters.NodeClients(made)
+            if self._redis is None:  # another task may have made one while this one awaited
+                self._redis = made
+            else:
+                await made.aclose()
+        return self._redis
 
     async def publish(self, record: Record) -> str:
         """Validate and XADD one record; returns its stream entry id (errors as `Publisher.publish`)."""
@@ -370,19 +514,43 @@ class AsyncPublisher(_PublisherCore):
             except PublishError as error:
                 carrying(error, entries)
                 raise
-        pipe = self._redis.pipeline(transaction=False)
-        self._queue_xadds(pipe, entries)
         try:
-            ids = await pipe.execute()
-        except RedisError as error:
+            client = await self._client()
+            if self.wait_replicas:
+                ids = await self._publish_replicated(client, entries)
+            else:
+                pipe = client.pipeline(transaction=False)
+                self._queue_xadds(pipe, entries)
+                ids = await pipe.execute()
+        except (RedisError, RedisClusterException) as error:
             raise self._failed(error, entries) from error
         return [text(entry_id) for entry_id in ids]
+
+    async def _publish_replicated(self, client: Any, entries: Sequence[dict[bytes, bytes]]) -> list[Any]:
+        """XADD then WAIT on the very connection that wrote (see `Publisher._publish_replicated`)."""
+
+        def connection_to(key: str) -> Any:
+            return self._masters.for_key(key) if self._masters is not None else client
+
+        ids: list[Any] = [None] * len(entries)
+        try:
+            for target, indexes in self._by_master(entries, connection_to).items():
+                pipe = target.pipeline(transaction=False)
+                self._queue_replicated(pipe, entries, indexes)
+                self._take_replicated(await pipe.execute(), entries, indexes, ids)
+        except (RedisError, OSError):
+            if self._masters is not None:  # a failover moved slots: learn the new masters for next time
+                await self._masters.refresh()
+            raise
+        return ids
 
     async def close(self) -> None:
         """Close the connection pool."""
         if self.transport is not None:
             await self.transport.close()
-        else:
+        elif self._redis is not None:
+            if self._masters is not None:
+                await self._masters.aclose()
             await self._redis.aclose()
 
     async def __aenter__(self) -> Self:

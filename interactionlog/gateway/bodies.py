@@ -70,9 +70,7 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     except zlib.error as error:
         raise BodyError(400, "malformed_gzip", f"the gzip body cannot be inflated: {error}") from None
     if len(inflated) > max_bytes:
-        raise BodyError(
-            413, "body_too_large", f"the body inflates to over the {max_bytes}-byte cap (--max-body-bytes)"
-        )
+        raise BodyError(413, "body_too_large", f"the body inflates to over the {max_bytes}-byte cap (--max-body-bytes)")
     if not inflater.eof:
         raise BodyError(400, "malformed_gzip", "the gzip body is truncated")
     return inflated

@@ -20,6 +20,7 @@ from ..client.publisher import AsyncPublisher
 from ..probes import MetricsServer
 from ..redact import redact_url
 from ..settings import Settings
+from ..shards import Layout
 from ..worker.daemon import stop_on_signals
 from ..worker.streams import connect
 from .backlog import BacklogGuard
@@ -68,6 +69,9 @@ class Gateway:
             maxlen=settings.stream_maxlen,
             max_record_bytes=settings.max_record_bytes,
             timeout_s=gateway.publish_timeout_s,
+            shards=settings.shards,  # routed by mcp_id, like every publisher (shards.Layout)
+            wait_replicas=settings.wait_replicas,
+            wait_timeout_ms=settings.wait_timeout_ms,
         )
         self.redis = connect(
             settings.redis_url,
@@ -79,7 +83,7 @@ class Gateway:
         self.metrics = GatewayMetrics.create(settings.stream)
         self.guard = BacklogGuard(
             self.redis,
-            stream=settings.stream,
+            streams=[shard.stream for shard in Layout(settings.stream, settings.shards).all()],
             group=settings.group,
             max_stream_length=gateway.max_stream_length,
             max_lag=gateway.max_lag,

@@ -103,9 +103,7 @@ def running_stack(*, redis_port: int | None = None, postgres_port: int | None = 
                 _wait_until_ready(worker, metrics_port, worker_log)
                 gateway_port = free_port()
                 gateway = start_gateway(redis.url, database_url, gateway_port, workdir / "gateway.log")
-                yield DevStack(
-                    redis, postgres, database_url, worker, worker_log, metrics_port, gateway, gateway_port
-                )
+                yield DevStack(redis, postgres, database_url, worker, worker_log, metrics_port, gateway, gateway_port)
             finally:
                 # The gateway first (nothing new comes in), then the worker, while Redis and PostgreSQL still
                 # run: it finishes and acknowledges its batch.

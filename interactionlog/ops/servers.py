@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import psycopg
 import redis
@@ -136,7 +136,32 @@ def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-class _Server(ABC):
+class _Started(ABC):
+    """Something started by `start()` and removed by `cleanup()`, usable as a context manager."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start it, and wait until it answers."""
+
+    @abstractmethod
+    def cleanup(self) -> None:
+        """Kill and delete it; safe to call more than once."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+class _Server(_Started):
     """A server process started in the foreground, with its output in a log file of its own directory."""
 
     kind: str
@@ -290,19 +315,6 @@ class _Server(ABC):
             self.kill()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.cleanup()
 
 
 class RedisServer(_Server):
@@ -579,3 +591,197 @@ class PgBouncerServer(_Server):
     def stop(self) -> None:
         """SIGINT: PgBouncer's safe shutdown, after the transactions in flight."""
         self._graceful_stop(signal.SIGINT)
+
+
+class RedisCluster(_Started):
+    """A Redis Cluster on loopback: `masters` redis-servers splitting the 16384 slots evenly (as
+    `redis-cli --cluster create` does), each with `replicas_per_master` replicas that take over when it dies.
+
+    `url` names the first node; a client that detects cluster mode learns the rest from it. Use as a context
+    manager, or `start()` and `cleanup()`.
+    """
+
+    def __init__(self, *, masters: int = 3, replicas_per_master: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self.replicas_per_master = replicas_per_master
+        extra = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+            # A replica that lost its master for long still takes over: the tests kill masters on purpose.
+            "--cluster-replica-validity-factor", "0",
+        ]  # fmt: skip
+        self._extra = extra
+        count = masters * (1 + replicas_per_master)
+        self.nodes = [self._new_node() for _ in range(count)]
+        self.url = self.nodes[0].url
+
+    def _new_node(self) -> RedisServer:
+        # The bus port defaults to port + 10000, out of range for the high ports free_port() hands out.
+        return RedisServer(extra_args=[*self._extra, "--cluster-port", str(free_port())])
+
+    def start(self) -> None:
+        """Start every node, join them into a cluster and wait until every slot is served."""
+        for index in range(len(self.nodes)):
+            for attempt in range(5):
+                try:
+                    self.nodes[index].start()
+                    break
+                except ServerError:
+                    # Another process took one of its two ports between free_port() and the bind: new ports.
+                    self.nodes[index].cleanup()
+                    if attempt == 4:
+                        raise
+                    self.nodes[index] = self._new_node()
+        self.url = self.nodes[0].url
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise ServerError(f"redis-cli is not on PATH; install it:\n{INSTALL_HINTS}")
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        command = [cli, "--cluster", "create", *addresses]
+        command += ["--cluster-replicas", str(self.replicas_per_master), "--cluster-yes"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        if result.returncode != 0:
+            raise ServerError(f"redis-cli --cluster create failed:\n{result.stdout}{result.stderr}")
+        self.wait_until_healthy()
+
+    def wait_until_healthy(self, timeout_s: float = 30.0) -> None:
+        """Wait until every running node says cluster_state:ok and sees a master for each slot range."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all(self._state_ok(node) for node in self.nodes if node.running) and self._masters_agree():
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(f"the cluster did not become healthy within {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def masters(self) -> dict[int, list[tuple[int, int]]]:
+        """Port of each running master -> its slot ranges (inclusive), as CLUSTER SLOTS on a live node says."""
+        live = next(node for node in self.nodes if node.running)
+        client = redis.Redis(host="127.0.0.1", port=live.port, socket_timeout=2)
+        try:
+            slots = client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        found: dict[int, list[tuple[int, int]]] = {}
+        for start, end, master, *_ in slots:
+            found.setdefault(int(master[1]), []).append((int(start), int(end)))
+        return found
+
+    def node_on(self, port: int) -> RedisServer:
+        """The node listening on `port`."""
+        return next(node for node in self.nodes if node.port == port)
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The node currently serving `slot` as master."""
+        for port, ranges in self.masters().items():
+            if any(start <= slot <= end for start, end in ranges):
+                return self.node_on(port)
+        raise ServerError(f"no master serves slot {slot}")
+
+    def _state_ok(self, node: RedisServer) -> bool:
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            return str(client.info("cluster").get("cluster_enabled")) == "1" and bool(
+                client.cluster("INFO").get("cluster_state") == "ok"
+            )
+        except (redis.exceptions.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    def _masters_agree(self) -> bool:
+        try:
+            masters = self.masters()
+        except (redis.exceptions.RedisError, OSError, StopIteration):
+            return False
+        covered = sum(end - start + 1 for ranges in masters.values() for start, end in ranges)
+        return covered == 16384 and all(self.node_on(port).running for port in masters)
+
+    def cleanup(self) -> None:
+        """Kill every node and delete its directory."""
+        for node in self.nodes:
+            node.cleanup()
+
+
+class SentinelServer(RedisServer):
+    """A redis-server in sentinel mode watching the master at `master_port` as `service` (quorum `quorum`)."""
+
+    kind = "redis-sentinel"
+
+    def __init__(self, *, master_port: int, service: str, quorum: int, down_after_ms: int = 1000) -> None:
+        super().__init__()
+        # Sentinel rewrites its configuration file as it learns replicas and failovers: it must be writable.
+        (self.dir / "sentinel.conf").write_text(
+            f"sentinel monitor {service} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {10 * down_after_ms}\n"
+        )
+
+    def _command(self) -> list[str]:
+        executable = redis_server_path()
+        if executable is None:
+            raise ServerError(f"redis-server is not on PATH; install it:\n{INSTALL_HINTS}")
+        return [
+            executable, str(self.dir / "sentinel.conf"), "--sentinel",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--daemonize", "no",
+            "--logfile", "",
+        ]  # fmt: skip
+
+
+class RedisSentinels(_Started):
+    """A master, `replicas` replicas and `sentinels` sentinels on loopback, watching the service `service`.
+
+    `url` is the `redis+sentinel://` URL of the setup; `master()` is the node the sentinels name master now.
+    """
+
+    def __init__(self, *, replicas: int = 1, sentinels: int = 3, service: str = "interactionlog") -> None:
+        self.service = service
+        self.master_node = RedisServer()
+        replica_of = ["--replicaof", "127.0.0.1", str(self.master_node.port)]
+        self.replicas = [RedisServer(extra_args=replica_of) for _ in range(replicas)]
+        quorum = sentinels // 2 + 1
+        self.sentinels = [
+            SentinelServer(master_port=self.master_node.port, service=service, quorum=quorum) for _ in range(sentinels)
+        ]
+        addresses = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        self.url = f"redis+sentinel://{addresses}/{service}/0"
+
+    @property
+    def nodes(self) -> list[RedisServer]:
+        """The master and the replicas, as started (a failover swaps their roles)."""
+        return [self.master_node, *self.replicas]
+
+    def start(self) -> None:
+        """Start the master, the replicas and the sentinels, and wait until the sentinels see every replica."""
+        for server in [*self.nodes, *self.sentinels]:
+            server.start()
+        deadline = time.monotonic() + 30
+        while self._replicas_seen() < len(self.replicas):
+            if time.monotonic() > deadline:
+                raise ServerError("the sentinels did not discover the replicas within 30 s")
+            time.sleep(0.2)
+
+    def master(self) -> RedisServer:
+        """The node a live sentinel names master now."""
+        port = self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]
+        return next(node for node in self.nodes if node.port == int(port))
+
+    def _replicas_seen(self) -> int:
+        try:
+            return len(self._ask("SENTINEL", "REPLICAS", self.service))
+        except (redis.exceptions.RedisError, OSError, StopIteration):
+            return 0
+
+    def _ask(self, *command: str) -> Any:
+        live = next(sentinel for sentinel in self.sentinels if sentinel.running)
+        client = redis.Redis(host="127.0.0.1", port=live.port, socket_timeout=2)
+        try:
+            return client.execute_command(*command)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    def cleanup(self) -> None:
+        """Kill everything and delete the directories."""
+        for server in [*self.sentinels, *self.nodes]:
+            server.cleanup()

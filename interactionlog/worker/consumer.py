@@ -244,7 +244,9 @@ class Consumer:
                 continue
             try:
                 scrub = self.options.scrub_payloads
-                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub))
+                prefix = self.streams.identity_prefix  # "" with one stream: entry ids differ per shard only
+                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub,
+                                         identity_prefix=prefix))  # fmt: skip
             except PermanentEntryError as error:
                 dead.append(DeadLetter(entry, error.reason, str(error), delivery_count))
         return rows, dead

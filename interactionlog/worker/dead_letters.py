@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import metrics
+from .. import metrics, shards
 from ..record import DATA_FIELD, splice_fields
 from .decode import entry_defaults
 
@@ -97,7 +97,8 @@ def replay_fields(dead_letter_fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
         value = json.loads(data)
         missing = {"interaction_id", "timestamp"} - value.keys() if isinstance(value, dict) else set()
         if missing:
-            defaults = entry_defaults(source_id.decode(), missing)
+            stream = dead_letter_fields.get(STREAM, b"").decode()
+            defaults = entry_defaults(source_id.decode(), missing, shards.identity_prefix(stream))
             fields[DATA_FIELD] = splice_fields(data.decode(), defaults).encode()
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or a source id that is not an entry id
         pass

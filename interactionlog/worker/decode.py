@@ -30,22 +30,25 @@ from ..spans import fast_row
 __all__ = ["StoredRow", "decode_entry", "entry_defaults", "model_row", "validate_data"]
 
 
-def entry_defaults(entry_id: str, missing: set[str] | frozenset[str]) -> dict[str, str]:
+def entry_defaults(entry_id: str, missing: set[str] | frozenset[str], identity_prefix: str = "") -> dict[str, str]:
     """The defaults a raw record lacking the `missing` fields gets from the id of the entry it was first
-    published as: that id as `interaction_id`, the time Redis added it as `timestamp` (RFC 3339, milliseconds).
+    published as: that id as `interaction_id` (after `identity_prefix`, a shard's `shards.Shard.identity_prefix`,
+    empty with one stream), the time Redis added it as `timestamp` (RFC 3339, milliseconds).
 
     Derived from the entry id, not from the clock or a random UUID, so a redelivered entry is still stored once;
     `dlq replay` writes them into a dead letter's record from its `source_id`, so a replayed one is too.
     """
     found: dict[str, str] = {}
     if "interaction_id" in missing:
-        found["interaction_id"] = entry_id
+        found["interaction_id"] = identity_prefix + entry_id
     if "timestamp" in missing:
         found["timestamp"] = format_timestamp(entry_ids.added_at(entry_id), "milliseconds")
     return found
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True) -> StoredRow:
+def decode_entry(
+    entry_id: str, fields: dict[bytes, bytes], max_record_bytes: int, *, scrub: bool = True, identity_prefix: str = ""
+) -> StoredRow:
     """Validate one stream entry as the worker receives it, or raise `PermanentEntryError` saying why.
 
     Most records take `spans.fast_row`, which builds no Python object for the payloads; whatever it is not sure
@@ -75,13 +78,16 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], max_record_bytes: in
         )
     if len(data) <= max_record_bytes and (row := fast_row(entry_id, data, scrub=scrub)) is not None:
         return row  # the common record, validated from its bytes; anything else is the model's to decide
-    return model_row(entry_id, data, max_record_bytes, scrub=scrub)
+    return model_row(entry_id, data, max_record_bytes, scrub=scrub, identity_prefix=identity_prefix)
 
 
-def model_row(entry_id: str, data: bytes, max_record_bytes: int, *, scrub: bool) -> StoredRow:
+def model_row(
+    entry_id: str, data: bytes, max_record_bytes: int, *, scrub: bool, identity_prefix: str = ""
+) -> StoredRow:
     """The row for an entry's `data` as the `Interaction` model validates it, or `PermanentEntryError` saying
     why: the slower path, which decides whatever `spans.fast_row` is not sure of (tests hold the two to the same
-    rows)."""
+    rows). The fast path leaves every record lacking `interaction_id` to this one, so `identity_prefix` (see
+    `entry_defaults`) is applied here only."""
     record = validate_data(data, max_record_bytes)
     missing = {"interaction_id", "timestamp"} - record.model_fields_set
     # The publisher's JSON goes to the data column as sent: already validated, cheaper than re-encoding it,
@@ -89,8 +95,8 @@ def model_row(entry_id: str, data: bytes, max_record_bytes: int, *, scrub: bool)
     # doubles). Defaults a raw record lacks are spliced into its text, never re-encoded.
     encoded = data.decode()
     if missing:
-        encoded = splice_fields(encoded, entry_defaults(entry_id, missing))
-        values = {"interaction_id": entry_id, "timestamp": entry_ids.added_at(entry_id)}
+        encoded = splice_fields(encoded, entry_defaults(entry_id, missing, identity_prefix))
+        values = {"interaction_id": identity_prefix + entry_id, "timestamp": entry_ids.added_at(entry_id)}
         record = record.model_copy(update={name: values[name] for name in missing})
     try:
         ensure_storable(encoded, record)

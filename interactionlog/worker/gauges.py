@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .. import metrics as m
 from ..retry import periodically
@@ -83,20 +83,24 @@ class StreamGauges:
 
     def describe(self) -> list[Metric]:
         """The gauge families without samples, so the registry knows the names before the first snapshot."""
-        return list(self._families().values())
+        return list(self.families().values())
 
     def collect(self) -> Iterator[Metric]:
         """The gauges of the latest snapshot; only its timestamp once it is too old to trust."""
+        families = self.families()
+        self.fill(families)
+        return iter(families.values())
+
+    def fill(self, families: dict[m.GaugeSpec, GaugeMetricFamily]) -> None:
+        """Add this stream's samples to `families` (shared by every shard's gauges in `ShardGauges`)."""
         snapshot = self.snapshot
-        families = self._families()
         if snapshot is not None:
             families[m.COLLECTED_AT].add_metric([self.stream], snapshot.collected_at)
             if time.time() - snapshot.collected_at <= self.stale_after_s:
                 self._add_samples(families, snapshot)
-        return iter(families.values())
 
     @staticmethod
-    def _families() -> dict[m.GaugeSpec, GaugeMetricFamily]:
+    def families() -> dict[m.GaugeSpec, GaugeMetricFamily]:
         return {
             spec: GaugeMetricFamily(spec.full_name, spec.documentation, labels=spec.labels) for spec in m.STREAM_GAUGES
         }
@@ -121,6 +125,25 @@ class StreamGauges:
             for consumer in group.consumers:
                 families[m.CONSUMER_IDLE].add_metric([*labels, consumer.name], consumer.idle_s)
                 families[m.CONSUMER_PENDING].add_metric([*labels, consumer.name], consumer.pending)
+
+
+class ShardGauges:
+    """One Prometheus collector for the gauges of several streams (a worker's shards): the same families, one
+    series per shard's `stream` label (a registry refuses two collectors exporting the same names)."""
+
+    def __init__(self, parts: list[StreamGauges]) -> None:
+        self.parts = parts
+
+    def describe(self) -> list[Metric]:
+        """The gauge families without samples."""
+        return list(StreamGauges.families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        """Every shard's samples of the latest snapshots."""
+        families = StreamGauges.families()
+        for part in self.parts:
+            part.fill(families)
+        return iter(families.values())
 
 
 class GaugeCollector:
@@ -166,7 +189,12 @@ class GaugeCollector:
         async def refresh_gauges() -> None:
             self.gauges.snapshot = await self.refresh()
 
-        await periodically(refresh_gauges, interval_s=self.interval_s, name="stream_gauges", expected=(RedisError,))
+        await periodically(
+            refresh_gauges,
+            interval_s=self.interval_s,
+            name="stream_gauges",
+            expected=(RedisError, RedisClusterException),
+        )
 
     async def _collect_and_publish(self) -> Snapshot:
         collected_at = time.time()

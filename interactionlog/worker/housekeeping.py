@@ -31,6 +31,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import ResponseError
 
 from .. import entry_ids
@@ -258,8 +259,15 @@ class Housekeeper:
         await presence.announce(self.redis, self.stream, self.group, self.own_consumers, self.presence_ttl_ms)
 
     async def _account_own_loss(self) -> int:
-        run_id = text((await self.redis.info("server"))["run_id"])
-        return await self._account_loss(self.group, run_id)
+        return await self._account_loss(self.group, await self._run_id())
+
+    async def _run_id(self) -> str:
+        """The run id of the Redis holding the stream: on a cluster, of the master serving its slot (a cluster
+        client's plain INFO asks any node, whose run id would look like a restart every round)."""
+        if isinstance(self.redis, AsyncRedisCluster):
+            node = self.redis.get_node_from_key(self.stream)
+            return text((await self.redis.info("server", target_nodes=node))["run_id"])
+        return text((await self.redis.info("server"))["run_id"])
 
     async def _trim_safely(self, groups: Sequence[dict[str, object]]) -> int:
         """Trim below what every group on the stream still needs (other groups are read, never changed)."""

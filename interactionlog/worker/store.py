@@ -202,7 +202,7 @@ class PersistResult:
 
 
 def classify(error: psycopg.Error) -> str:
-    """"outage", "systemic" or "row" (PostgreSQL refused the row itself): see the module docstring."""
+    """ "outage", "systemic" or "row" (PostgreSQL refused the row itself): see the module docstring."""
     sqlstate = error.sqlstate
     if sqlstate is None:  # raised by the client library: the connection, not the data
         return "outage"

@@ -20,10 +20,11 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AskError, ClusterError, MovedError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import clusters
 from ..errors import RedisRefusedError, RedisUnavailableError, TransientError, WrongKeyTypeError
 from ..replies import error_code, is_error, is_refusal, text
 from ..retry import raise_if_cancelling
@@ -33,23 +34,36 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 
+# What a cluster says while a failover moves a slot's master (CLUSTERDOWN, TRYAGAIN, a slot not yet covered):
+# transient, retried like a lost connection.
+CLUSTER_FAILURES = (ClusterError, TryAgainError, RedisClusterException)
+
 # How long releasing a batch waits for its heartbeat to stop (a cancelled one stops within a turn of the loop).
 HEARTBEAT_STOP_WAIT_S = 1.0
 
 
-def connect(url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int) -> aioredis.Redis:
-    """A Redis client for workers and operator commands.
+def connect(
+    url: str, *, socket_timeout_s: float, connect_timeout_s: float, max_connections: int, cluster: bool | None = None
+) -> aioredis.Redis:
+    """A Redis client for workers and operator commands: redis-py's cluster client when `cluster` (None: ask the
+    node, `clusters.guess_sync`), typed as the plain client whose commands it shares.
 
     Client-side retries are off: a blocking XREADGROUP re-issued behind our back could deliver entries we
     never see. The worker owns retrying, and re-reads its own pending entries after any connection loss.
     """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=max_connections,
-        health_check_interval=30,
+    if cluster is None:
+        cluster = clusters.guess_sync(url, timeout_s=connect_timeout_s)
+    return cast(
+        aioredis.Redis,
+        clusters.async_client(
+            url,
+            cluster=cluster,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=max_connections,
+            health_check_interval=30,
+        ),
     )
 
 
@@ -119,8 +133,12 @@ class StreamGroup:
         dead_letter_stream: str,
         on_recreated: Callable[[bool], None] | None = None,
         dead_letter_maxlen: int | None = None,
+        identity_prefix: str = "",
+        masters: clusters.NodeClients | None = None,
     ) -> None:
         self.redis = redis
+        # On a cluster: plain clients to single masters, for the MULTI/EXEC of `settle`.
+        self.masters = masters
         self.stream = stream
         self.group = group
         self.dead_letter_stream = dead_letter_stream
@@ -128,10 +146,15 @@ class StreamGroup:
         self.dead_letter_maxlen = dead_letter_maxlen
         # Called with whether the stream itself was gone, each time a vanished group is recreated.
         self.on_recreated = on_recreated
+        # Put before an entry id standing in for a missing interaction_id (`shards.Shard.identity_prefix`).
+        self.identity_prefix = identity_prefix
         # XREADGROUP's reply as hiredis parsed it (lists of bytes), without redis-py's per-entry callback
         # (pairs_to_dict, a list of tuples): `read` builds the entries in one pass (benchmarks/NOTES.md). Set on
-        # this client only; nothing else the worker runs on it reads with XREADGROUP.
-        redis.set_response_callback("XREADGROUP", _unparsed_reply)
+        # a plain client only (a cluster client keeps redis-py's parsing); nothing else the worker runs on it reads
+        # with XREADGROUP.
+        self._unparsed_reads = isinstance(redis, aioredis.Redis)
+        if self._unparsed_reads:
+            redis.set_response_callback("XREADGROUP", _unparsed_reply)
 
     async def check_key_types(self) -> None:
         """Raise WrongKeyTypeError when the stream's or the dead-letter stream's key holds another type (a string
@@ -175,6 +198,8 @@ class StreamGroup:
         )
         if not reply:
             return []
+        if not self._unparsed_reads:  # redis-py's parsed reply: [[stream, [(id, fields), ...]]]
+            return _entries(cast(Any, reply)[0][1])
         # One stream's entries, [[id, [name, value, ...]], ...]: in a map keyed by the stream under RESP3 (redis-py
         # 8's default), in [[stream, entries]] under RESP2.
         unparsed: Any = reply  # typed as redis-py's callback would have parsed it
@@ -260,7 +285,20 @@ class StreamGroup:
         """
         if not ack_ids and not dead_letters:
             return 0
-        pipe = self.redis.pipeline(transaction=True)
+        try:
+            return await self._settle(ack_ids, dead_letters, consumer)
+        except TransientError:
+            if self.masters is not None:  # a failover may have moved the slot: learn where it lives now
+                await self.masters.refresh()
+            raise
+
+    async def _settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
+        try:
+            # On a cluster, the MULTI runs on a plain connection to the slot's master (`clusters.NodeClients`).
+            client = self.masters.for_key(self.stream) if self.masters is not None else self.redis
+        except CLUSTER_FAILURES as error:
+            raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
+        pipe = client.pipeline(transaction=True)
         failed_at = datetime.now(UTC).isoformat()
         for letter in dead_letters:
             fields = dead_letter_fields(
@@ -305,6 +343,10 @@ class StreamGroup:
             return await awaitable
         except (RedisConnectionError, RedisTimeoutError, OSError) as error:
             raise RedisUnavailableError(f"Redis is unreachable: {error}") from error
+        except CLUSTER_FAILURES as error:
+            raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
+        except (MovedError, AskError) as error:  # only from `masters`: the cluster client follows redirections
+            raise RedisUnavailableError(f"the stream's slot moved to another master: {error}") from error
         except ResponseError as error:
             if not is_refusal(error):
                 raise

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from ...errors import ConfigurationError
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"})
 HTTP_SCHEMES = frozenset({"http", "https"})
 GRPC_SCHEMES = frozenset({"grpc", "grpcs"})
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
