@@ -6,9 +6,9 @@ On one durable PostgreSQL (started by `benchmarks.servers`):
    unpartitioned table of earlier versions and into the partitioned one (monthly), alternating;
 2. the probe: stores them into a partitioned table (daily, then monthly) already holding `--prefill-rows` rows
    over the last week, three ways, and prints rows/s and PostgreSQL CPU per row of each: COPY straight into the
-   table (`--dedupe-window-hours 0`), COPY into the staging table then `INSERT ... SELECT` without the probe,
-   and the same with the probe of a 24-hour window (the default); and, as a sketch for comparison, COPY straight
-   into the table followed by one query probing the batch's keys;
+   table (`--dedupe-window-hours 0`); the default (24 h): one query naming the batch's rows already stored
+   within the window, then a COPY of the rest; and the staging path (COPY into a temporary table, then `INSERT
+   ... SELECT` with the probe), which a batch takes only when its COPY fails on the unique index;
 3. converts a table of `--convert-rows` rows over three months with `interactionlog partition-convert`'s code
    (10,000 rows a batch), and prints rows moved per second;
 4. drops one month by retention (DROP TABLE of its partition) and, on an unpartitioned copy, deletes the same
@@ -26,13 +26,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from psycopg import sql
 
-from interactionlog.rows import insert_rows_from
 from interactionlog.worker import conversion, partition_maintenance
 from interactionlog.worker.decode import StoredRow
 from interactionlog.worker.partitions import Interval
-from interactionlog.worker.store import _COPY_TABLE, Store, _copy_rows, migrate
+from interactionlog.worker.store import Store, migrate
 
 from .index_cost import BATCH, store_in_batches, stored_rows
 from .servers import Servers, checkpoint, cpu_seconds, create_database, drop_database, start_servers
@@ -71,54 +69,33 @@ def insert_rate(servers: Servers, rows: list[StoredRow], *, partitioned: bool) -
 
 
 PREFILL_DAYS = 7
-COPY_THEN_PROBE = "COPY into the table, then probe its keys"
-# How each variant of the probe measurement stores a batch: (label, dedupe window in hours, probe in the INSERT).
+STAGED = "staged INSERT ... SELECT + probe 24 h"
+# How each variant of the probe measurement stores a batch: (label, dedupe window in hours). The first two are
+# `Store.persist_batch` as the worker runs it with each window; the last is its fallback path (taken only when a
+# COPY fails on the unique index), forced for every batch to show what it costs.
 PROBE_VARIANTS = (
-    ("COPY into the table (window 0)", 0.0, False),
-    ("staged INSERT ... SELECT, no probe", 24.0, False),
-    ("staged INSERT ... SELECT + probe 24 h", 24.0, True),
-    (COPY_THEN_PROBE, 24.0, True),
+    ("COPY into the table (window 0)", 0.0),
+    ("query stored copies, COPY the rest (24 h)", 24.0),
+    (STAGED, 24.0),
 )
-# A sketch of a cheaper way to the same rule, measured here and not used by the worker: COPY straight into the
-# table, then one query asks whether any row of the batch has a copy within the window (other than itself; an
-# exact copy fails the COPY on the unique index). A hit would roll back and take the staging path.
-_BATCH_PROBE = """
-    SELECT count(*) FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS s (mcp_id, interaction_id, "timestamp")
-    WHERE EXISTS (SELECT FROM interaction_logs AS t WHERE t.mcp_id = s.mcp_id AND t.interaction_id = s.interaction_id
-                  AND t."timestamp" BETWEEN s."timestamp" - interval '24 hours' AND s."timestamp" + interval '24 hours'
-                  AND t."timestamp" <> s."timestamp" OFFSET 0)
-"""
 
 
-async def _copy_then_probe(store: Store, batch: list[StoredRow]) -> None:
-    async with store._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-        await _copy_rows(cursor, _COPY_TABLE, batch)
-        keys = ([row.mcp_id for row in batch], [row.interaction_id for row in batch], [row.timestamp for row in batch])
-        await cursor.execute(_BATCH_PROBE, keys)
-        found = await cursor.fetchone()
-        assert found == (0,), found  # the benchmark's records are never copies
-
-
-async def _store_variant(url: str, rows: list[StoredRow], label: str, window_hours: float, probe: bool) -> None:
+async def _store_variant(url: str, rows: list[StoredRow], label: str, window_hours: float) -> None:
     store = await Store.open(url, max_connections=1, dedupe_window_hours=window_hours)
-    if label == COPY_THEN_PROBE:
-        try:
-            for start in range(0, len(rows), BATCH):
-                await _copy_then_probe(store, rows[start : start + BATCH])
-        finally:
-            await store.close()
-        return
-    if not probe:  # the staging path of a window > 0, its INSERT without the probe: what the probe adds
-        store._move_staging = insert_rows_from(sql.Identifier("interaction_logs_staging"), 0)
     try:
         for start in range(0, len(rows), BATCH):
-            await store.persist_batch(rows[start : start + BATCH])
+            batch = rows[start : start + BATCH]
+            if label == STAGED:
+                async with store._pool.connection() as conn:
+                    await store._persist_copy(conn, batch, store._move_staging)
+            else:
+                await store.persist_batch(batch)
     finally:
         await store.close()
 
 
 def probe_cost(
-    servers: Servers, rows: list[StoredRow], prefill: int, interval: Interval, variant: tuple[str, float, bool]
+    servers: Servers, rows: list[StoredRow], prefill: int, interval: Interval, variant: tuple[str, float]
 ) -> tuple[float, float]:
     """(rows per second, PostgreSQL CPU microseconds per row) storing `rows` (stamped now) one variant's way into
     a fresh table partitioned by `interval` that holds `prefill` rows over the last PREFILL_DAYS days."""
@@ -132,9 +109,9 @@ def probe_cost(
         conn.execute(_GENERATE, {"rows": prefill, "days": PREFILL_DAYS, "start": start})
         conn.execute("VACUUM ANALYZE interaction_logs")
     checkpoint(servers)
-    label, window_hours, probe = variant
+    label, window_hours = variant
     cpu_before, started = cpu_seconds(servers.postgres_pid), time.perf_counter()
-    asyncio.run(_store_variant(url, rows, label, window_hours, probe))
+    asyncio.run(_store_variant(url, rows, label, window_hours))
     elapsed, cpu = time.perf_counter() - started, cpu_seconds(servers.postgres_pid) - cpu_before
     drop_database(servers, name)
     return len(rows) / elapsed, cpu / len(rows) * 1e6

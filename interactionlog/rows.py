@@ -81,11 +81,32 @@ def copy_probe(dedupe_window_hours: float) -> sql.Composable:
     within the window; empty for 0 hours."""
     if dedupe_window_hours <= 0:
         return sql.SQL("")
+    return sql.SQL(" WHERE NOT {}").format(_stored_copy_of_s(dedupe_window_hours))
+
+
+def _stored_copy_of_s(dedupe_window_hours: float) -> sql.Composable:
+    """`EXISTS (...)`: interaction_logs holds a row with the (mcp_id, interaction_id) of the row `s` and a
+    "timestamp" within the window either side of its own (the identity rule; see `insert_rows_from`)."""
     return sql.SQL(
-        " WHERE NOT EXISTS (SELECT FROM interaction_logs AS t WHERE t.mcp_id = s.mcp_id"
+        "EXISTS (SELECT FROM interaction_logs AS t WHERE t.mcp_id = s.mcp_id"
         " AND t.interaction_id = s.interaction_id"
         ' AND t."timestamp" BETWEEN s."timestamp" - {window} AND s."timestamp" + {window} OFFSET 0)'
     ).format(window=sql.Literal(timedelta(hours=dedupe_window_hours)))
+
+
+def stored_copies(dedupe_window_hours: float) -> sql.Composed:
+    """`SELECT position FROM ...`: the 1-based positions of the rows of a batch, given as three array parameters
+    (mcp_ids, interaction_ids, timestamps), of which interaction_logs already holds a copy by the identity rule.
+
+    The worker's path for a window over 0 hours: one such query, then a COPY straight into the table of the
+    rows it did not name, instead of staging every batch for an `insert_rows_from` (the same rule, and the same
+    probe per row, without writing every row twice: README "What it costs"). An exact copy committed between the
+    query and the COPY fails the COPY on the unique index, and the batch then takes the staging path.
+    """
+    return sql.SQL(
+        "SELECT s.position FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) WITH ORDINALITY"
+        ' AS s (mcp_id, interaction_id, "timestamp", position) WHERE {}'
+    ).format(_stored_copy_of_s(dedupe_window_hours))
 
 
 def insert_one_row(dedupe_window_hours: float) -> sql.Composed:

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from interactionlog import Publisher
 from interactionlog.client.publisher import encode_fields
-from interactionlog.rows import insert_one_row, insert_rows_from
+from interactionlog.rows import insert_one_row, insert_rows_from, stored_copies
 from interactionlog.settings import DEFAULT_DEDUPE_WINDOW_HOURS, DEFAULT_MAX_RECORD_BYTES
 from interactionlog.worker import partition_maintenance, partitions
 from interactionlog.worker.decode import StoredRow, decode_entry
@@ -276,8 +276,9 @@ def leaf_scans(plan: dict[str, Any]) -> dict[str, int]:
 
 
 def test_the_copy_probe_reads_only_the_partitions_of_its_window(database_url: str) -> None:
-    """With daily partitions over three weeks, the worker's INSERT ... SELECT probes for copies in the partitions
-    within a day either side of each row (run-time partition pruning), never the other ones."""
+    """With daily partitions over three weeks, the worker's probes for copies (the batch query of its fast path,
+    the staging path's INSERT ... SELECT, the one-row INSERT) read the partitions within a day either side of each
+    row (run-time partition pruning), never the other ones."""
     run_migrate(database_url, "--partition-interval", "day", "--partition-premake", "10")
     start = floor_instant(NOW, "day") - timedelta(days=10)
     maintain(database_url, now=start, premake=20)
@@ -301,10 +302,15 @@ def test_the_copy_probe_reads_only_the_partitions_of_its_window(database_url: st
         ((one_row_plan,),) = conn.execute(
             sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(insert_one_row(DEFAULT_DEDUPE_WINDOW_HOURS)), row
         ).fetchall()
+        ((batch_plan,),) = conn.execute(
+            sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) {}").format(stored_copies(DEFAULT_DEDUPE_WINDOW_HOURS)),
+            (["weather", "weather"], ["probe-4", "probe-5"], [moment, moment + timedelta(minutes=1)]),
+        ).fetchall()
         conn.rollback()
     window = {expected_partition(moment + timedelta(days=days), "day") for days in (-1, 0, 1)}
     assert len(partition_names(database_url)) > 20
-    for form, explained in (("INSERT ... SELECT", plan), ("one row", one_row_plan)):
+    plans = (("INSERT ... SELECT", plan), ("one row", one_row_plan), ("the batch's stored copies", batch_plan))
+    for form, explained in plans:
         scanned = {name for name, loops in leaf_scans(explained[0]["Plan"]).items() if loops}
         assert scanned, form
         assert scanned <= window, (form, scanned)

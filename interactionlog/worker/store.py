@@ -1,12 +1,14 @@
 """The PostgreSQL sink: versioned schema migrations and idempotent batch persistence.
 
-A batch is COPYed into a temporary staging table created inside its transaction, then moved into
-`interaction_logs` by one `INSERT ... SELECT` that skips copies of stored records: the identity rule of
-`rows.insert_rows_from` (the same (mcp_id, interaction_id, "timestamp"), or the same (mcp_id, interaction_id)
-within the dedupe window). With a window of 0 only exact copies are skipped, which the unique index finds by
-itself: the batch is then COPYed straight into `interaction_logs`, the same work as a bare bulk load, and only
-when that COPY fails on the unique index (a redelivery after a crash) does it take the staging path. Either way
-a record is stored once. Nothing lives longer than a transaction on a server connection (no session temporary
+A batch is stored in one transaction by the identity rule of `rows.insert_rows_from`: a row is skipped when
+interaction_logs holds the same (mcp_id, interaction_id, "timestamp") (a redelivery), or the same (mcp_id,
+interaction_id) within the dedupe window (a record published again, stamped again). In steady state one query
+(`rows.stored_copies`) names the rows of the batch already stored, and the rest is COPYed straight into
+`interaction_logs`, the work of a bare bulk load plus one index probe per row; with a window of 0 there is no
+query, the unique index alone decides. Only when that COPY fails on the unique index (an exact copy committed by
+another worker meanwhile, or a redelivery with a window of 0) does the batch take the staging path: COPY into a
+temporary table created inside the transaction, then one `INSERT ... SELECT` with the same rule. Either way a
+record is stored once. Nothing lives longer than a transaction on a server connection (no session temporary
 table, no server-side prepared statement), so PgBouncer in transaction pooling mode works as well as a direct
 connection.
 
@@ -35,7 +37,7 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavailableError
-from ..rows import COLUMNS, TABLE, StoredRow, first_copies, insert_one_row, insert_rows_from
+from ..rows import COLUMNS, TABLE, StoredRow, first_copies, insert_one_row, insert_rows_from, stored_copies
 from ..settings import DEFAULT_DEDUPE_WINDOW_HOURS
 from . import partitions
 from .partition_maintenance import maintain
@@ -161,9 +163,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 # The staging table lives for one transaction (created in it, dropped at its end), so concurrent batches never
 # see each other's rows, no cleanup is needed after a crash, and a pooler that hands each transaction another
-# server connection (PgBouncer's transaction mode) never meets a table created on another one. Every batch
-# takes it while the dedupe window is on (the default; its cost is in README "What it costs"); with a window of
-# 0 only a batch holding an already stored row (a redelivery) does.
+# server connection (PgBouncer's transaction mode) never meets a table created on another one. Only a batch whose
+# COPY failed on the unique index takes it (see the module docstring), so the DDL is rare.
 _CREATE_STAGING = """
     CREATE TEMPORARY TABLE interaction_logs_staging (
         mcp_id TEXT, interaction_id TEXT, "timestamp" TIMESTAMPTZ, method TEXT, tool TEXT, session_id TEXT,
@@ -240,6 +241,7 @@ class Store:
         # The identity rule, in the statements of rows.insert_rows_from (README "Idempotency").
         self._dedupe_window_hours = dedupe_window_hours
         self._move_staging = insert_rows_from(sql.Identifier("interaction_logs_staging"), dedupe_window_hours)
+        self._stored_copies = stored_copies(dedupe_window_hours)
         self._insert_row = insert_one_row(dedupe_window_hours)
         self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
         # The systemic refusal of the last batch attempt, until a batch goes through: readiness reports it.
@@ -326,11 +328,11 @@ class Store:
     async def _persist(self, rows: Sequence[StoredRow]) -> PersistResult:
         async with self._pool.connection() as conn:
             try:
-                if self._dedupe_window_hours > 0:
-                    # A copy published again carries another timestamp, which the unique index does not catch:
-                    # every batch takes the statement that probes for copies within the window.
-                    return await self._persist_copy(conn, rows, self._move_staging)
                 try:
+                    if self._dedupe_window_hours > 0:
+                        # A copy published again carries another timestamp, which the unique index does not
+                        # catch: one query names the rows already stored within the window, the rest is COPYed.
+                        return await self._copy_unstored_into_table(conn, rows)
                     return await self._copy_into_table(conn, rows)
                 except psycopg.errors.UniqueViolation:
                     # Some rows are stored already (a redelivery, or a record published twice): take the
@@ -375,6 +377,21 @@ class Store:
         async with conn.transaction(), conn.cursor() as cursor:
             await _copy_rows(cursor, _COPY_TABLE, rows)
         return PersistResult(inserted=len(rows))
+
+    async def _copy_unstored_into_table(
+        self, conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]
+    ) -> PersistResult:
+        """The fast path with a dedupe window: one query for the rows interaction_logs holds a copy of
+        (`rows.stored_copies`), then the others COPYed straight into the table, in one transaction. An exact copy
+        committed meanwhile fails the COPY on the unique index (UniqueViolation, nothing kept)."""
+        keys = ([row.mcp_id for row in rows], [row.interaction_id for row in rows], [row.timestamp for row in rows])
+        async with conn.transaction(), conn.cursor() as cursor:
+            await cursor.execute(self._stored_copies, keys)
+            stored = {int(position) - 1 for (position,) in await cursor.fetchall()}
+            unstored = [row for index, row in enumerate(rows) if index not in stored] if stored else rows
+            if unstored:
+                await _copy_rows(cursor, _COPY_TABLE, unstored)
+        return PersistResult(inserted=len(unstored), duplicates=len(stored))
 
     @staticmethod
     async def _persist_copy(
