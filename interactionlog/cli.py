@@ -116,7 +116,11 @@ def migrate(**values: Any) -> None:
 
 @main.command()
 @settings_options("database_url", "retention_days", "partition_premake", *LOG_OPTIONS)
-@click.option("--dry-run", is_flag=True, help="Print what would be dropped and created; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be dropped and created, and count the rows that would go; change nothing.",
+)
 def retention(dry_run: bool, **values: Any) -> None:
     """Drop the interaction_logs partitions whose rows are all older than --retention-days (a DROP TABLE each,
     never a DELETE).
@@ -151,11 +155,21 @@ def retention(dry_run: bool, **values: Any) -> None:
         click.echo(f"postponed: {reason}", err=True)
     click.echo(
         f"{drop} {len(report.dropped)} partition(s) older than {settings.retention_days} days "
-        f"(about {report.dropped_rows} rows)",
+        f"({_dropped_rows(report)})",
         err=True,
     )
     if report.postponed:
         raise SystemExit(EXIT_FAILED)
+
+
+def _dropped_rows(report: partition_maintenance.MaintenanceReport) -> str:
+    """How many rows the dropped partitions held: counted by a dry run, estimated by PostgreSQL otherwise."""
+    if report.dropped_rows_counted:
+        return f"{report.dropped_rows} row(s), counted"
+    if report.unanalysed_drops == len(report.dropped) and report.dropped:
+        return "rows unknown: PostgreSQL had not analysed those partitions; a --dry-run first counts them"
+    unknown = f", plus those of {report.unanalysed_drops} partition(s) not yet analysed" * bool(report.unanalysed_drops)
+    return f"about {report.dropped_rows} row(s){unknown}, as PostgreSQL estimated"
 
 
 @main.command(name="partition-convert")
