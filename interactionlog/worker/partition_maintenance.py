@@ -329,10 +329,9 @@ def _runs_by_width(ordered: Sequence[Partition]) -> list[tuple[str, list[Partiti
     """Consecutive partitions of the same width ("day", "month" or "other"), as (width, partitions) in order."""
     runs: list[tuple[str, list[Partition]]] = []
     for partition in ordered:
-        width = next(
-            (name for name in partitions.INTERVALS if partitions.next_boundary(partition.lower, name) == partition.upper),
-            "other",
-        )
+        lower, upper = partition.lower, partition.upper
+        fits = [name for name in partitions.INTERVALS if partitions.next_boundary(lower, name) == upper]
+        width = fits[0] if fits else "other"
         if runs and runs[-1][0] == width:
             runs[-1][1].append(partition)
         else:
