@@ -104,8 +104,8 @@ def test_the_publishing_snippet_publishes_one_record(redis_url: str) -> None:
     section = README.split("## Publishing from an MCP server", 1)[1].split("\n## ", 1)[0]
     snippet = next(body for language, body in code_blocks(section) if language == "python")
     exec(compile(snippet.replace("redis://localhost:6379/0", redis_url), "README", "exec"), {})  # noqa: S102
-    client = redis.Redis.from_url(redis_url)
-    ((_, fields),) = client.xrange("interactions")
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.Redis.from_url(redis_url).xrange("interactions")  # type: ignore[assignment]
+    ((_, fields),) = entries
     record = Interaction.model_validate_json(fields[b"data"])
     assert record.response == {"content": [{"type": "text", "text": "sunny"}]}
 
