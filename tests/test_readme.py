@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,26 @@ def test_the_main_job_says_whom_the_default_database_url_connects_as() -> None:
     assert 'sudo -u postgres createuser -s "$USER" && sudo -u postgres createdb "$USER"' in before
     assert "`--database-url`" in before
     assert "`INTERACTIONLOG_DATABASE_URL`" in before
+
+
+def test_the_example_client_calls_the_example_server_and_its_call_is_published(redis_url: str, tmp_path: Path) -> None:
+    """The README's client for examples/weather_server.py, run as it says (from the repository's root, over
+    stdio), prints the forecast, and the server's instrumentation publishes the call to the Redis it is given."""
+    section = README.split("## Instrument your MCP server", 1)[1].split("\n## ", 1)[0]
+    client = next(body for language, body in code_blocks(section) if language == "python" and "Client(" in body)
+    script = tmp_path / "call_weather.py"
+    script.write_text(client)
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), str(script)],
+        cwd=ROOT,
+        env={**os.environ, "INTERACTIONLOG_REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Oslo: sunny for 2 day(s)" in done.stdout
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.Redis.from_url(redis_url).xrange("interactions")  # type: ignore[assignment]
+    records = [Interaction.model_validate_json(fields[b"data"]) for _, fields in entries]
+    assert [(record.mcp_id, record.tool) for record in records] == [("weather", "get_forecast")]
