@@ -154,3 +154,13 @@ def test_the_example_client_calls_the_example_server_and_its_call_is_published(r
     entries: list[tuple[bytes, dict[bytes, bytes]]] = redis.Redis.from_url(redis_url).xrange("interactions")  # type: ignore[assignment]
     records = [Interaction.model_validate_json(fields[b"data"]) for _, fields in entries]
     assert [(record.mcp_id, record.tool) for record in records] == [("weather", "get_forecast")]
+
+
+def test_setup_starts_no_service() -> None:
+    """The README says scripts/setup starts no service: each package that brings one (redis-server, postgresql,
+    prometheus, pgbouncer) is installed under the policy-rc.d that forbids starting it, never by plain apt_install."""
+    setup = (ROOT / "scripts" / "setup").read_text()
+    for package in ("redis-server", "postgresql", "prometheus", "pgbouncer"):
+        assert f"quiet+=({package})" in setup, f"scripts/setup may start {package}'s service"
+    assert 'apt_install_without_starting "${quiet[@]}"' in setup
+    assert "so none is started" in README
