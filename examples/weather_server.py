@@ -1,8 +1,10 @@
 """A small MCP server instrumented with interactionlog: the two lines are marked.
 
-pip install -e '.[mcp]'
-INTERACTIONLOG_REDIS_URL=redis://localhost:6379/0 python examples/weather_server.py          # stdio
-python examples/weather_server.py http 8000                                                  # streamable HTTP
+.venv/bin/pip install -e '.[mcp]'     # scripts/setup installs it already
+INTERACTIONLOG_REDIS_URL=redis://localhost:6379/0 .venv/bin/python examples/weather_server.py   # stdio
+.venv/bin/python examples/weather_server.py http 8000          # streamable HTTP, http://127.0.0.1:8000/mcp
+
+README, "Instrument your MCP server", has a client that calls it and says where the records show up.
 """
 
 import sys

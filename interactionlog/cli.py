@@ -32,7 +32,7 @@ from .ops import dlq, query, status
 from .ops.publish_file import read_json_lines
 from .ops.terminal import printable
 from .redact import redact_text, redact_url
-from .settings import Settings, load_settings, settings_options
+from .settings import WORKER_FIELDS, Settings, load_settings, settings_options, with_database_url_hint
 from .worker import conversion, partition_maintenance
 from .worker.daemon import run_worker
 from .worker.state import PipelineStatus, collect_status
@@ -67,10 +67,18 @@ def _run(awaitable: Awaitable[_T], settings: Settings) -> _T:
     except RedisError as error:
         click.echo(redact_text(f"error: Redis at {redact_url(settings.redis_url)}: {error}", *urls), err=True)
     except psycopg.Error as error:
-        click.echo(redact_text(f"error: PostgreSQL at {redact_url(settings.database_url)}: {error}", *urls), err=True)
+        said = f"error: PostgreSQL at {redact_url(settings.database_url)}: {str(error).strip()}"
+        click.echo(redact_text(with_database_url_hint(said, error), *urls), err=True)
     except InteractionlogError as error:
-        click.echo(redact_text(f"error: {error}", *urls), err=True)
+        click.echo(redact_text(with_database_url_hint(f"error: {error}", error), *urls), err=True)
     raise SystemExit(EXIT_FAILED)
+
+
+def _named(keys: list[str], what: str) -> str:
+    """One stream's name, or several shards' as "the 6 shard streams of <what> (<first>, ..., <last>)"."""
+    if len(keys) == 1:
+        return keys[0]
+    return f"the {len(keys)} shard {what} ({keys[0]}, ..., {keys[-1]})"
 
 
 def _redis(settings: Settings) -> Any:
@@ -116,7 +124,11 @@ def migrate(**values: Any) -> None:
 
 @main.command()
 @settings_options("database_url", "retention_days", "partition_premake", *LOG_OPTIONS)
-@click.option("--dry-run", is_flag=True, help="Print what would be dropped and created; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what would be dropped and created, and count the rows that would go; change nothing.",
+)
 def retention(dry_run: bool, **values: Any) -> None:
     """Drop the interaction_logs partitions whose rows are all older than --retention-days (a DROP TABLE each,
     never a DELETE).
@@ -151,11 +163,21 @@ def retention(dry_run: bool, **values: Any) -> None:
         click.echo(f"postponed: {reason}", err=True)
     click.echo(
         f"{drop} {len(report.dropped)} partition(s) older than {settings.retention_days} days "
-        f"(about {report.dropped_rows} rows)",
+        f"({_dropped_rows(report)})",
         err=True,
     )
     if report.postponed:
         raise SystemExit(EXIT_FAILED)
+
+
+def _dropped_rows(report: partition_maintenance.MaintenanceReport) -> str:
+    """How many rows the dropped partitions held: counted by a dry run, estimated by PostgreSQL otherwise."""
+    if report.dropped_rows_counted:
+        return f"{report.dropped_rows} row(s), counted"
+    if report.unanalysed_drops == len(report.dropped) and report.dropped:
+        return "rows unknown: PostgreSQL had not analysed those partitions; a --dry-run first counts them"
+    unknown = f", plus those of {report.unanalysed_drops} partition(s) not yet analysed" * bool(report.unanalysed_drops)
+    return f"about {report.dropped_rows} row(s){unknown}, as PostgreSQL estimated"
 
 
 @main.command(name="partition-convert")
@@ -200,7 +222,7 @@ def partition_convert(rows_per_batch: int, pause_ms: int, **values: Any) -> None
 
 
 @main.command()
-@settings_options(*Settings.model_fields)
+@settings_options(*WORKER_FIELDS)
 def worker(**values: Any) -> None:
     """Consume the stream and store every entry in PostgreSQL. Stops cleanly on SIGTERM or SIGINT."""
     settings = _settings(values)
@@ -306,7 +328,13 @@ def dlq_list(count: int, reason: str | None, as_json: bool, **values: Any) -> No
         finally:
             await redis.aclose()
 
-    for view in _run(fetch(), settings):
+    views = _run(fetch(), settings)
+    if not views:  # on stderr: standard output holds dead letters only (no lines is valid JSON lines)
+        layout = settings.layouts[0]
+        streams = _named([shard.dead_letter_stream for shard in layout.all()], f"streams of {layout.dead_letters}")
+        of_reason = f" of error_type {reason!r}" if reason is not None else ""
+        click.echo(f"no dead letters{of_reason} in {streams}", err=True)
+    for view in views:
         if as_json:
             click.echo(json.dumps({"id": view.id, **view.fields}))
         else:
@@ -366,7 +394,8 @@ def dlq_replay(ids: tuple[str, ...], count: int | None, replay_all: bool, reason
     outcome = _run(replay(), settings)
     for old_id, new_id in outcome.replayed:
         click.echo(f"replayed {old_id} as {new_id}")
-    click.echo(f"replayed {len(outcome.replayed)} dead letter(s) onto {settings.stream}", err=True)
+    streams = _named([shard.stream for shard in settings.layouts[0].all()], f"streams of {settings.stream}")
+    click.echo(f"replayed {len(outcome.replayed)} dead letter(s) onto {streams}", err=True)
     failed = False
     for missing in outcome.not_found:
         click.echo(f"error: no dead letter {missing} in {settings.dead_letter_stream_key}", err=True)
@@ -433,7 +462,8 @@ def publish(source: IO[bytes], chunk_size: int, strict: bool, **values: Any) -> 
         raise SystemExit(EXIT_FAILED) from None
     finally:
         publisher.close()
-    click.echo(f"published {published} record(s) to {settings.stream}, rejected {rejected}", err=True)
+    streams = _named([shard.stream for shard in settings.layouts[0].all()], f"streams of {settings.stream}")
+    click.echo(f"published {published} record(s) to {streams}, rejected {rejected}", err=True)
     if rejected:
         raise SystemExit(EXIT_FAILED)
 
@@ -479,7 +509,7 @@ def _database(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction):
         click.echo(f"error: {where} lacks the current schema: run `interactionlog migrate` against it", err=True)
     except psycopg.Error as error:
-        click.echo(f"error: {where}: {str(error).strip()}", err=True)
+        click.echo(with_database_url_hint(f"error: {where}: {str(error).strip()}", error), err=True)
     else:
         return
     raise SystemExit(EXIT_FAILED)
@@ -606,10 +636,12 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     "--postgres-port", default=0, type=click.IntRange(0, 65535), help="PostgreSQL's port; 0 picks a free one."
 )
 def dev(redis_port: int, postgres_port: int, **values: Any) -> None:
-    """Run Redis, PostgreSQL (migrated) and a worker on this machine, no Docker, and print interactions as they
-    are stored. Ctrl-C stops everything and deletes its data.
+    """Run Redis, PostgreSQL (migrated), a worker and the HTTP gateway on this machine, no Docker, and print
+    interactions as they are stored. Ctrl-C stops everything and deletes its data.
 
-    Needs redis-server and PostgreSQL's server binaries (initdb, postgres); says how to install them if missing.
+    The gateway (`interactionlog serve`, when the gateway extra is installed) listens on a free loopback port
+    without tokens; the banner prints its URL and a curl line that POSTs a record. Needs redis-server and
+    PostgreSQL's server binaries (initdb, postgres); says how to install them if missing.
     """
     from .ops import dev as dev_stack  # noqa: PLC0415 - rich, only here
     from .ops import render  # noqa: PLC0415

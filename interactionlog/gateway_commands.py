@@ -19,7 +19,7 @@ from .gateway.config import GatewaySettings
 from .gateway.tokens import TokenInfo, create_token, list_tokens, revoke_tokens
 from .logs import configure_logging
 from .redact import redact_url
-from .settings import Settings, settings_options, validate_settings
+from .settings import Settings, settings_options, validate_settings, with_database_url_hint
 
 _T = TypeVar("_T")
 
@@ -68,7 +68,8 @@ def _database(awaitable: Awaitable[_T], database_url: str) -> _T:
             err=True,
         )
     except psycopg.Error as error:
-        click.echo(f"error: PostgreSQL at {redact_url(database_url)}: {error}", err=True)
+        said = f"error: PostgreSQL at {redact_url(database_url)}: {str(error).strip()}"
+        click.echo(with_database_url_hint(said, error), err=True)
     except (InteractionlogError, ValueError) as error:
         click.echo(f"error: {error}", err=True)
     raise SystemExit(EXIT_FAILED)

@@ -7,6 +7,7 @@ The click options of each command are generated from the fields below (`--batch-
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -227,6 +228,32 @@ class Settings(BaseModel):
     def redis_socket_timeout_s(self) -> float:
         """Socket timeout for Redis: always longer than a blocking read, so BLOCK never looks like a hang."""
         return self.block_ms / 1000 + self.redis_timeout_s
+
+
+# Settings only publishers use (`publish`, `serve`, `dlq replay`): `worker` has no flag for them.
+PUBLISHER_ONLY_FIELDS = ("wait_replicas", "wait_timeout_ms", "stream_maxlen")
+WORKER_FIELDS = tuple(field for field in Settings.model_fields if field not in PUBLISHER_ONLY_FIELDS)
+
+# SQLSTATEs of a connection refused for who is connecting to what: invalid authorization (28000), no such
+# database (3D000). A refused connection usually carries no SQLSTATE in psycopg, so the server's words count too.
+_WRONG_ROLE_OR_DATABASE = ("28000", "3D000")
+_NO_SUCH_ROLE_OR_DATABASE = re.compile(r'\b(role|database) ".*" does not exist')
+
+
+def with_database_url_hint(message: str, error: BaseException) -> str:
+    """`message`, and on a second line what to do when PostgreSQL refused a connection for a role or database
+    that does not exist (`error`, or the error it was raised from). The usual cause is the default URL: libpq then
+    connects as the OS user, to a database of the same name (README, Quick start)."""
+    cause = error.__cause__ or error
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate not in _WRONG_ROLE_OR_DATABASE and not _NO_SUCH_ROLE_OR_DATABASE.search(str(cause)):
+        return message
+    return message + (
+        f"\nhint: give the role and database to use with {flag_name('database_url')} or {env_name('database_url')} "
+        "(postgresql://USER:PASSWORD@HOST:5432/DBNAME); without them libpq connects as your OS user to a "
+        'database of the same name, which a local PostgreSQL gets with `sudo -u postgres createuser -s "$USER" '
+        '&& sudo -u postgres createdb "$USER"`'
+    )
 
 
 def flag_name(field: str) -> str:

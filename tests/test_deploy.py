@@ -517,6 +517,23 @@ def test_compose_runs_redis_with_aof_and_two_workers_after_the_migration() -> No
     assert f"127.0.0.1:{port}/readyz" in " ".join(worker["healthcheck"]["test"])
 
 
+def test_compose_publishes_redis_and_postgres_away_from_the_host_s_own_ports() -> None:
+    """Redis and PostgreSQL are published on loopback ports other than 6379 and 5432 (a host running its own, as
+    the README's main job does, would make `docker compose up` fail), and the README gives the host-side URLs of
+    the ports compose really publishes."""
+    services = compose()["services"]
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Run the whole stack locally", 1)[1].split("\n### ", 1)[0]
+    for name, port in (("redis", 6379), ("postgres", 5432)):
+        (published,) = services[name]["ports"]
+        address, host_port, container_port = published.split(":")
+        assert (address, int(container_port)) == ("127.0.0.1", port)
+        assert int(host_port) != port, f"{name} is published on the host's usual port {port}"
+        assert f"localhost:{host_port}/" in section, f"the README does not give {name}'s host port {host_port}"
+    assert "docker compose exec gateway interactionlog tokens create --mcp-id" in section
+    assert "`gateway`" in section, "the README's list of compose services names the gateway"
+
+
 def test_compose_prometheus_scrapes_the_workers_with_the_alert_rules_loaded() -> None:
     """Prometheus mounts alerts.yaml and compose.rules.yaml (workers must always run here) where prometheus.yml
     loads rules from, and scrapes the worker service on the metrics port."""

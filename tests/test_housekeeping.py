@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from interactionlog.entry_ids import next_id
 from interactionlog.worker.housekeeping import Housekeeper, HousekeepingReport, recorded_losses
+from interactionlog.worker.presence import live_until
 
 from .pipeline import stream_entries
 
@@ -126,3 +127,25 @@ def test_departed_consumers_are_removed_but_never_one_holding_entries(redis_url:
     names = {consumer["name"].decode() for consumer in client.xinfo_consumers(STREAM, "g")}
     assert names == {"crashed", "me-0"}
     assert client.xpending(STREAM, "g")["pending"] == 6
+
+
+def test_own_consumers_stay_announced_before_their_first_read(redis_url: str) -> None:
+    """A round run before this process's consumers have read (so before the group knows them) keeps their
+    presence: `status` shows them live from the start, not without a live/departed split until the next round."""
+    client = redis.Redis.from_url(redis_url)
+    client.xgroup_create(STREAM, "g", id="0", mkstream=True)
+
+    async def scenario() -> dict[str, int] | None:
+        connection = aioredis.Redis.from_url(redis_url)
+        try:
+            housekeeper = Housekeeper(
+                connection, stream=STREAM, group="g", consumer_idle_ms=60_000, own_prefix="me", own_consumers=["me-0"]
+            )
+            await housekeeper.run_once()  # me-0 announced, and not in the group yet
+            return await live_until(connection, STREAM, "g")
+        finally:
+            await connection.aclose()
+
+    announced = asyncio.run(scenario())
+    assert announced is not None
+    assert announced["me-0"] > time.time() * 1000

@@ -1,5 +1,6 @@
-"""What operators read is safe and exact: no terminal escapes from names anyone can choose, and `dlq replay`
-of one id replays that dead letter only."""
+"""What operators read is safe and exact: no terminal escapes from names anyone can choose, `dlq replay` of one id
+replays that dead letter only, empty results and shard streams are named, a refused role or database says what to
+do, and help texts list what each command uses."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from click.testing import CliRunner
 
 from interactionlog.cli import main
 from interactionlog.ops.terminal import printable
+
+from .servers import PostgresServer, free_port
 
 STREAM, GROUP = "interactions", "interactionlog"
 
@@ -54,3 +57,66 @@ def test_replaying_an_id_without_its_sequence_replays_that_id_only(redis_url: st
     assert result.exit_code != 0, "no dead letter has the id 1796050769612-0"
     assert client.xlen(dlq) == 2
     assert client.xlen(STREAM) == 0
+
+
+def test_dlq_list_says_when_there_are_no_dead_letters(redis_url: str) -> None:
+    """An empty dead-letter stream is said on stderr (naming it, and every shard's), not left as silence;
+    --json prints nothing on stdout, which is valid (empty) JSON lines."""
+    runner = CliRunner()
+    plain = runner.invoke(main, ["dlq", "list", "--redis-url", redis_url])
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout == ""
+    assert "no dead letters in interactions:dlq" in plain.stderr
+    sharded = runner.invoke(main, ["dlq", "list", "--redis-url", redis_url, "--shards", "3", "--json"])
+    assert sharded.exit_code == 0, sharded.output
+    assert sharded.stdout == ""
+    assert "no dead letters in the 3 shard streams of interactions:dlq (interactions:dlq:{" in sharded.stderr
+    narrowed = runner.invoke(main, ["dlq", "list", "--redis-url", redis_url, "--reason", "invalid_json"])
+    assert "no dead letters of error_type 'invalid_json' in interactions:dlq" in narrowed.stderr
+
+
+def test_publish_names_the_shard_streams_it_published_to(redis_url: str) -> None:
+    """With --shards 3 the records went to three shard streams, and the summary says so rather than naming the
+    unsharded stream (which received nothing)."""
+    lines = "".join(f'{{"mcp_id": "m{index}"}}\n' for index in range(6))
+    result = CliRunner().invoke(main, ["publish", "--redis-url", redis_url, "--shards", "3", "-"], input=lines)
+    assert result.exit_code == 0, result.output
+    assert "published 6 record(s) to the 3 shard streams of interactions (interactions:{" in result.stderr
+    assert redis.Redis.from_url(redis_url).exists(STREAM) == 0
+
+
+def test_a_missing_role_or_database_says_how_to_name_them(postgres_server: PostgresServer) -> None:
+    """PostgreSQL refusing the connection's role or database (the default URL connects as the OS user to a
+    database of the same name) points at --database-url and INTERACTIONLOG_DATABASE_URL, for `migrate` and
+    for `tail`; an unreachable server gets no such hint."""
+    no_role = postgres_server.url("postgres").replace("postgres@", "nobody_here@", 1)
+    no_database = postgres_server.url("no_such_database")
+    runner = CliRunner()
+    for command, url in (("migrate", no_role), ("migrate", no_database), ("tail", no_role)):
+        result = runner.invoke(main, [command, "--database-url", url])
+        assert result.exit_code == 1, result.output
+        assert "does not exist" in result.stderr
+        assert "hint: give the role and database to use with --database-url or INTERACTIONLOG_DATABASE_URL" in (
+            result.stderr
+        )
+    refused = runner.invoke(main, ["migrate", "--database-url", f"postgresql://127.0.0.1:{free_port()}/x"])
+    assert refused.exit_code == 1
+    assert "hint:" not in refused.stderr
+
+
+def test_worker_help_lists_no_publisher_only_settings() -> None:
+    """--wait-replicas, --wait-timeout-ms and --stream-maxlen change only what publishers do: `worker` does not
+    offer them, and `serve` (a publisher) still does."""
+    runner = CliRunner()
+    worker = runner.invoke(main, ["worker", "--help"], terminal_width=200).output
+    serve = runner.invoke(main, ["serve", "--help"], terminal_width=200).output
+    for flag in ("--wait-replicas", "--wait-timeout-ms", "--stream-maxlen"):
+        assert flag not in worker
+        assert flag in serve
+
+
+def test_dev_help_mentions_the_gateway() -> None:
+    """`dev --help` says that dev runs the HTTP gateway too, and that the banner prints its URL."""
+    help_text = " ".join(CliRunner().invoke(main, ["dev", "--help"]).output.split())
+    assert "HTTP gateway" in help_text
+    assert "without tokens" in help_text

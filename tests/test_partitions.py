@@ -178,6 +178,17 @@ def test_migrate_creates_a_partitioned_table_with_a_default_and_partitions_ahead
     assert len(partition_names(database_url)) == 3, "a second migrate adds nothing"
 
 
+def test_a_new_install_logs_no_leftover_table(database_url: str) -> None:
+    """Migrating an empty database partitions the new table without naming an old table to convert (none is left,
+    so a log line pointing at interaction_logs_unpartitioned with -1 rows would send people looking for it)."""
+    printed = run_migrate(database_url)
+    assert '"table_partitioned"' in printed
+    assert "interaction_logs_unpartitioned" not in printed
+    assert "estimated_rows" not in printed
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT to_regclass('interaction_logs_unpartitioned')").fetchone() == (None,)
+
+
 @pytest.mark.parametrize("interval", ["day", "month"])
 def test_records_spanning_several_months_land_in_their_partitions(database_url: str, interval: Interval) -> None:
     """Rows within the partitions made ahead land in theirs at once; older and further ones land in the default
@@ -382,8 +393,13 @@ def test_a_row_far_ahead_lands_in_the_default_partition_and_moves_when_its_parti
 def test_migrate_can_change_the_interval_from_the_end_of_the_partitions(database_url: str) -> None:
     """Switching from months to days keeps the month partitions made and continues with days after them."""
     run_migrate(database_url, "--partition-interval", "month", "--partition-premake", "1")
-    last_month_end = next_boundary(next_boundary(floor_instant(NOW, "month"), "month"), "month")
-    run_migrate(database_url, "--partition-interval", "day", "--partition-premake", "1")
+    this_month = floor_instant(NOW, "month")
+    last_month_end = next_boundary(next_boundary(this_month, "month"), "month")
+    printed = run_migrate(database_url, "--partition-interval", "day", "--partition-premake", "1")
+    assert (
+        f"partitioned by day from {last_month_end:%Y-%m-%d} on; its partitions so far: 2 monthly from "
+        f"{this_month:%Y-%m-%d} to {last_month_end:%Y-%m-%d}, and a default partition"
+    ) in printed, "the month partitions are not called daily ones"
     maintain(database_url, premake=1, now=last_month_end)
     assert partition_names(database_url)[-2:] == [
         expected_partition(last_month_end, "day"),
@@ -434,6 +450,20 @@ def test_retention_command_drops_old_partitions_and_refuses_when_retention_is_of
     done = subprocess.run([*command, "--retention-days", "365"], capture_output=True, text=True, check=True)
     assert f"dropped {old_partition}" in done.stdout
     assert placement(database_url) == {"fresh": expected_partition(NOW, "month")}
+
+
+def test_retention_counts_the_rows_of_a_partition_never_analysed(database_url: str) -> None:
+    """A partition holding one row, never analysed (PostgreSQL's estimate is unknown), is not reported as "about 0
+    rows": --dry-run counts it exactly, and the real run says its rows are unknown."""
+    migrate(database_url)
+    persist(database_url, [stamped("old", NOW - timedelta(days=730))])
+    maintain(database_url)  # the record gets a partition of its own, made without an ANALYZE
+    command = [*INTERACTIONLOG, "retention", "--database-url", database_url, "--retention-days", "365"]
+    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, check=True)
+    assert "would drop 1 partition(s) older than 365 days (1 row(s), counted)" in dry.stderr
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "dropped 1 partition(s) older than 365 days (rows unknown" in done.stderr
+    assert "about 0" not in done.stderr
 
 
 def test_a_record_older_than_the_retention_is_stored_then_dropped_by_the_next_round(

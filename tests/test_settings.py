@@ -10,7 +10,14 @@ from psycopg.conninfo import conninfo_to_dict
 from interactionlog.cli import main
 from interactionlog.errors import ConfigurationError
 from interactionlog.redact import redact_url
-from interactionlog.settings import Settings, env_name, flag_name, load_settings
+from interactionlog.settings import (
+    PUBLISHER_ONLY_FIELDS,
+    WORKER_FIELDS,
+    Settings,
+    env_name,
+    flag_name,
+    load_settings,
+)
 
 
 def test_defaults_point_at_local_redis_and_postgres() -> None:
@@ -23,13 +30,17 @@ def test_defaults_point_at_local_redis_and_postgres() -> None:
 
 
 def test_every_setting_has_a_flag_and_an_environment_variable() -> None:
-    """`worker --help` lists each settings field with its flag and INTERACTIONLOG_ variable."""
-    result = CliRunner().invoke(main, ["worker", "--help"], terminal_width=200)
-    assert result.exit_code == 0
-    help_text = " ".join(result.output.split())
-    for field in Settings.model_fields:
-        assert flag_name(field) in help_text
-        assert env_name(field) in help_text
+    """`worker --help` lists each settings field the worker uses with its flag and INTERACTIONLOG_ variable;
+    `serve --help` lists the publisher-only ones."""
+    runner = CliRunner()
+    for command, fields in (("worker", WORKER_FIELDS), ("serve", PUBLISHER_ONLY_FIELDS)):
+        result = runner.invoke(main, [command, "--help"], terminal_width=200)
+        assert result.exit_code == 0
+        help_text = " ".join(result.output.split())
+        for field in fields:
+            assert flag_name(field) in help_text
+            assert env_name(field) in help_text
+    assert set(WORKER_FIELDS) | set(PUBLISHER_ONLY_FIELDS) == set(Settings.model_fields)
 
 
 @pytest.mark.parametrize("source", ["flag", "env"])

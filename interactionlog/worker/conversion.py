@@ -129,8 +129,14 @@ async def _switch(conn: psycopg.AsyncConnection[Any], report: ConversionReport) 
         async with conn.transaction():
             await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             if await partitions.table_kind(conn) == "plain":
-                await partitions.switch_to_partitioned(conn)
+                estimated_rows = await partitions.switch_to_partitioned(conn)
                 report.switched = True
+                log.info(
+                    "table_switched_to_partitioned_layout",
+                    table=partitions.TABLE,
+                    rows_left_in=partitions.UNPARTITIONED,
+                    estimated_rows=estimated_rows,
+                )
 
     await _retry_on_lock_timeout(attempt)
 

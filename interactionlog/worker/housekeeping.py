@@ -324,7 +324,10 @@ class Housekeeper:
                 deleted.append(name)
         if deleted:
             log.info("departed_consumers_deleted", group=group, consumers=deleted)
-        remaining = {text(consumer["name"]) for consumer in consumers} - set(deleted)
+        # This process's own consumers are kept even before their first XREADGROUP has created them in the group:
+        # forgetting them then left a shard without presence (`status` without its live/departed split) until
+        # the next round.
+        remaining = {text(consumer["name"]) for consumer in consumers} - set(deleted) | set(self.own_consumers)
         await presence.forget_departed(self.redis, self.stream, group, remaining, self.consumer_idle_ms)
         return deleted
 

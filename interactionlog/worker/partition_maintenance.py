@@ -22,7 +22,7 @@ Creating a partition moves the default partition's rows of its range into it (`p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -53,7 +53,11 @@ class MaintenanceReport:
     interval: Interval | None = None
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
-    dropped_rows: int = 0  # PostgreSQL's estimate of the rows the dropped partitions held (analysed ones only)
+    # The rows the dropped partitions held: counted exactly by a dry run; otherwise PostgreSQL's estimate, of the
+    # analysed partitions only (`unanalysed_drops` counts the others, whose rows are unknown).
+    dropped_rows: int = 0
+    dropped_rows_counted: bool = False
+    unanalysed_drops: int = 0
     rows_moved: int = 0  # out of the default partition, into partitions created for them
     postponed: list[str] = field(default_factory=list)  # actions that failed this round, with why
     skipped: str | None = None  # why the round did nothing
@@ -111,7 +115,17 @@ async def maintain(
     if dry_run:
         report.created = [partitions.partition_name(lower) for lower, _ in plan.creates]
         report.dropped = [partition.name for partition in plan.drops]
-        report.dropped_rows = sum(partition.rows or 0 for partition in plan.drops)
+        # Counted, not estimated: PostgreSQL has no estimate for a partition never analysed (autovacuum skips
+        # those with fewer than 50 rows), and one about to be made for strays does not exist yet. One scan of each
+        # range, pruned to its partition (or the default one): fine for a command a person runs to check.
+        for partition in plan.drops:
+            cursor = await conn.execute(
+                f'SELECT count(*) FROM {partitions.TABLE} WHERE "timestamp" >= %s AND "timestamp" < %s',  # noqa: S608
+                (partition.lower, partition.upper),
+            )
+            row = await cursor.fetchone()
+            report.dropped_rows += row[0] if row else 0
+        report.dropped_rows_counted = True
         return report
     if plan.create_default:
         await _act(report, "create the default partition", partial(partitions.create_default_partition, conn), conn)
@@ -132,6 +146,8 @@ async def maintain(
     for partition in expired:
         if await _act(report, f"drop {partition.name}", partial(partitions.drop_partition, conn, partition.name), conn):
             report.dropped.append(partition.name)
+            if partition.rows is None:
+                report.unanalysed_drops += 1
             report.dropped_rows += partition.rows or 0
             log.info(
                 "partition_dropped",
@@ -286,7 +302,38 @@ async def describe(database_url: str) -> str:
         interval = await partitions.recorded_interval(conn)
     if not layout.partitions:
         return f"{partitions.TABLE} is partitioned by {interval}, with only its default partition so far"
-    return (
-        f"{partitions.TABLE} is partitioned by {interval}: {len(layout.partitions)} partitions from "
-        f"{layout.partitions[0].lower:%Y-%m-%d} to {layout.partitions[-1].upper:%Y-%m-%d}, and a default partition"
+    runs = _runs_by_width(layout.partitions)
+    if len(runs) == 1 and runs[0][0] == interval:
+        return (
+            f"{partitions.TABLE} is partitioned by {interval}: {len(layout.partitions)} partitions from "
+            f"{layout.partitions[0].lower:%Y-%m-%d} to {layout.partitions[-1].upper:%Y-%m-%d}, and a default "
+            "partition"
+        )
+    # The interval changed (migrate --partition-interval): the partitions made before keep their width, and the
+    # new one applies from the end of the last partition of another width on.
+    since = max(run[-1].upper for width, run in runs if width != interval)
+    described = ", ".join(
+        f"{len(run)} {_WIDTH_WORDS[width]} from {run[0].lower:%Y-%m-%d} to {run[-1].upper:%Y-%m-%d}"
+        for width, run in runs
     )
+    return (
+        f"{partitions.TABLE} is partitioned by {interval} from {since:%Y-%m-%d} on; its partitions so far: "
+        f"{described}, and a default partition"
+    )
+
+
+_WIDTH_WORDS = {"day": "daily", "month": "monthly", "other": "of another width"}
+
+
+def _runs_by_width(ordered: Sequence[Partition]) -> list[tuple[str, list[Partition]]]:
+    """Consecutive partitions of the same width ("day", "month" or "other"), as (width, partitions) in order."""
+    runs: list[tuple[str, list[Partition]]] = []
+    for partition in ordered:
+        lower, upper = partition.lower, partition.upper
+        fits = [name for name in partitions.INTERVALS if partitions.next_boundary(lower, name) == upper]
+        width = fits[0] if fits else "other"
+        if runs and runs[-1][0] == width:
+            runs[-1][1].append(partition)
+        else:
+            runs.append((width, [partition]))
+    return runs

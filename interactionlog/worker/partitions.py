@@ -282,15 +282,16 @@ class _Index:
     constraint: str | None  # 'p' primary key, 'u' unique, 'x' exclusion, None: a plain index
 
 
-async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> None:
+async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> int | None:
     """Turn interaction_logs into the partitioned layout, in the caller's transaction.
 
     The plain table becomes `interaction_logs_unpartitioned` (its indexes, constraints and sequence renamed out
     of the way) and a partitioned `interaction_logs` takes its name, with the same columns, defaults, CHECK
     constraints, indexes (same names), owner and privileges, a default partition, and ids continuing after the
     old ones. The caller moves the rows (`conversion`) or drops the empty old table. Takes an ACCESS EXCLUSIVE
-    lock on the plain table: run it with a lock timeout. Raises PartitioningError when the plain table has a
-    unique index or constraint PostgreSQL cannot carry over (one without "timestamp", other than ours).
+    lock on the plain table: run it with a lock timeout. Returns PostgreSQL's estimate of the rows left in the old
+    table (None before it was ever analysed), for the caller's log. Raises PartitioningError when the plain table
+    has a unique index or constraint PostgreSQL cannot carry over (one without "timestamp", other than ours).
     """
     old, parent = sql.Identifier(UNPARTITIONED), sql.Identifier(TABLE)
     await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(parent))
@@ -365,9 +366,8 @@ async def switch_to_partitioned(conn: psycopg.AsyncConnection[Any]) -> None:
                 sql.SQL(privilege), parent, sql.SQL(grantee), sql.SQL(" WITH GRANT OPTION" if grantable else "")
             )
         )
-    log.info(
-        "table_switched_to_partitioned_layout", table=TABLE, rows_left_in=UNPARTITIONED, estimated_rows=estimated_rows
-    )
+    # reltuples is -1 until the first VACUUM or ANALYZE: the estimate is then unknown, not negative.
+    return int(estimated_rows) if estimated_rows is not None and estimated_rows >= 0 else None
 
 
 async def _indexes(conn: psycopg.AsyncConnection[Any]) -> list[_Index]:
@@ -398,6 +398,7 @@ async def partition_new_install(conn: psycopg.AsyncConnection[Any]) -> None:
     if not (await _one(cursor))[0]:
         await switch_to_partitioned(conn)
         await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(UNPARTITIONED)))
+        log.info("table_partitioned", table=TABLE)  # it was empty: nothing is left behind to convert
         return
     log.warning(
         "table_not_partitioned",
