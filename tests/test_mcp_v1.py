@@ -23,6 +23,10 @@ def mcp1_python() -> str:
     python = VENV / "bin" / "python"  # not resolved: the symlink is what selects the virtualenv
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    # Installed again when the checkout's dependencies moved on since the virtualenv was built (a new
+    # dependency would otherwise fail every server at import, far from its cause).
+    if subprocess.run([str(python), "-c", "import interactionlog.mcp, interactionlog.worker.decode"],
+                      capture_output=True, check=False).returncode != 0:  # fmt: skip
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(REPO), *REQUIREMENTS], check=True)
     return str(python)
 
