@@ -20,6 +20,7 @@ from typing import TypeVar
 import structlog
 
 from .errors import AttemptAbandonedError, InteractionlogError, TransientError
+from .settings import with_database_url_hint
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +141,7 @@ async def periodically(
         except expected as error:
             raise_if_cancelling(error)
             if not failing:
-                log.warning(f"{name}_failing", error=str(error) or type(error).__name__)
+                log.warning(f"{name}_failing", error=with_database_url_hint(str(error) or type(error).__name__, error))
             failing = True
         except Exception as error:
             raise_if_cancelling(error)

@@ -4,12 +4,15 @@ do, and help texts list what each command uses."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 from click.testing import CliRunner
 
 from interactionlog.cli import main
 from interactionlog.ops.terminal import printable
 
+from .pipeline import running_worker, wait_until
 from .servers import PostgresServer, free_port
 
 STREAM, GROUP = "interactions", "interactionlog"
@@ -102,6 +105,16 @@ def test_a_missing_role_or_database_says_how_to_name_them(postgres_server: Postg
     refused = runner.invoke(main, ["migrate", "--database-url", f"postgresql://127.0.0.1:{free_port()}/x"])
     assert refused.exit_code == 1
     assert "hint:" not in refused.stderr
+
+
+def test_a_worker_whose_database_does_not_exist_says_how_to_name_it(
+    redis_url: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A worker keeps running (PostgreSQL may come later) and its log carries the same hint as the commands."""
+    with running_worker(redis_url, postgres_server.url("no_such_database"), tmp_path) as worker:
+        wait_until(lambda: "does not exist" in worker.log_text(), what="the failed connection logged")
+        wait_until(lambda: "hint: give the role and database to use with --database-url" in worker.log_text(),
+                   what="the hint in the worker's log")  # fmt: skip
 
 
 def test_worker_help_lists_no_publisher_only_settings() -> None:

@@ -38,7 +38,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavailableError
 from ..rows import COLUMNS, TABLE, StoredRow, first_copies, insert_one_row, insert_rows_from, stored_copies
-from ..settings import DEFAULT_DEDUPE_WINDOW_HOURS
+from ..settings import DEFAULT_DEDUPE_WINDOW_HOURS, with_database_url_hint
 from . import partitions
 from .partition_maintenance import maintain
 
@@ -226,7 +226,8 @@ def describe_database_error(error: Exception) -> str:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     described = f"{first_line} (SQLSTATE {error.sqlstate})" if error.sqlstate else first_line
     hint = _SYSTEMIC_HINTS.get(error.sqlstate or "")
-    return f"{described}: {hint}" if hint else described
+    # A role or database that does not exist is mostly the default URL's doing: say which setting to give.
+    return with_database_url_hint(f"{described}: {hint}" if hint else described, error)
 
 
 class Store:
