@@ -30,6 +30,7 @@ from .housekeeping import RefusalLog
 from .observation import Observer
 from .partition_maintenance import keep_partitions
 from .shard_work import ShardWork
+from .statistics import keep_statistics
 from .store import Store
 from .streams import connect
 
@@ -192,6 +193,8 @@ async def _consume(
     chores = asyncio.create_task(_keep_house(work, refusals, stopping, settings.housekeeping_interval_ms / 1000))
     # Partitions are the table's, not a shard's: one task per process, counted under the first shard's labels.
     partition_chores = asyncio.create_task(keep_partitions(settings, work[0].metrics, stopping))
+    # The dedupe window's probe needs the planner to know each partition being written (worker/statistics.py).
+    statistics_chores = asyncio.create_task(keep_statistics(settings, stopping))
     tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency * len(work))}
     if on_started:
         on_started(work[0].metrics)
@@ -200,7 +203,9 @@ async def _consume(
     # Consumers stop first, while Redis and PostgreSQL are still open: the batch in flight must still
     # commit and be acknowledged. Anything not finished by the deadline stays pending in Redis and is
     # claimed by another worker, so cancelling loses nothing; it only delays those entries.
-    _, unfinished = await asyncio.wait([*tasks.values(), chores, partition_chores], timeout=settings.shutdown_timeout_s)
+    _, unfinished = await asyncio.wait(
+        [*tasks.values(), chores, partition_chores, statistics_chores], timeout=settings.shutdown_timeout_s
+    )
     if unfinished:
         exit_code = EXIT_SHUTDOWN_TIMED_OUT
         log.error(
