@@ -37,7 +37,7 @@ class StoredRow(NamedTuple):
 
 COLUMNS = StoredRow._fields
 
-# The SQL type of each column, in COLUMNS order: a one-row VALUES list needs them spelled out.
+# The SQL type of each column, in COLUMNS order: a one-row VALUES list casts to them, a binary COPY sends them.
 COLUMN_TYPES = (
     "text",
     "text",

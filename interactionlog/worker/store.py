@@ -37,7 +37,16 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavailableError
-from ..rows import COLUMNS, TABLE, StoredRow, first_copies, insert_one_row, insert_rows_from, stored_copies
+from ..rows import (
+    COLUMN_TYPES,
+    COLUMNS,
+    TABLE,
+    StoredRow,
+    first_copies,
+    insert_one_row,
+    insert_rows_from,
+    stored_copies,
+)
 from ..settings import DEFAULT_DEDUPE_WINDOW_HOURS, with_database_url_hint
 from . import partitions
 from .partition_maintenance import maintain
@@ -179,8 +188,7 @@ _READINESS = """
 """
 _COLUMN_LIST = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS)
 # Binary COPY: psycopg sends values without text escaping and PostgreSQL reads them without parsing text
-# (timestamps, floats); it needs each column's type up front, in COLUMNS order.
-_COPY_TYPES = ("text", "text", "timestamptz", "text", "text", "text", "bool", "float8", "text", "jsonb", "text")
+# (timestamps, floats); it needs each column's type up front, in COLUMNS order: rows.COLUMN_TYPES.
 _COPY_TABLE = sql.SQL("COPY interaction_logs ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
 _COPY_STAGING = sql.SQL("COPY interaction_logs_staging ({}) FROM STDIN (FORMAT BINARY)").format(_COLUMN_LIST)
 
@@ -429,7 +437,7 @@ class Store:
 
 async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, rows: Sequence[StoredRow]) -> None:
     async with cursor.copy(statement) as copy:
-        copy.set_types(_COPY_TYPES)
+        copy.set_types(COLUMN_TYPES)
         for row in rows:
             await copy.write_row(row)
 
