@@ -38,10 +38,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
@@ -61,6 +61,7 @@ from .truncate import truncate_to_fit
 log = library_logger(__name__)
 
 Oversize = Literal["refuse", "truncate"]
+_Item = TypeVar("_Item")
 Entry = dict[bytes, bytes]
 
 DEFAULT_QUEUE_MAX = 10_000
@@ -93,6 +94,16 @@ def default_spool_dir() -> Path:
     """`$XDG_STATE_HOME/interactionlog/spool`, else `~/.local/state/interactionlog/spool`."""
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "interactionlog" / "spool"
+
+
+def _drained(items: collections.deque[_Item]) -> Iterator[_Item]:
+    """Pop `items` oldest first until it is empty; safe while another thread pops from it too (a deque's
+    `popleft` is atomic: what the other thread took is simply not yielded here)."""
+    while True:
+        try:
+            yield items.popleft()
+        except IndexError:
+            return
 
 
 class BackgroundPublisher:
@@ -406,26 +417,13 @@ class BackgroundPublisher:
 
     def _discard_queue(self) -> int:
         """Empty the queue without encoding it; returns how many records it held."""
-        count = 0
-        while self._queue:
-            try:
-                self._queue.popleft()
-            except IndexError:
-                break
-            count += 1
-        return count
+        return sum(1 for _ in _drained(self._queue))
 
     def _take_unsaved(self) -> list[Entry]:
         """The entries a failed spool write left in memory, oldest first (the deque is shared with callers)."""
-        taken: list[Entry] = []
         if self._unsaved:
             self._mark_busy()
-        while self._unsaved:
-            try:
-                taken.append(self._unsaved.popleft())
-            except IndexError:  # emptied by close() in another thread meanwhile
-                break
-        return taken
+        return list(_drained(self._unsaved))
 
     def _count_dropped(self, count: int, reason: str) -> None:
         self.metrics.dropped.labels(reason).inc(count)
@@ -508,10 +506,7 @@ class BackgroundPublisher:
         self._thread.join(self.close_timeout_s if timeout_s is None else timeout_s)
         if self._thread.is_alive():
             # The thread is stuck on a frozen Redis: spool what is still queued ourselves.
-            leftovers = []
-            while self._queue:
-                if (entry := self._encode_item(self._queue.popleft())) is not None:
-                    leftovers.append(entry)
+            leftovers = [entry for item in _drained(self._queue) if (entry := self._encode_item(item)) is not None]
             if leftovers:
                 self._store(leftovers, "exit")
             log.warning("background_publisher_close_timed_out", stream=self.stream, unsent=len(leftovers),
