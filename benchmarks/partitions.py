@@ -30,7 +30,7 @@ import psycopg
 from interactionlog.worker import conversion, partition_maintenance
 from interactionlog.worker.decode import StoredRow
 from interactionlog.worker.partitions import Interval
-from interactionlog.worker.store import Store, migrate
+from interactionlog.worker.store import Store, _Batch, migrate
 
 from .index_cost import BATCH, store_in_batches, stored_rows
 from .servers import Servers, checkpoint, cpu_seconds, create_database, drop_database, start_servers
@@ -87,7 +87,7 @@ async def _store_variant(url: str, rows: list[StoredRow], label: str, window_hou
             batch = rows[start : start + BATCH]
             if label == STAGED:
                 async with store._pool.connection() as conn:
-                    await store._persist_copy(conn, batch, store._move_staging)
+                    await store._persist_copy(conn, _Batch(batch, [False] * len(batch)))
             else:
                 await store.persist_batch(batch)
     finally:

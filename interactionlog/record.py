@@ -16,7 +16,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -28,6 +28,13 @@ from .errors import InvalidRecordError, RecordTooLargeError
 WIRE_VERSION = b"1"
 VERSION_FIELD = b"v"
 DATA_FIELD = b"data"
+# Optional, written by this package's publishers and gateways: `identity exact` says every copy of this record
+# carries the same (mcp_id, interaction_id, timestamp), because its author wrote the timestamp or the publisher
+# generated the interaction_id together with it. The worker then leaves copies to the unique index and skips the
+# dedupe window's probe and lock (README "Idempotency"). Absent (another language's XADD, an older publisher), a
+# record is treated as one that a republish may have stamped again: safe, only slower.
+IDENTITY_FIELD = b"identity"
+EXACT_IDENTITY = b"exact"
 
 # Columns are TEXT with B-tree indexes; the caps keep one runaway value from bloating the index.
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
@@ -351,8 +358,8 @@ def prepare_record(record: Interaction | Mapping[str, Any], *, strict: bool = Fa
     return interaction, encoded
 
 
-def wire_fields(record: Interaction, encoded: str, max_record_bytes: int) -> dict[bytes, bytes]:
-    """The stream entry's fields (`v`, `data`) for `record`, whose JSON text is `encoded`; raises
+def wire_fields(record: Interaction, encoded: str, max_record_bytes: int, *, exact: bool) -> dict[bytes, bytes]:
+    """The stream entry's fields (`entry_fields`) for `record`, whose JSON text is `encoded`; raises
     RecordTooLargeError when that text is over `max_record_bytes`."""
     data = encoded.encode()
     if len(data) > max_record_bytes:
@@ -360,7 +367,22 @@ def wire_fields(record: Interaction, encoded: str, max_record_bytes: int) -> dic
             f"record {record.interaction_id!r} of {record.mcp_id!r} encodes to {len(data)} bytes, over the "
             f"{max_record_bytes}-byte cap (max_record_bytes); trim large request or response payloads"
         )
+    return entry_fields(data, exact=exact)
+
+
+def entry_fields(data: bytes, *, exact: bool) -> dict[bytes, bytes]:
+    """The stream entry's fields for a record whose JSON text is `data`: `v`, `data`, and `identity exact` when
+    `exact` (see IDENTITY_FIELD; `has_exact_identity` says when)."""
+    if exact:
+        return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data, IDENTITY_FIELD: EXACT_IDENTITY}
     return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+
+
+def has_exact_identity(present: Container[str]) -> bool:
+    """Whether a record whose sender wrote the fields `present` is identified by (mcp_id, interaction_id,
+    timestamp) alone: its author wrote `timestamp`, or wrote no `interaction_id` (the one generated for it is new,
+    so no other publish carries it). Otherwise a second publish of it gets another stamped time."""
+    return "timestamp" in present or "interaction_id" not in present
 
 
 def _not_unicode(record: Interaction, error: Exception) -> InvalidRecordError:

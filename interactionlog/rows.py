@@ -53,7 +53,7 @@ COLUMN_TYPES = (
 )
 
 
-def insert_rows_from(source: sql.Composable, dedupe_window_hours: float) -> sql.Composed:
+def insert_rows_from(source: sql.Composable, dedupe_window_hours: float, *, spared: bool = False) -> sql.Composed:
     """`INSERT INTO interaction_logs ... SELECT ... FROM source AS s`, storing each record once.
 
     `source` is a relation or a parenthesised subquery with the COLUMNS. The identity rule (README "Idempotency"):
@@ -67,12 +67,20 @@ def insert_rows_from(source: sql.Composable, dedupe_window_hours: float) -> sql.
       then it is one probe of the unique index. OFFSET 0 keeps it a per-row subplan: pulled up into an anti-join,
       the planner may hash the whole table instead. 0 hours leaves exact copies only, with no probe.
     The probe sees what was committed before the statement began: two copies in the same statement, or in
-    batches committing at the same time, are not seen (`first_copies` handles the first case).
+    batches committing at the same time, are not seen; `first_copies` handles the first case, `LOCK_COPY_KEYS`
+    the second (every caller takes it first for the rows of inexact identity). With `spared`, the statement
+    takes one parameter, the `stream_entry_id`s of the rows of exact identity (`record.IDENTITY_FIELD`), which
+    the unique index alone decides on.
     """
     columns = sql.SQL(", ").join(sql.Identifier(name) for name in COLUMNS)
     selected = sql.SQL(", ").join(sql.Identifier("s", name) for name in COLUMNS)
+    probe = copy_probe(dedupe_window_hours)
+    if spared and dedupe_window_hours > 0:  # rows of exact identity (their entry ids, a text[]) skip the probe
+        probe = sql.SQL(" WHERE s.stream_entry_id = ANY(%s::text[]) OR NOT {}").format(
+            _stored_copy_of_s(dedupe_window_hours)
+        )
     return sql.SQL("INSERT INTO interaction_logs ({}) SELECT {} FROM {} AS s{} ON CONFLICT DO NOTHING").format(
-        columns, selected, source, copy_probe(dedupe_window_hours)
+        columns, selected, source, probe
     )
 
 
@@ -122,22 +130,41 @@ def insert_one_row(dedupe_window_hours: float) -> sql.Composed:
 INSERT_ROW = insert_one_row(DEFAULT_DEDUPE_WINDOW_HOURS)
 
 
-def first_copies(rows: Sequence[StoredRow], dedupe_window_hours: float) -> list[StoredRow]:
-    """`rows` without the copies among them: a row whose (mcp_id, interaction_id) an earlier row kept has, with
-    a timestamp within `dedupe_window_hours` either side. The rule of `insert_rows_from`, which cannot see the
-    rows of its own statement. O(len(rows)); with 0 hours, `rows` as they are (the unique index decides)."""
-    if dedupe_window_hours <= 0:
-        return list(rows)
+def first_copies(rows: Sequence[StoredRow], exact: Sequence[bool], dedupe_window_hours: float) -> list[int]:
+    """The positions of `rows` that are not copies of an earlier row of theirs: a row that may have been stamped
+    again (`exact` False) is a copy when an earlier kept row has its (mcp_id, interaction_id) with a timestamp
+    within `dedupe_window_hours` either side. The rule of `insert_rows_from`, which cannot see the rows of its own
+    statement. O(len(rows)). Rows of exact identity are all kept (the unique index decides), and so is every row
+    with 0 hours."""
+    if dedupe_window_hours <= 0 or all(exact):
+        return list(range(len(rows)))
     window = timedelta(hours=dedupe_window_hours)
     kept_at: dict[tuple[str, str], list[datetime]] = {}
-    kept: list[StoredRow] = []
-    for row in rows:
+    kept: list[int] = []
+    for position, (row, exact_row) in enumerate(zip(rows, exact, strict=True)):
         times = kept_at.setdefault((row.mcp_id, row.interaction_id), [])
-        if any(abs(row.timestamp - moment) <= window for moment in times):
+        if not exact_row and any(abs(row.timestamp - moment) <= window for moment in times):
             continue
         times.append(row.timestamp)
-        kept.append(row)
+        kept.append(position)
     return kept
+
+
+# The advisory-lock namespace of `LOCK_COPY_KEYS` (the two-int form; "ILOG"), apart from an application's own.
+COPY_LOCK_NAMESPACE = 0x494C4F47
+
+# Serialises, per MCP, the transactions that store rows the dedupe window's probe decides on (one text[] parameter
+# of their mcp_ids), taken first in each such transaction. The probe sees what was committed when its statement
+# began, so without it two batches each holding one copy of a record stamped twice, storing at the same moment,
+# both find nothing and both store it. Under this lock the second one's probe (a later statement, a fresh
+# snapshot at READ COMMITTED) sees the first one's commit. One lock per MCP, not per record: a batch of 1,000
+# records takes a handful, where per-record locks could fill PostgreSQL's shared lock table
+# (max_locks_per_transaction x max_connections). Taken in hash order, so two batches never wait on each other
+# in a cycle. Released at commit or rollback (pg_advisory_xact_lock, PostgreSQL manual 9.28.10).
+LOCK_COPY_KEYS = sql.SQL(
+    "SELECT pg_advisory_xact_lock({}, s.key) FROM"
+    " (SELECT DISTINCT hashtext(m) AS key FROM unnest(%s::text[]) AS m ORDER BY 1) AS s"
+).format(sql.Literal(COPY_LOCK_NAMESPACE))
 
 
 def row_of(record: Interaction, data: str, stream_entry_id: str) -> StoredRow:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from benchmarks.records import encode, records
 from interactionlog.client.plain import encode_plain
 from interactionlog.errors import InvalidRecordError, PermanentEntryError
-from interactionlog.record import prepare_record, wire_fields
+from interactionlog.record import has_exact_identity, prepare_record, wire_fields
 from interactionlog.scrub import DEFAULT_SCRUBBER, might_hold_secrets, payload_might_hold_secrets
 from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
 from interactionlog.spans import checked_columns, fast_row
@@ -136,7 +136,7 @@ def test_the_publishers_fast_path_publishes_what_the_model_path_publishes_or_dec
         interaction, encoded = prepare_record(record, strict=strict)
     except InvalidRecordError as error:
         pytest.fail(f"the fast path accepted what the model refuses: {error}")
-    assert fast == wire_fields(interaction, encoded, DEFAULT_MAX_RECORD_BYTES)
+    assert fast == wire_fields(interaction, encoded, DEFAULT_MAX_RECORD_BYTES, exact=has_exact_identity(record))
 
 
 def test_the_publishers_fast_path_leaves_python_objects_to_the_model() -> None:

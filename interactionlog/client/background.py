@@ -48,7 +48,7 @@ from pydantic import ValidationError
 
 from ..errors import PublishError
 from ..logs import library_logger
-from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, encode_record, validate_record
+from ..record import DATA_FIELD, Interaction, encode_record, entry_fields, has_exact_identity, validate_record
 from ..redact import redact_text
 from ..scrub import DEFAULT_SCRUBBER, SCRUBBED_NOTE, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
@@ -260,6 +260,7 @@ class BackgroundPublisher:
         Raises `InvalidRecordError`, or `RecordTooLargeError` when `oversize="refuse"`.
         """
         interaction = validate_record(record if isinstance(record, Interaction) else dict(record))
+        exact = has_exact_identity(interaction.model_fields_set)  # before scrubbing sets every field
         if self.scrubber.enabled:  # tell the worker's pass that this publisher's scrubber has had its say
             metadata: dict[str, Any] = {**(interaction.metadata or {}), SCRUBBED_NOTE: True}
             interaction = interaction.model_copy(update={"metadata": metadata})
@@ -273,11 +274,12 @@ class BackgroundPublisher:
                 interaction = validate_record(fields)
                 data = encode_record(interaction).encode()
         if len(data) <= self.sender.max_record_bytes:
-            return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+            return entry_fields(data, exact=exact)
         if self.oversize == "refuse":
             return encode_fields(interaction, self.sender.max_record_bytes)  # raises RecordTooLargeError
         self.metrics.truncated.inc()
-        return encode_fields(truncate_to_fit(interaction, self.sender.max_record_bytes), self.sender.max_record_bytes)
+        cap = self.sender.max_record_bytes
+        return entry_fields(encode_fields(truncate_to_fit(interaction, cap), cap)[DATA_FIELD], exact=exact)
 
     def _encode_item(self, item: Interaction | Callable[[], Mapping[str, Any]]) -> Entry | None:
         """Encode a queued item; an item that cannot be encoded is counted, logged without values, and None."""

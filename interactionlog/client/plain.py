@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 from pydantic_core import PydanticSerializationError, to_json
 
-from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, format_timestamp, splice_fields
+from ..record import Interaction, entry_fields, format_timestamp, splice_fields
 from ..spans import checked_columns, fast_timestamp
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -56,7 +56,8 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
         body = splice_fields(body.decode(), defaults).encode()
     if len(body) > max_record_bytes:
         return None
-    return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: body}
+    exact = columns.timestamp is not msgspec.UNSET or columns.interaction_id is msgspec.UNSET  # has_exact_identity
+    return entry_fields(body, exact=exact)
 
 
 def _holds_json_only(value: dict[Any, Any]) -> bool:

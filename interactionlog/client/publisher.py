@@ -31,7 +31,7 @@ from redis.retry import Retry as SyncRetry
 
 from .. import clusters
 from ..errors import InvalidRecordError, PublishError, PublishUnavailableError, RecordTooLargeError
-from ..record import DATA_FIELD, Interaction, prepare_record, wire_fields
+from ..record import DATA_FIELD, Interaction, has_exact_identity, prepare_record, wire_fields
 from ..replies import text
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM, DEFAULT_STREAM_MAXLEN
 from ..shards import Layout, default_shards, entry_mcp_id
@@ -51,15 +51,17 @@ def encode_fields(record: Record, max_record_bytes: int, *, strict: bool = False
     """The stream entry's fields for `record`, after validating it and checking its size.
 
     `data` holds the caller's values as given (fields of the caller's own included), with a generated
-    `interaction_id` and `timestamp` spliced in when absent. `strict` refuses fields the wire format does not
-    define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
+    `interaction_id` and `timestamp` spliced in when absent; `identity exact` is added when the record's
+    (mcp_id, interaction_id, timestamp) tells its copies (`record.has_exact_identity`). `strict` refuses fields
+    the wire format does not define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
     """
     if not isinstance(record, Interaction):
         fields = encode_plain(record, max_record_bytes, strict=strict)  # None: the model decides
         if fields is not None:
             return fields
     interaction, encoded = prepare_record(record, strict=strict)
-    return wire_fields(interaction, encoded, max_record_bytes)
+    present = record.model_fields_set if isinstance(record, Interaction) else record.keys()
+    return wire_fields(interaction, encoded, max_record_bytes, exact=has_exact_identity(present))
 
 
 class _PublisherCore:

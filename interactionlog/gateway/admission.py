@@ -25,7 +25,7 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from ..client.transports.outcomes import FORBIDDEN
 from ..errors import InvalidRecordError, PermanentEntryError
-from ..record import DATA_FIELD, VERSION_FIELD, WIRE_VERSION, Interaction, ensure_storable, splice_fields
+from ..record import Interaction, ensure_storable, entry_fields, splice_fields
 from ..worker.decode import validate_data
 
 _TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
@@ -112,7 +112,10 @@ def admit(
             f"of {record.mcp_id!r}, or leave mcp_id out",
             record.interaction_id,
         )
-    return Admitted({VERSION_FIELD: WIRE_VERSION, DATA_FIELD: text}, record.interaction_id)
+    # Exact when the sender (or the gRPC envelope) wrote the time, or the id was generated here: see IDENTITY_FIELD.
+    written_id = present.interaction_id is not msgspec.UNSET or bool(envelope.get("interaction_id"))
+    exact = present.timestamp is not msgspec.UNSET or bool(envelope.get("timestamp")) or not written_id
+    return Admitted(entry_fields(text, exact=exact), record.interaction_id)
 
 
 def _disagreement(record: Interaction, envelope: Mapping[str, str]) -> str | None:

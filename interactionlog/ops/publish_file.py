@@ -48,7 +48,9 @@ def encode_line(line: bytes, occurrence: int, max_record_bytes: int, *, strict: 
         record = record.model_copy(update={"interaction_id": line_interaction_id(line, occurrence)})
     encoded = splice_fields(line.decode(), defaults_to_splice(record, present))
     ensure_storable(encoded, record)
-    return wire_fields(record, encoded, max_record_bytes)
+    # The id of a line without one is derived from the line, so publishing the file again repeats it: only a
+    # timestamp written in the line makes its identity exact.
+    return wire_fields(record, encoded, max_record_bytes, exact="timestamp" in present)
 
 
 def read_json_lines(

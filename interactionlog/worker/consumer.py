@@ -21,6 +21,7 @@ import structlog
 
 from ..errors import AttemptAbandonedError, PermanentEntryError, RedisRefusedError, TransientError
 from ..metrics import WorkerMetrics
+from ..record import EXACT_IDENTITY, IDENTITY_FIELD
 from ..retry import Backoff, OutageLog, sleep_unless_stopped, until_done
 from .dead_letters import DeadLetter
 from .decode import StoredRow, decode_entry
@@ -194,12 +195,12 @@ class Consumer:
         # A fresh read is a first delivery; only redeliveries cost an XPENDING, retried in place (re-reading
         # the batch instead would count one more delivery).
         delivery_counts = {} if source == "new" else await self._delivery_counts(live)
-        rows, dead = self._triage(live, delivery_counts)
+        rows, exact, dead = self._triage(live, delivery_counts)
         held = [entry.id for entry in live]
         async with self.streams.holding(self.name, held, claim_idle_ms=self.options.claim_idle_ms):
             self._maybe_crash("after_read")
             started = time.perf_counter()
-            result = await self._persist(rows)
+            result = await self._persist(rows, exact)
             persist_s = time.perf_counter() - started
             dead += self._refused_letters(live, result, delivery_counts)
             refused_ids = {row.stream_entry_id for row, _ in result.refused}
@@ -233,10 +234,15 @@ class Consumer:
             "raise --stream-maxlen, add workers, or stop trimming by hand",
         )
 
-    def _triage(self, live: list[Entry], delivery_counts: dict[str, int]) -> tuple[list[StoredRow], list[DeadLetter]]:
-        """Split entries into rows to store and dead letters (poison, or never storable)."""
+    def _triage(
+        self, live: list[Entry], delivery_counts: dict[str, int]
+    ) -> tuple[list[StoredRow], list[bool], list[DeadLetter]]:
+        """Split entries into rows to store, with whether each is of exact identity (`Store.persist_batch`), and
+        dead letters (poison, or never storable)."""
         rows: list[StoredRow] = []
+        exact: list[bool] = []
         dead: list[DeadLetter] = []
+        prefix = self.streams.identity_prefix  # "" with one stream: entry ids differ per shard only
         for entry in live:
             delivery_count = delivery_counts.get(entry.id, 1)
             if delivery_count > self.options.max_deliveries:
@@ -244,14 +250,18 @@ class Consumer:
                 continue
             try:
                 scrub = self.options.scrub_payloads
-                prefix = self.streams.identity_prefix  # "" with one stream: entry ids differ per shard only
-                rows.append(decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub,
-                                         identity_prefix=prefix))  # fmt: skip
+                row = decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub,
+                                   identity_prefix=prefix)  # fmt: skip
             except PermanentEntryError as error:
                 dead.append(DeadLetter(entry, error.reason, str(error), delivery_count))
-        return rows, dead
+                continue
+            rows.append(row)
+            # Marked by its publisher, or identified by this entry's id (a record sent without interaction_id):
+            # either way every copy of it carries its timestamp.
+            exact.append(entry.fields.get(IDENTITY_FIELD) == EXACT_IDENTITY or row.interaction_id == prefix + entry.id)
+        return rows, exact, dead
 
-    async def _persist(self, rows: list[StoredRow]) -> PersistResult:
+    async def _persist(self, rows: list[StoredRow], exact: list[bool]) -> PersistResult:
         """Persist, retrying through outages for as long as it takes (the daemon's shutdown timeout is the
         only bound): giving up would mean acknowledging nothing and re-reading the same batch anyway.
 
@@ -263,7 +273,7 @@ class Consumer:
         async def attempt() -> PersistResult:
             nonlocal allowance_s
             try:
-                return await self.store.persist_batch_within(rows, allowance_s)
+                return await self.store.persist_batch_within(rows, allowance_s, exact)
             except AttemptAbandonedError:
                 allowance_s = min(allowance_s * 2, self.options.claim_idle_ms / 1000 * 32)
                 raise

@@ -40,6 +40,7 @@ from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavai
 from ..rows import (
     COLUMN_TYPES,
     COLUMNS,
+    LOCK_COPY_KEYS,
     TABLE,
     StoredRow,
     first_copies,
@@ -249,9 +250,12 @@ class Store:
         self._pool = pool
         # The identity rule, in the statements of rows.insert_rows_from (README "Idempotency").
         self._dedupe_window_hours = dedupe_window_hours
-        self._move_staging = insert_rows_from(sql.Identifier("interaction_logs_staging"), dedupe_window_hours)
+        self._move_staging = insert_rows_from(
+            sql.Identifier("interaction_logs_staging"), dedupe_window_hours, spared=dedupe_window_hours > 0
+        )
         self._stored_copies = stored_copies(dedupe_window_hours)
         self._insert_row = insert_one_row(dedupe_window_hours)
+        self._insert_exact_row = insert_one_row(0)
         self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
         # The systemic refusal of the last batch attempt, until a batch goes through: readiness reports it.
         self.refusal: str | None = None
@@ -312,8 +316,12 @@ class Store:
             return f"the session is read-only: {_SYSTEMIC_HINTS['25006']}"
         return None
 
-    async def persist_batch(self, rows: Sequence[StoredRow]) -> PersistResult:
+    async def persist_batch(self, rows: Sequence[StoredRow], exact: Sequence[bool] | None = None) -> PersistResult:
         """Store `rows` in one transaction, skipping copies of records stored already (`rows.insert_rows_from`).
+
+        `exact[i]` says row i is of exact identity (`record.IDENTITY_FIELD`): its copies all carry its timestamp,
+        so the unique index alone decides and the dedupe window's probe and lock are skipped for it. None (the
+        default) treats every row as one that may have been stamped again.
 
         Raises DatabaseUnavailableError when PostgreSQL is unreachable or the batch must be retried as a whole, and
         its DatabaseRefusedError when PostgreSQL would refuse any row (see the module docstring); the caller must then
@@ -321,9 +329,14 @@ class Store:
         """
         if not rows:
             return PersistResult()
-        firsts = first_copies(rows, self._dedupe_window_hours)  # the statements cannot see copies among them
+        flags = [False] * len(rows) if exact is None or self._dedupe_window_hours <= 0 else exact
+        # The statements cannot see copies among their own rows: the batch's are dropped here.
+        kept = first_copies(rows, flags, self._dedupe_window_hours)
+        batch = (
+            _Batch(rows, flags) if len(kept) == len(rows) else _Batch([rows[i] for i in kept], [flags[i] for i in kept])
+        )
         try:
-            result = await self._persist(firsts)
+            result = await self._persist(batch)
         except (psycopg.Error, PoolTimeout) as error:
             described = describe_database_error(error)
             if isinstance(error, psycopg.Error) and classify(error) == "systemic":
@@ -331,29 +344,31 @@ class Store:
                 raise DatabaseRefusedError(f"could not persist batch: {self.refusal}") from error
             raise DatabaseUnavailableError(f"could not persist batch: {described}") from error
         self.refusal = None
-        result.duplicates += len(rows) - len(firsts)
+        result.duplicates += len(rows) - len(kept)
         return result
 
-    async def _persist(self, rows: Sequence[StoredRow]) -> PersistResult:
+    async def _persist(self, batch: _Batch) -> PersistResult:
         async with self._pool.connection() as conn:
             try:
                 try:
-                    if self._dedupe_window_hours > 0:
+                    if batch.probed:
                         # A copy published again carries another timestamp, which the unique index does not
                         # catch: one query names the rows already stored within the window, the rest is COPYed.
-                        return await self._copy_unstored_into_table(conn, rows)
-                    return await self._copy_into_table(conn, rows)
+                        return await self._copy_unstored_into_table(conn, batch)
+                    return await self._copy_into_table(conn, batch.rows)
                 except psycopg.errors.UniqueViolation:
                     # Some rows are stored already (a redelivery, or a record published twice): take the
                     # idempotent path for this batch.
-                    return await self._persist_copy(conn, rows, self._move_staging)
+                    return await self._persist_copy(conn, batch)
             except psycopg.Error as error:
                 if not is_permanent(error) or conn.broken:
                     raise
-                log.info("batch_refused_isolating_rows", rows=len(rows), error=describe_database_error(error))
-                return await self._persist_row_by_row(conn, rows, self._insert_row)
+                log.info("batch_refused_isolating_rows", rows=len(batch.rows), error=describe_database_error(error))
+                return await self._persist_row_by_row(conn, batch)
 
-    async def persist_batch_within(self, rows: Sequence[StoredRow], timeout_s: float) -> PersistResult:
+    async def persist_batch_within(
+        self, rows: Sequence[StoredRow], timeout_s: float, exact: Sequence[bool] | None = None
+    ) -> PersistResult:
         """`persist_batch`, abandoned if it takes longer than `timeout_s`: raises `AttemptAbandonedError` then.
 
         A half-open connection (a frozen server, a silent network partition) never fails; it just never
@@ -362,7 +377,7 @@ class Store:
         server. The pool hands the retry a fresh connection; a late commit of the abandoned attempt is
         harmless, the insert being idempotent.
         """
-        attempt = asyncio.create_task(self.persist_batch(rows))
+        attempt = asyncio.create_task(self.persist_batch(rows, exact))
         done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
         if attempt in done:
             return attempt.result()
@@ -387,42 +402,46 @@ class Store:
             await _copy_rows(cursor, _COPY_TABLE, rows)
         return PersistResult(inserted=len(rows))
 
-    async def _copy_unstored_into_table(
-        self, conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]
-    ) -> PersistResult:
-        """The fast path with a dedupe window: one query for the rows interaction_logs holds a copy of
-        (`rows.stored_copies`), then the others COPYed straight into the table, in one transaction. An exact copy
-        committed meanwhile fails the COPY on the unique index (UniqueViolation, nothing kept)."""
-        keys = ([row.mcp_id for row in rows], [row.interaction_id for row in rows], [row.timestamp for row in rows])
+    async def _copy_unstored_into_table(self, conn: psycopg.AsyncConnection[Any], batch: _Batch) -> PersistResult:
+        """The fast path with a dedupe window: under the MCPs' lock (`rows.LOCK_COPY_KEYS`), one query for the
+        rows of inexact identity interaction_logs holds a copy of (`rows.stored_copies`), then the others COPYed
+        straight into the table, in one transaction. An exact copy committed meanwhile fails the COPY on the unique
+        index (UniqueViolation, nothing kept)."""
+        probed = batch.probed
+        keys = (
+            [batch.rows[i].mcp_id for i in probed],
+            [batch.rows[i].interaction_id for i in probed],
+            [batch.rows[i].timestamp for i in probed],
+        )
         async with conn.transaction(), conn.cursor() as cursor:
+            await cursor.execute(LOCK_COPY_KEYS, (keys[0],))
             await cursor.execute(self._stored_copies, keys)
-            stored = {int(position) - 1 for (position,) in await cursor.fetchall()}
-            unstored = [row for index, row in enumerate(rows) if index not in stored] if stored else rows
+            stored = {probed[int(position) - 1] for (position,) in await cursor.fetchall()}
+            unstored = [row for index, row in enumerate(batch.rows) if index not in stored] if stored else batch.rows
             if unstored:
                 await _copy_rows(cursor, _COPY_TABLE, unstored)
         return PersistResult(inserted=len(unstored), duplicates=len(stored))
 
-    @staticmethod
-    async def _persist_copy(
-        conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow], move: sql.Composed
-    ) -> PersistResult:
+    async def _persist_copy(self, conn: psycopg.AsyncConnection[Any], batch: _Batch) -> PersistResult:
+        """The idempotent path: the batch COPYed into a staging table, then moved by `rows.insert_rows_from`."""
         async with conn.transaction(), conn.cursor() as cursor:
+            await _lock_probed_keys(cursor, batch)
             await cursor.execute(_CREATE_STAGING)
-            await _copy_rows(cursor, _COPY_STAGING, rows)
-            await cursor.execute(move)
+            await _copy_rows(cursor, _COPY_STAGING, batch.rows)
+            spared = [row.stream_entry_id for row, exact in zip(batch.rows, batch.exact, strict=True) if exact]
+            await cursor.execute(self._move_staging, (spared,) if self._dedupe_window_hours > 0 else None)
             inserted = max(cursor.rowcount, 0)
-        return PersistResult(inserted=inserted, duplicates=len(rows) - inserted)
+        return PersistResult(inserted=inserted, duplicates=len(batch.rows) - inserted)
 
-    @staticmethod
-    async def _persist_row_by_row(
-        conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow], insert: sql.Composed
-    ) -> PersistResult:
+    async def _persist_row_by_row(self, conn: psycopg.AsyncConnection[Any], batch: _Batch) -> PersistResult:
         result = PersistResult()
         async with conn.transaction():
-            for row in rows:
+            async with conn.cursor() as cursor:
+                await _lock_probed_keys(cursor, batch)
+            for row, exact in zip(batch.rows, batch.exact, strict=True):
                 try:
                     async with conn.transaction():  # a savepoint: a refused row rolls back alone
-                        cursor = await conn.execute(insert, row)
+                        cursor = await conn.execute(self._insert_exact_row if exact else self._insert_row, row)
                 except psycopg.Error as error:
                     if not is_permanent(error):
                         raise
@@ -435,6 +454,25 @@ class Store:
         return result
 
 
+@dataclass
+class _Batch:
+    """Rows to store, with whether each is of exact identity (see `Store.persist_batch`)."""
+
+    rows: Sequence[StoredRow]
+    exact: Sequence[bool]
+
+    @property
+    def probed(self) -> list[int]:
+        """The positions of the rows the dedupe window's probe decides on (none with a window of 0)."""
+        return [index for index, exact in enumerate(self.exact) if not exact]
+
+
+async def _lock_probed_keys(cursor: psycopg.AsyncCursor[Any], batch: _Batch) -> None:
+    """Take `rows.LOCK_COPY_KEYS` for the MCPs of the rows the probe decides on, if any."""
+    if probed := batch.probed:
+        await cursor.execute(LOCK_COPY_KEYS, ([batch.rows[i].mcp_id for i in probed],))
+
+
 async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, rows: Sequence[StoredRow]) -> None:
     async with cursor.copy(statement) as copy:
         copy.set_types(COLUMN_TYPES)
@@ -445,6 +483,9 @@ async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     # Client-side only: nothing is set on the server session, which a transaction pooler would not keep.
     conn.adapters.register_dumper(None, _JsonTextDumper)  # by oid only: used where set_types() says jsonb
+    # Said in each BEGIN, whatever the database's default_transaction_isolation: the dedupe window's probe must
+    # take its snapshot after the MCPs' lock is granted (rows.LOCK_COPY_KEYS), which REPEATABLE READ would not.
+    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
 
 
 async def migrate(

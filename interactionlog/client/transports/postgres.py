@@ -1,7 +1,8 @@
 """The postgresql:// transport: the design's shared-database scheme, straight into `interaction_logs`.
 
-No stream and no worker: each batch is one transaction of `rows.INSERT_ROW` per row (the row the worker would
-store, with the worker's identity rule at the default dedupe window: README "Idempotency"), so publishing a
+No stream and no worker: each batch is one transaction of an insert per row (`rows.INSERT_ROW`: the row the
+worker would store, with the worker's identity rule at the default dedupe window, README "Idempotency"; under the
+MCPs' lock `rows.LOCK_COPY_KEYS`, and without the probe for rows of exact identity), so publishing a
 record twice stores it once, and the `data` column holds the record's JSON as the publisher encoded it. Rows
 carry `stream_entry_id = 'direct'`, which is also the id `publish` returns. The table must exist
 (`interactionlog migrate`).
@@ -19,27 +20,56 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from ...errors import PublishError, PublishUnavailableError
-from ...record import DATA_FIELD, Interaction
+from ...record import DATA_FIELD, EXACT_IDENTITY, IDENTITY_FIELD, Interaction
 from ...redact import redact_url
-from ...rows import INSERT_ROW, StoredRow, row_of
+from ...rows import INSERT_ROW, LOCK_COPY_KEYS, StoredRow, insert_one_row, row_of
 
 DIRECT_ENTRY_ID = "direct"  # the stream_entry_id of rows that never went through a stream
 MAX_CONNECTIONS = 4
 
 
-def rows_of(entries: Sequence[dict[bytes, bytes]]) -> list[StoredRow]:
-    """The rows for entries built by `encode_fields` (validated already: this only reads the columns out)."""
-    rows = []
+# A row of exact identity (`record.IDENTITY_FIELD`) is left to the unique index; the others take the probe.
+_INSERT_EXACT_ROW = insert_one_row(0)
+
+
+@dataclass
+class _Insert:
+    """One batch's statements: the MCPs to lock first (`rows.LOCK_COPY_KEYS`), then each statement's rows."""
+
+    rows: int
+    locked_mcp_ids: list[str]
+    exact: list[StoredRow]
+    probed: list[StoredRow]
+
+
+def insert_of(entries: Sequence[dict[bytes, bytes]]) -> _Insert:
+    """The insert of entries built by `encode_fields` (validated already: this only reads the columns out)."""
+    insert = _Insert(len(entries), [], [], [])
     for fields in entries:
         data = fields[DATA_FIELD]
-        rows.append(row_of(Interaction.model_validate_json(data), data.decode(), DIRECT_ENTRY_ID))
-    return rows
+        row = row_of(Interaction.model_validate_json(data), data.decode(), DIRECT_ENTRY_ID)
+        if fields.get(IDENTITY_FIELD) == EXACT_IDENTITY:
+            insert.exact.append(row)
+        else:
+            insert.probed.append(row)
+            insert.locked_mcp_ids.append(row.mcp_id)
+    return insert
+
+
+def _read_committed(conn: psycopg.Connection[Any]) -> None:
+    # The probe must take its snapshot after the lock is granted (rows.LOCK_COPY_KEYS), whatever the default.
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+
+
+async def _read_committed_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
 
 
 def _pool_options(url: str, timeout_s: float) -> dict[str, Any]:
@@ -79,27 +109,31 @@ class PostgresTransport(_PostgresCore):
 
     def __init__(self, url: str, *, timeout_s: float) -> None:
         super().__init__(url, timeout_s=timeout_s)
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(**self.options)
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(**self.options, configure=_read_committed)
         self._pool.open(wait=False)
 
     def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each."""
-        rows = rows_of(entries)
-        if not rows:
+        insert = insert_of(entries)
+        if not insert.rows:
             return []
         # Twice at most: a pooled connection may have died with a PostgreSQL restart; the insert is idempotent.
         for attempt in (1, 2):
             try:
                 with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                     cursor.execute(self.bound_statement)
-                    cursor.executemany(INSERT_ROW, rows)
+                    if insert.locked_mcp_ids:
+                        cursor.execute(LOCK_COPY_KEYS, (insert.locked_mcp_ids,))
+                    for statement, rows in ((_INSERT_EXACT_ROW, insert.exact), (INSERT_ROW, insert.probed)):
+                        if rows:
+                            cursor.executemany(statement, rows)
                 break
             except psycopg.OperationalError as error:
                 if attempt == 2:
                     raise self._failed(error) from error
             except (psycopg.Error, PoolTimeout) as error:
                 raise self._failed(error) from error
-        return [DIRECT_ENTRY_ID] * len(rows)
+        return [DIRECT_ENTRY_ID] * insert.rows
 
     def close(self) -> None:
         """Close the pool."""
@@ -115,28 +149,32 @@ class AsyncPostgresTransport(_PostgresCore):
 
     async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._pool is None:
-            self._pool = AsyncConnectionPool(**self.options)
+            self._pool = AsyncConnectionPool(**self.options, configure=_read_committed_async)
             await self._pool.open(wait=False)
         return self._pool
 
     async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each."""
-        rows = rows_of(entries)
-        if not rows:
+        insert = insert_of(entries)
+        if not insert.rows:
             return []
         pool = await self._opened()
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                     await cursor.execute(self.bound_statement)
-                    await cursor.executemany(INSERT_ROW, rows)
+                    if insert.locked_mcp_ids:
+                        await cursor.execute(LOCK_COPY_KEYS, (insert.locked_mcp_ids,))
+                    for statement, rows in ((_INSERT_EXACT_ROW, insert.exact), (INSERT_ROW, insert.probed)):
+                        if rows:
+                            await cursor.executemany(statement, rows)
                 break
             except psycopg.OperationalError as error:
                 if attempt == 2:
                     raise self._failed(error) from error
             except (psycopg.Error, PoolTimeout) as error:
                 raise self._failed(error) from error
-        return [DIRECT_ENTRY_ID] * len(rows)
+        return [DIRECT_ENTRY_ID] * insert.rows
 
     async def close(self) -> None:
         """Close the pool."""
