@@ -19,6 +19,8 @@ from typing import Any
 
 import redis
 
+from interactionlog.record import entry_fields
+
 STREAM = "bench:interactions"
 SEED = 20_240_601
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -150,7 +152,10 @@ class Prefilled:
 
 
 def prefill(redis_url: str, count: int, *, copy_rows_per_block: int, chunk: int = 5000) -> Prefilled:
-    """XADD `count` records (pipelined, `MAXLEN ~` well above `count` so nothing is trimmed) and keep the rows."""
+    """XADD `count` records (pipelined, `MAXLEN ~` well above `count` so nothing is trimmed) and keep the rows.
+
+    Entries as this package's publishers write them: each record carries its timestamp, so `identity exact`
+    (README "Idempotency"), and the worker stores it without the dedupe window's probe."""
     client = redis.Redis.from_url(redis_url)
     client.delete(STREAM)
     result = Prefilled(STREAM, [], rows_per_block=copy_rows_per_block)
@@ -169,7 +174,7 @@ def prefill(redis_url: str, count: int, *, copy_rows_per_block: int, chunk: int 
         nonlocal total_bytes
         pipe = client.pipeline(transaction=False)
         for _, data in pending:
-            pipe.xadd(STREAM, {b"v": b"1", b"data": data}, maxlen=2 * count + 10_000, approximate=True)
+            pipe.xadd(STREAM, entry_fields(data, exact=True), maxlen=2 * count + 10_000, approximate=True)
         ids = [raw.decode() for raw in pipe.execute()]
         result.entry_ids.extend(ids)
         for (record, data), entry_id in zip(pending, ids, strict=True):
