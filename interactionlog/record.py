@@ -28,11 +28,12 @@ from .errors import InvalidRecordError, RecordTooLargeError
 WIRE_VERSION = b"1"
 VERSION_FIELD = b"v"
 DATA_FIELD = b"data"
-# Optional, written by this package's publishers and gateways: `identity exact` says every copy of this record
-# carries the same (mcp_id, interaction_id, timestamp), because its author wrote the timestamp or the publisher
-# generated the interaction_id together with it. The worker then leaves copies to the unique index and skips the
-# dedupe window's probe and lock (README "Idempotency"). Absent (another language's XADD, an older publisher), a
-# record is treated as one that a republish may have stamped again: safe, only slower.
+# Optional, written by this package's publishers: `identity exact` says the record's author wrote its timestamp,
+# so every copy of it carries the same (mcp_id, interaction_id, timestamp) (a record's time never changes). The
+# worker then leaves copies to the unique index and skips the dedupe window's probe and lock (README
+# "Idempotency"). Absent (a timestamp stamped by a publisher or gateway, another language's XADD, an older
+# publisher), the record may be a copy stamped again: safe, only slower. A generated interaction_id does not make
+# it exact: the publisher hands it back (PublishUnavailableError.interaction_id) for the caller's retry.
 IDENTITY_FIELD = b"identity"
 EXACT_IDENTITY = b"exact"
 
@@ -380,9 +381,9 @@ def entry_fields(data: bytes, *, exact: bool) -> dict[bytes, bytes]:
 
 def has_exact_identity(present: Container[str]) -> bool:
     """Whether a record whose sender wrote the fields `present` is identified by (mcp_id, interaction_id,
-    timestamp) alone: its author wrote `timestamp`, or wrote no `interaction_id` (the one generated for it is new,
-    so no other publish carries it). Otherwise a second publish of it gets another stamped time."""
-    return "timestamp" in present or "interaction_id" not in present
+    timestamp) alone: its author wrote `timestamp`. Otherwise a second publish of it (a retry, the same dict
+    again, the generated id reused) gets another stamped time."""
+    return "timestamp" in present
 
 
 def _not_unicode(record: Interaction, error: Exception) -> InvalidRecordError:

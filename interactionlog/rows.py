@@ -131,21 +131,25 @@ INSERT_ROW = insert_one_row(DEFAULT_DEDUPE_WINDOW_HOURS)
 
 
 def first_copies(rows: Sequence[StoredRow], exact: Sequence[bool], dedupe_window_hours: float) -> list[int]:
-    """The positions of `rows` that are not copies of an earlier row of theirs: a row that may have been stamped
-    again (`exact` False) is a copy when an earlier kept row has its (mcp_id, interaction_id) with a timestamp
-    within `dedupe_window_hours` either side. The rule of `insert_rows_from`, which cannot see the rows of its own
-    statement. O(len(rows)). Rows of exact identity are all kept (the unique index decides), and so is every row
-    with 0 hours."""
+    """The positions of `rows` that are not copies of another of them, in order: a row that may have been stamped
+    again (`exact` False) is a copy when a row of exact identity, or an earlier kept row, has its (mcp_id,
+    interaction_id) with a timestamp within `dedupe_window_hours` either side. The rule of `insert_rows_from`,
+    which cannot see the rows of its own statement. O(len(rows)). Rows of exact identity are all kept (the
+    unique index decides), and so is every row with 0 hours."""
     if dedupe_window_hours <= 0 or all(exact):
         return list(range(len(rows)))
     window = timedelta(hours=dedupe_window_hours)
     kept_at: dict[tuple[str, str], list[datetime]] = {}
+    for row, exact_row in zip(rows, exact, strict=True):
+        if exact_row:  # first, so that a stamped copy is dropped in their favour wherever it stands
+            kept_at.setdefault((row.mcp_id, row.interaction_id), []).append(row.timestamp)
     kept: list[int] = []
     for position, (row, exact_row) in enumerate(zip(rows, exact, strict=True)):
-        times = kept_at.setdefault((row.mcp_id, row.interaction_id), [])
-        if not exact_row and any(abs(row.timestamp - moment) <= window for moment in times):
-            continue
-        times.append(row.timestamp)
+        if not exact_row:
+            times = kept_at.setdefault((row.mcp_id, row.interaction_id), [])
+            if any(abs(row.timestamp - moment) <= window for moment in times):
+                continue
+            times.append(row.timestamp)
         kept.append(position)
     return kept
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from interactionlog.mcp import detect_flavour, instrument
+from interactionlog.record import EXACT_IDENTITY, IDENTITY_FIELD
 from tests.mcp_drive import SERVERS, connected, http_server, server_env, stdio_target
 from tests.mcp_servers import fastmcp, lowlevel, mcpserver
 from tests.mcp_tools import REFUSAL, RESOURCE_TEXT, SERVER_NAME
@@ -90,7 +92,12 @@ def exercise_and_check(
         ("tools/call", "add"), ("tools/call", "explode"), ("tools/call", "refuse"), ("tools/call", "echo"),
         ("resources/read", "config://app"), ("prompts/get", "greet"),
     }  # fmt: skip
+    # The request's own time is the record's timestamp, which makes its identity exact: no probe for copies.
+    entries = stream_entries(redis.Redis.from_url(redis_url))
+    assert [fields.get(IDENTITY_FIELD) for _, fields in entries] == [EXACT_IDENTITY] * 6
     add = stored["add"]["data"]
+    started = datetime.fromisoformat(add["timestamp"])
+    assert timedelta(0) < datetime.now(UTC) - started < timedelta(minutes=5)
     assert add["request"]["arguments"] == {"a": 2, "b": 3}
     assert add["response"]["content"][0]["text"] == "5"
     assert add["is_error"] is False

@@ -69,9 +69,7 @@ def test_a_round_analyses_a_partition_written_since_and_the_probe_then_uses_the_
     assert any(name.endswith(UNIQUE_INDEX) and partition in name for name in _probe_indexes(database_url))
 
 
-def test_a_running_worker_analyses_the_partition_it_writes(
-    redis_url: str, database_url: str, tmp_path: Path
-) -> None:
+def test_a_running_worker_analyses_the_partition_it_writes(redis_url: str, database_url: str, tmp_path: Path) -> None:
     """Within seconds of storing records into a partition whose autovacuum is off, the worker has analysed it."""
     migrate(database_url)
     partition = _without_autovacuum(database_url)

@@ -56,8 +56,7 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
         body = splice_fields(body.decode(), defaults).encode()
     if len(body) > max_record_bytes:
         return None
-    exact = columns.timestamp is not msgspec.UNSET or columns.interaction_id is msgspec.UNSET  # has_exact_identity
-    return entry_fields(body, exact=exact)
+    return entry_fields(body, exact=columns.timestamp is not msgspec.UNSET)  # record.has_exact_identity
 
 
 def _holds_json_only(value: dict[Any, Any]) -> bool:

@@ -51,8 +51,8 @@ def encode_fields(record: Record, max_record_bytes: int, *, strict: bool = False
     """The stream entry's fields for `record`, after validating it and checking its size.
 
     `data` holds the caller's values as given (fields of the caller's own included), with a generated
-    `interaction_id` and `timestamp` spliced in when absent; `identity exact` is added when the record's
-    (mcp_id, interaction_id, timestamp) tells its copies (`record.has_exact_identity`). `strict` refuses fields
+    `interaction_id` and `timestamp` spliced in when absent; `identity exact` is added when the caller wrote the
+    timestamp (`record.has_exact_identity`). `strict` refuses fields
     the wire format does not define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
     """
     if not isinstance(record, Interaction):

@@ -18,9 +18,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...logs import library_logger
+from ...record import format_timestamp
 
 if TYPE_CHECKING:
     from ..background import BackgroundPublisher
@@ -53,6 +55,7 @@ class RequestFacts:
     trace_id: str | None = None
     span_id: str | None = None
     duration_ms: float = 0.0
+    started_at_ns: int = 0  # wall clock (time.time_ns) when the request reached the instrumentation
 
 
 def to_json(value: Any) -> Any:
@@ -178,6 +181,11 @@ class Recorder:
         client = {"name": _short(facts.client_name), "version": _short(facts.client_version)}
         record: dict[str, Any] = {
             "mcp_id": self.mcp_id,
+            # The request's own time, written here, makes the record's identity exact (record.IDENTITY_FIELD):
+            # the worker stores it without the dedupe window's probe.
+            "timestamp": format_timestamp(datetime.fromtimestamp(facts.started_at_ns / 1e9, UTC))
+            if facts.started_at_ns
+            else None,
             "method": _short(facts.method),
             "tool": _short(target),
             "session_id": _short(facts.session_id),
@@ -206,23 +214,30 @@ async def observe(recorder: Recorder, method: str, call: Callable[[], Awaitable[
     active span); if it fails, a record with the method and outcome alone is made instead.
     """
     started = time.perf_counter_ns()
+    started_at_ns = time.time_ns()
     try:
         result = await call()
     except Exception as error:
         failure = error
-        _record_outcome(recorder, method, started, lambda: facts_of(None, failure), failure)
+        _record_outcome(recorder, method, (started, started_at_ns), lambda: facts_of(None, failure), failure)
         raise
-    _record_outcome(recorder, method, started, lambda: facts_of(result, None), None)
+    _record_outcome(recorder, method, (started, started_at_ns), lambda: facts_of(result, None), None)
     return result
 
 
 def _record_outcome(
-    recorder: Recorder, method: str, started: int, facts: Callable[[], RequestFacts], error: BaseException | None
+    recorder: Recorder,
+    method: str,
+    started: tuple[int, int],
+    facts: Callable[[], RequestFacts],
+    error: BaseException | None,
 ) -> None:
-    duration_ms = (time.perf_counter_ns() - started) / 1e6
+    """`started`: (time.perf_counter_ns, time.time_ns) when the request arrived."""
+    duration_ms = (time.perf_counter_ns() - started[0]) / 1e6
     try:
         gathered = facts()
     except Exception:  # never let the instrumentation change the request's outcome
         gathered = RequestFacts(method=method, params=None, error=error)
     gathered.duration_ms = duration_ms
+    gathered.started_at_ns = started[1]
     recorder.record(gathered)
