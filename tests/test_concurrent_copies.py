@@ -134,3 +134,32 @@ def pending(redis_url: str) -> int:
     with redis.Redis.from_url(redis_url) as client:
         groups = client.xinfo_groups(DEFAULT_STREAM)
         return sum(int(group["pending"]) + int(group.get("lag") or 0) for group in groups)
+
+
+def test_a_copy_dropped_in_favour_of_a_row_postgresql_refuses_is_stored_in_its_place(database_url: str) -> None:
+    """A batch holding a record twice, stamped apart, whose first copy PostgreSQL refuses (an operator's CHECK):
+    the first is refused alone and the second is stored, not counted as a copy of a row that was never stored."""
+
+    async def run() -> Any:
+        await migrate(database_url)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE interaction_logs ADD CONSTRAINT no_forbidden CHECK (tool <> 'forbidden')")
+        rows = [
+            decode_entry(
+                f"{number + 1}-0",
+                encode_fields({"mcp_id": "weather", "interaction_id": "twice", "tool": tool}, 1 << 20),
+                1 << 20,
+            )
+            for number, tool in enumerate(["forbidden", "allowed"])
+        ]
+        store = await Store.open(database_url, max_connections=1)
+        try:
+            return await store.persist_batch(rows)
+        finally:
+            await store.close()
+
+    result = asyncio.run(run())
+    assert (result.inserted, result.duplicates) == (1, 0)
+    assert [row.tool for row, _ in result.refused] == ["forbidden"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT tool FROM interaction_logs").fetchall() == [("allowed",)]

@@ -330,13 +330,8 @@ class Store:
         if not rows:
             return PersistResult()
         flags = [False] * len(rows) if exact is None or self._dedupe_window_hours <= 0 else exact
-        # The statements cannot see copies among their own rows: the batch's are dropped here.
-        kept = first_copies(rows, flags, self._dedupe_window_hours)
-        batch = (
-            _Batch(rows, flags) if len(kept) == len(rows) else _Batch([rows[i] for i in kept], [flags[i] for i in kept])
-        )
         try:
-            result = await self._persist(batch)
+            result = await self._persist(_Batch(rows, flags))
         except (psycopg.Error, PoolTimeout) as error:
             described = describe_database_error(error)
             if isinstance(error, psycopg.Error) and classify(error) == "systemic":
@@ -344,27 +339,34 @@ class Store:
                 raise DatabaseRefusedError(f"could not persist batch: {self.refusal}") from error
             raise DatabaseUnavailableError(f"could not persist batch: {described}") from error
         self.refusal = None
-        result.duplicates += len(rows) - len(kept)
         return result
 
-    async def _persist(self, batch: _Batch) -> PersistResult:
+    async def _persist(self, whole: _Batch) -> PersistResult:
+        # The set-based statements cannot see copies among their own rows: those are dropped here first.
+        kept = first_copies(whole.rows, whole.exact, self._dedupe_window_hours)
+        batch = whole if len(kept) == len(whole.rows) else whole.subset(kept)
         async with self._pool.connection() as conn:
             try:
                 try:
                     if batch.probed:
                         # A copy published again carries another timestamp, which the unique index does not
                         # catch: one query names the rows already stored within the window, the rest is COPYed.
-                        return await self._copy_unstored_into_table(conn, batch)
-                    return await self._copy_into_table(conn, batch.rows)
+                        result = await self._copy_unstored_into_table(conn, batch)
+                    else:
+                        result = await self._copy_into_table(conn, batch.rows)
                 except psycopg.errors.UniqueViolation:
                     # Some rows are stored already (a redelivery, or a record published twice): take the
                     # idempotent path for this batch.
-                    return await self._persist_copy(conn, batch)
+                    result = await self._persist_copy(conn, batch)
             except psycopg.Error as error:
                 if not is_permanent(error) or conn.broken:
                     raise
-                log.info("batch_refused_isolating_rows", rows=len(batch.rows), error=describe_database_error(error))
-                return await self._persist_row_by_row(conn, batch)
+                log.info("batch_refused_isolating_rows", rows=len(whole.rows), error=describe_database_error(error))
+                # Every row, in order, each statement seeing the ones before it: a copy dropped above in favour
+                # of a row PostgreSQL now refuses is stored in its place.
+                return await self._persist_row_by_row(conn, whole)
+        result.duplicates += len(whole.rows) - len(kept)
+        return result
 
     async def persist_batch_within(
         self, rows: Sequence[StoredRow], timeout_s: float, exact: Sequence[bool] | None = None
@@ -460,6 +462,10 @@ class _Batch:
 
     rows: Sequence[StoredRow]
     exact: Sequence[bool]
+
+    def subset(self, positions: Sequence[int]) -> _Batch:
+        """The rows at `positions`, in their order."""
+        return _Batch([self.rows[i] for i in positions], [self.exact[i] for i in positions])
 
     @property
     def probed(self) -> list[int]:
