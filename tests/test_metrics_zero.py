@@ -4,6 +4,7 @@ first event can fire and dashboard panels show 0 rather than "No data"."""
 from __future__ import annotations
 
 import ast
+import urllib.request
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -11,6 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from interactionlog.errors import DatabaseUnavailableError, RedisUnavailableError
 from interactionlog.metrics import DEAD_LETTER_REASONS, WorkerMetrics
+from interactionlog.worker.housekeeping import CHORES
+from tests.pipeline import migrate, running_worker, wait_until
+from tests.servers import free_port
 
 WORKER = Path(__file__).resolve().parent.parent / "interactionlog" / "worker"
 
@@ -71,3 +75,29 @@ def test_the_pre_created_reasons_are_exactly_those_the_worker_uses() -> None:
     used = reasons_in_the_worker()
     assert {"invalid_json", "max_deliveries", "refused_by_database"} <= used  # the scan sees the three sites
     assert used == set(DEAD_LETTER_REASONS)
+
+
+def test_a_worker_waiting_for_redis_serves_every_series_at_zero_already(database_url: str, tmp_path: Path) -> None:
+    """/metrics is served while the worker still waits for Redis (before it builds its shards' parts): the
+    housekeeping chores' series are there at 0 too, as on any later scrape (they once appeared only after)."""
+    migrate(database_url)
+    port = free_port()
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    with running_worker(down, database_url, tmp_path, metrics_port=str(port), metrics_host="127.0.0.1"):
+
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+                    return str(reply.read().decode())
+            except OSError:
+                return ""
+
+        text = wait_until(scrape, what="/metrics served")
+    chores = {
+        sample.labels["chore"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "interactionlog_housekeeping_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert chores == dict.fromkeys(CHORES, 0.0)

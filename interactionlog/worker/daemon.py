@@ -26,7 +26,7 @@ from ..settings import Settings
 from ..shards import Shard, check_one_slot
 from . import presence
 from .consumer import Consumer, ConsumerOptions
-from .housekeeping import RefusalLog
+from .housekeeping import CHORES, RefusalLog
 from .observation import Observer
 from .partition_maintenance import keep_partitions
 from .shard_work import ShardWork
@@ -89,6 +89,8 @@ async def run_worker(
     guessed = clusters.guess_sync(settings.redis_url, timeout_s=settings.redis_timeout_s)
     shard_list = _shards(settings)
     metrics = WorkerMetrics.create(shard_list[0].stream, settings.group)
+    for shard in shard_list:  # every series of every shard at 0 before /metrics is first served, just below
+        metrics.for_stream(shard.stream).export_zeros(chores=CHORES)
     store = await Store.open(
         settings.database_url,
         max_connections=settings.concurrency * len(shard_list) + 1,

@@ -13,7 +13,7 @@ from .. import clusters
 from ..metrics import WorkerMetrics
 from ..settings import Settings
 from ..shards import Shard
-from .housekeeping import CHORES, Housekeeper
+from .housekeeping import Housekeeper
 from .streams import StreamGroup
 
 
@@ -37,8 +37,7 @@ class ShardWork:
     ) -> ShardWork:
         """The shard's parts over the worker's one Redis client (a cluster client routes each shard's slot;
         `masters` serve the MULTI/EXEC on a cluster)."""
-        own = metrics.for_stream(shard.stream)
-        own.export_zeros(chores=CHORES)
+        own = metrics.for_stream(shard.stream)  # its zero series exported by the daemon, before serving /metrics
         streams = StreamGroup(
             redis,
             stream=shard.stream,
