@@ -16,9 +16,11 @@ import pytest
 from interactionlog import AsyncPublisher, Publisher, PublishUnavailableError
 from tests.gateway import migrated
 from tests.pipeline import record
+from tests.servers import PostgresServer
 
 TIMEOUT_S = 0.5
 BOUND_S = 6.0  # connect and request phases, each bounded, plus the transports' one retry
+FROZEN_BOUND_S = 8.0  # postgresql://'s whole-publish bound at TIMEOUT_S (6 s), and some slack
 
 
 @pytest.fixture
@@ -103,3 +105,41 @@ def test_the_async_postgresql_publisher_bounds_a_locked_insert_too(locked_table:
     with pytest.raises(PublishUnavailableError, match="statement timeout"):
         asyncio.run(asyncio.wait_for(publish(), BOUND_S * 2))
     assert time.monotonic() - started < BOUND_S
+
+
+def test_a_frozen_postgresql_is_unavailable_within_the_bound(own_postgres: PostgresServer) -> None:
+    """postgresql:// against a server frozen (SIGSTOP) after the pool connected: neither the statement nor its
+    statement_timeout is ever answered; the publisher raises PublishUnavailableError within its bound instead of
+    waiting for as long as the server stays frozen."""
+    url = own_postgres.url()
+    migrated(url)
+    with Publisher.from_url(url, timeout_s=TIMEOUT_S) as publisher:
+        publisher.publish(record(0))  # the pool holds a live connection now
+        own_postgres.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(PublishUnavailableError, match="did not answer"):
+                publisher.publish(record(1))
+            assert time.monotonic() - started < FROZEN_BOUND_S
+        finally:
+            own_postgres.resume()
+
+
+def test_the_async_postgresql_publisher_bounds_a_frozen_server_too(own_postgres: PostgresServer) -> None:
+    """The asyncio twin, the same way (its attempt abandoned, not cancelled)."""
+    url = own_postgres.url()
+    migrated(url)
+
+    async def publish() -> float:
+        async with AsyncPublisher.from_url(url, timeout_s=TIMEOUT_S) as publisher:
+            await publisher.publish(record(0))
+            own_postgres.pause()
+            try:
+                started = time.monotonic()
+                with pytest.raises(PublishUnavailableError, match="did not answer"):
+                    await publisher.publish(record(1))
+                return time.monotonic() - started
+            finally:
+                own_postgres.resume()
+
+    assert asyncio.run(asyncio.wait_for(publish(), 60)) < FROZEN_BOUND_S

@@ -13,12 +13,16 @@ a commit per batch; there is no buffer in front of the database. Use it where Re
 Every wait is bounded by `timeout_s`: taking a pooled connection, connecting (libpq's `connect_timeout`, whole
 seconds, at least 2), and the insert itself, by a ``SET LOCAL statement_timeout`` in its transaction (so a table
 held behind a lock, by a migration or a `LOCK TABLE`, fails the batch as unavailable instead of hanging the
-caller; ``SET LOCAL`` rather than a connection option, which PgBouncer refuses).
+caller; ``SET LOCAL`` rather than a connection option, which PgBouncer refuses). A frozen server (SIGSTOP, a
+paused VM, a silent network) answers neither the statement nor its timeout: the whole publish is bounded too
+(`bound_s`), its attempt abandoned with its connection past it, on a daemon thread or an abandoned task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +95,16 @@ class _PostgresCore:
         self.options = _pool_options(url, timeout_s)
         # An integer of milliseconds, formatted in: SET takes no bind parameters.
         self.bound_statement = f"SET LOCAL statement_timeout = {max(1, math.ceil(timeout_s * 1000))}"
+        # The whole publish, whatever the server does: a frozen server (SIGSTOP, a VM paused, a half-open
+        # connection) answers neither the statement nor its timeout, so the caller stops waiting on its own.
+        # Each of the two attempts may take the pool's wait, libpq's connect_timeout and the statement's.
+        self.bound_s = 2 * (2 * timeout_s + max(2, math.ceil(timeout_s)))
+
+    def _hung(self) -> PublishUnavailableError:
+        return PublishUnavailableError(
+            f"{self.where} did not answer within {self.bound_s:g}s (a frozen server or a silent network); the "
+            "records may or may not be stored: send them again, they are stored once either way"
+        )
 
     def _failed(self, error: Exception) -> PublishError:
         """A data or constraint error refuses the batch; anything else (down, restarting, no table) is transient."""
@@ -113,10 +127,32 @@ class PostgresTransport(_PostgresCore):
         self._pool.open(wait=False)
 
     def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
-        """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each."""
+        """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each. Raises PublishError, or
+        PublishUnavailableError when PostgreSQL is unreachable or does not answer within `bound_s`."""
         insert = insert_of(entries)
         if not insert.rows:
             return []
+        # On a daemon thread, so that the caller can stop waiting on a server that never answers, and the
+        # interpreter can exit while that thread still waits (abandoned with its connection, as the worker does).
+        outcome: list[BaseException] = []
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                self._insert(insert)
+            except BaseException as error:  # handed to the caller's thread
+                outcome.append(error)
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, name="interactionlog-direct-insert", daemon=True).start()
+        if not finished.wait(self.bound_s):
+            raise self._hung()
+        if outcome:
+            raise outcome[0]
+        return [DIRECT_ENTRY_ID] * insert.rows
+
+    def _insert(self, insert: _Insert) -> None:
         # Twice at most: a pooled connection may have died with a PostgreSQL restart; the insert is idempotent.
         for attempt in (1, 2):
             try:
@@ -133,7 +169,6 @@ class PostgresTransport(_PostgresCore):
                     raise self._failed(error) from error
             except (psycopg.Error, PoolTimeout) as error:
                 raise self._failed(error) from error
-        return [DIRECT_ENTRY_ID] * insert.rows
 
     def close(self) -> None:
         """Close the pool."""
@@ -146,6 +181,7 @@ class AsyncPostgresTransport(_PostgresCore):
     def __init__(self, url: str, *, timeout_s: float) -> None:
         super().__init__(url, timeout_s=timeout_s)
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._abandoned: set[asyncio.Future[None]] = set()  # hung attempts, kept referenced until they end
 
     async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._pool is None:
@@ -154,10 +190,28 @@ class AsyncPostgresTransport(_PostgresCore):
         return self._pool
 
     async def publish_encoded(self, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
-        """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each."""
+        """Insert the entries' rows in one transaction; one `DIRECT_ENTRY_ID` each. Raises PublishError, or
+        PublishUnavailableError when PostgreSQL is unreachable or does not answer within `bound_s`."""
         insert = insert_of(entries)
         if not insert.rows:
             return []
+        # Abandoned, not cancelled, past the bound: cancelling psycopg mid-statement would wait on the same
+        # frozen server (worker.store.Store.persist_batch_within does the same).
+        attempt = asyncio.ensure_future(self._insert(insert))
+        done, _ = await asyncio.wait({attempt}, timeout=self.bound_s)
+        if attempt not in done:
+            self._abandoned.add(attempt)
+            attempt.add_done_callback(self._forget)
+            raise self._hung()
+        attempt.result()
+        return [DIRECT_ENTRY_ID] * insert.rows
+
+    def _forget(self, attempt: asyncio.Future[None]) -> None:
+        self._abandoned.discard(attempt)
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: its failure was reported to the caller as unavailability already
+
+    async def _insert(self, insert: _Insert) -> None:
         pool = await self._opened()
         for attempt in (1, 2):
             try:
@@ -174,7 +228,6 @@ class AsyncPostgresTransport(_PostgresCore):
                     raise self._failed(error) from error
             except (psycopg.Error, PoolTimeout) as error:
                 raise self._failed(error) from error
-        return [DIRECT_ENTRY_ID] * insert.rows
 
     async def close(self) -> None:
         """Close the pool."""
