@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -168,3 +169,12 @@ def record(index: int, mcp_id: str = "weather", **extra: object) -> dict[str, An
         "duration_ms": 12.5,
         **extra,
     }
+
+
+def scrape(port: int) -> str:
+    """The text of a worker's /metrics on `port`, or "" while it is not served yet (for `wait_until`)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""

@@ -4,7 +4,6 @@ first event can fire and dashboard panels show 0 rather than "No data"."""
 from __future__ import annotations
 
 import ast
-import urllib.request
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -13,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from interactionlog.errors import DatabaseUnavailableError, RedisUnavailableError
 from interactionlog.metrics import DEAD_LETTER_REASONS, WorkerMetrics
 from interactionlog.worker.housekeeping import CHORES
-from tests.pipeline import migrate, running_worker, wait_until
+from tests.pipeline import migrate, running_worker, scrape, wait_until
 from tests.servers import free_port
 
 WORKER = Path(__file__).resolve().parent.parent / "interactionlog" / "worker"
@@ -84,15 +83,7 @@ def test_a_worker_waiting_for_redis_serves_every_series_at_zero_already(database
     port = free_port()
     down = f"redis://127.0.0.1:{free_port()}/0"
     with running_worker(down, database_url, tmp_path, metrics_port=str(port), metrics_host="127.0.0.1"):
-
-        def scrape() -> str:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-                    return str(reply.read().decode())
-            except OSError:
-                return ""
-
-        text = wait_until(scrape, what="/metrics served")
+        text = wait_until(lambda: scrape(port), what="/metrics served")
     chores = {
         sample.labels["chore"]: sample.value
         for family in text_string_to_metric_families(text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .pipeline import (
     migrate,
     record,
     running_worker,
+    scrape,
     stored_rows,
     wait_until,
 )
@@ -187,15 +187,7 @@ def test_counters_exist_at_zero_from_the_start_with_the_documented_labels(
     migrate(database_url)
     port = free_port()
     with running_worker(redis_url, database_url, tmp_path, metrics_port=str(port), metrics_host="127.0.0.1"):
-
-        def exposition() -> str:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-                    return str(reply.read().decode())
-            except OSError:
-                return ""
-
-        text = wait_until(exposition, what="/metrics served")
+        text = wait_until(lambda: scrape(port), what="/metrics served")
     families = {family.name: family for family in text_string_to_metric_families(text)}
     documented = documented_metrics()
     assert len(documented) >= 14
