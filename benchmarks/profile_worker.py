@@ -84,6 +84,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--native", action="store_true", help="also sample C extensions (py-spy --native)")
+    parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="sample only while the worker runs (no --idle): a thread preempted inside a syscall (a loopback send "
+        "waking Redis) otherwise shows as time spent in that call",
+    )
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
     parser.add_argument("--svg", type=Path, help="also write a flame graph here (a second, identical drain)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -104,7 +111,8 @@ def main() -> None:
             worker = subprocess.Popen(argv, stderr=subprocess.DEVNULL, cwd=REPO, env=_env())
             time.sleep(1.0)  # let start-up finish, so the profile is the steady drain
             cpu_pg = cpu_seconds(servers.postgres_pid)
-            spy_argv = [py_spy, "record", "--pid", str(worker.pid), "--idle", "--rate", str(args.rate)]
+            spy_argv = [py_spy, "record", "--pid", str(worker.pid), "--rate", str(args.rate)]
+            spy_argv += [] if args.busy else ["--idle"]
             spy_argv += ["--format", fmt, "--output", str(output)] + (["--native"] if args.native else [])
             spy = subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             started = time.monotonic()
@@ -125,6 +133,8 @@ def main() -> None:
             if fmt != "raw":
                 print(f"flame graph written to {output}")
                 continue
+            if args.raw:
+                shutil.copyfile(output, args.raw)
             print(f"drain after start-up: {elapsed:.1f} s; worker CPU {cpu_worker / elapsed:.0%} of a core, ")
             print(f"PostgreSQL CPU {cpu_pg / elapsed:.0%} of a core (sampling slows the worker a little)")
             total = sum(count for _, count in summarise(output)) or 1

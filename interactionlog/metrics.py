@@ -9,9 +9,12 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
+import itertools
+import math
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
@@ -200,9 +203,7 @@ class WorkerMetrics:
         self.batch_size.labels(**labels).observe(entries)
         if persist_s is not None:
             self.persist_seconds.labels(**labels).observe(persist_s)
-            now = datetime.now(UTC)
-            latency = self.end_to_end_seconds.labels(**labels)
-            observe_each(latency, [max((now - timestamp).total_seconds(), 0.0) for timestamp in stored_timestamps])
+            observe_ages(self.end_to_end_seconds.labels(**labels), datetime.now(UTC), list(stored_timestamps))
         self.persisted.labels(**labels).inc(persisted)
         self.duplicates.labels(**labels).inc(duplicates)
         if deleted:
@@ -228,6 +229,32 @@ def observe_each(histogram: Histogram, values: list[float]) -> None:
     for index, count in collections.Counter(bisect.bisect_left(bounds, value) for value in values).items():
         buckets[index].inc(count)
     total.inc(sum(values))
+
+
+def observe_ages(histogram: Histogram, now: datetime, timestamps: list[datetime]) -> None:
+    """`histogram.observe` of each timestamp's age at `now` in seconds (0 for one after `now`), with the result of
+    `observe_each`, for a batch at once: the ages are sorted and each bucket's count found by bisection, so the
+    per-record work is C's (a subtraction and the sort), not a Python expression per record (0.37 us a row,
+    benchmarks/NOTES.md). Falls back to `observe_each` without prometheus_client's internals."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        observe_each(histogram, [max((now - timestamp).total_seconds(), 0.0) for timestamp in timestamps])
+        return
+    ages = sorted(map(operator.sub, itertools.repeat(now), timestamps))
+    below = 0  # ages counted so far: each goes to the first bucket whose bound holds it, as `observe` does
+    for index, bound in enumerate(bounds):
+        if bound < 0:
+            continue  # no age is observed below 0
+        upto = len(ages) if math.isinf(bound) else bisect.bisect_right(ages, timedelta(seconds=bound), lo=below)
+        if upto > below:
+            buckets[index].inc(upto - below)
+            below = upto
+    total.inc(sum(ages[bisect.bisect_right(ages, _NO_AGE) :], _NO_AGE).total_seconds())
+
+
+_NO_AGE = timedelta()
 
 
 def _transient_components() -> set[str]:

@@ -15,20 +15,26 @@ import random
 import signal
 import time
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter, eq, itemgetter
 from typing import Literal
 
 import structlog
 
-from ..errors import AttemptAbandonedError, PermanentEntryError, RedisRefusedError, TransientError
+from ..errors import AttemptAbandonedError, RedisRefusedError, TransientError
 from ..metrics import WorkerMetrics
 from ..record import EXACT_IDENTITY, IDENTITY_FIELD
 from ..retry import Backoff, OutageLog, sleep_unless_stopped, until_done
 from .dead_letters import DeadLetter
-from .decode import StoredRow, decode_entry
+from .decode import StoredRow, decode_entries
 from .store import PersistResult, Store
-from .streams import Entry, StreamGroup
+from .streams import Entry, StreamGroup, total_size_bytes
 
 log = structlog.get_logger(__name__)
+
+# Entry.id, Entry.fields, StoredRow.stream_entry_id and .timestamp, as C functions for map().
+_ENTRY_ID, _ENTRY_FIELDS = itemgetter(0), itemgetter(1)
+_STREAM_ENTRY_ID, _TIMESTAMP = attrgetter("stream_entry_id"), attrgetter("timestamp")
 
 Source = Literal["new", "pending", "claimed"]
 
@@ -156,7 +162,7 @@ class Consumer:
                 after=entries[-1].id if entries else "0",
             )
             entries += piece
-            budget -= sum(entry.size_bytes for entry in piece)
+            budget -= total_size_bytes(piece)
             if len(piece) < room:
                 return entries, True
             if len(entries) >= self.options.batch_size or budget < self.options.max_record_bytes:
@@ -188,23 +194,28 @@ class Consumer:
 
     async def handle(self, entries: list[Entry], source: Source) -> BatchOutcome:
         """Triage, persist and settle one batch. Returns only once every entry is acked or dead-lettered."""
-        deleted_ids = [entry.id for entry in entries if entry.deleted]
-        live = [entry for entry in entries if not entry.deleted]
+        live, deleted_ids = entries, []
+        if not all(map(_ENTRY_FIELDS, entries)):  # some were deleted while pending (Entry.deleted)
+            deleted_ids = [entry.id for entry in entries if entry.deleted]
+            live = [entry for entry in entries if not entry.deleted]
         if deleted_ids:
             self._lost_while_pending(deleted_ids)
         # A fresh read is a first delivery; only redeliveries cost an XPENDING, retried in place (re-reading
         # the batch instead would count one more delivery).
         delivery_counts = {} if source == "new" else await self._delivery_counts(live)
         rows, exact, dead = self._triage(live, delivery_counts)
-        held = [entry.id for entry in live]
+        held = list(map(_ENTRY_ID, live))
         async with self.streams.holding(self.name, held, claim_idle_ms=self.options.claim_idle_ms):
             self._maybe_crash("after_read")
             started = time.perf_counter()
             result = await self._persist(rows, exact)
             persist_s = time.perf_counter() - started
             dead += self._refused_letters(live, result, delivery_counts)
-            refused_ids = {row.stream_entry_id for row, _ in result.refused}
-            ack_ids = [row.stream_entry_id for row in rows if row.stream_entry_id not in refused_ids] + deleted_ids
+            ack_ids = list(map(_STREAM_ENTRY_ID, rows))
+            if result.refused:
+                refused_ids = {row.stream_entry_id for row, _ in result.refused}
+                ack_ids = [entry_id for entry_id in ack_ids if entry_id not in refused_ids]
+            ack_ids += deleted_ids
             if rows:
                 self._maybe_crash("after_commit")
             await self._settle(ack_ids, dead)
@@ -238,27 +249,41 @@ class Consumer:
         self, live: list[Entry], delivery_counts: dict[str, int]
     ) -> tuple[list[StoredRow], list[bool], list[DeadLetter]]:
         """Split entries into rows to store, with whether each is of exact identity (`Store.persist_batch`), and
-        dead letters (poison, or never storable)."""
-        rows: list[StoredRow] = []
-        exact: list[bool] = []
+        dead letters (poison, or never storable), in the order of their entries. Decoding and the identity marks run
+        over the whole batch at once (`decode_entries`, C loops), not entry by entry (benchmarks/NOTES.md)."""
         dead: list[DeadLetter] = []
+        kept = live
+        if delivery_counts:  # a redelivery: poison entries are dead-lettered unread
+            kept = []
+            for entry in live:
+                delivery_count = delivery_counts.get(entry.id, 1)
+                if delivery_count > self.options.max_deliveries:
+                    message = self._poison_message(delivery_count)
+                    dead.append(DeadLetter(entry, "max_deliveries", message, delivery_count))
+                else:
+                    kept.append(entry)
         prefix = self.streams.identity_prefix  # "" with one stream: entry ids differ per shard only
-        for entry in live:
-            delivery_count = delivery_counts.get(entry.id, 1)
-            if delivery_count > self.options.max_deliveries:
-                dead.append(DeadLetter(entry, "max_deliveries", self._poison_message(delivery_count), delivery_count))
-                continue
-            try:
-                scrub = self.options.scrub_payloads
-                row = decode_entry(entry.id, entry.fields, self.options.max_record_bytes, scrub=scrub,
-                                   identity_prefix=prefix)  # fmt: skip
-            except PermanentEntryError as error:
-                dead.append(DeadLetter(entry, error.reason, str(error), delivery_count))
-                continue
-            rows.append(row)
+        ids = list(map(_ENTRY_ID, kept))
+        fields = list(map(_ENTRY_FIELDS, kept))
+        rows, errors = decode_entries(
+            ids, fields, self.options.max_record_bytes, scrub=self.options.scrub_payloads, identity_prefix=prefix
+        )
+        marks = list(map(dict.get, fields, repeat(IDENTITY_FIELD)))
+        if errors:
+            for position, error in errors.items():
+                entry = kept[position]
+                dead.append(DeadLetter(entry, error.reason, str(error), delivery_counts.get(entry.id, 1)))
+            if len(dead) > len(errors):  # poison entries too: the dead letters in the order of their entries
+                order = {entry.id: index for index, entry in enumerate(live)}
+                dead.sort(key=lambda letter: order[letter.entry.id])
+            ids = [entry_id for position, entry_id in enumerate(ids) if position not in errors]
+            marks = [mark for position, mark in enumerate(marks) if position not in errors]
+        exact = list(map(eq, marks, repeat(EXACT_IDENTITY)))
+        if not all(exact):
             # Marked by its publisher, or identified by this entry's id (a record sent without interaction_id):
             # either way every copy of it carries its timestamp.
-            exact.append(entry.fields.get(IDENTITY_FIELD) == EXACT_IDENTITY or row.interaction_id == prefix + entry.id)
+            for position, row in enumerate(rows):
+                exact[position] = exact[position] or row.interaction_id == prefix + ids[position]
         return rows, exact, dead
 
     async def _persist(self, rows: list[StoredRow], exact: list[bool]) -> PersistResult:
@@ -309,6 +334,8 @@ class Consumer:
 
     @staticmethod
     def _refused_letters(live: list[Entry], result: PersistResult, delivery_counts: dict[str, int]) -> list[DeadLetter]:
+        if not result.refused:
+            return []
         by_id = {entry.id: entry for entry in live}
         return [
             DeadLetter(
@@ -325,7 +352,7 @@ class Consumer:
             duplicates=outcome.duplicates,
             deleted=outcome.deleted,
             dead_letter_reasons=[letter.reason for letter in dead],
-            stored_timestamps=[row.timestamp for row in rows],
+            stored_timestamps=list(map(_TIMESTAMP, rows)),
             persist_s=persist_s if rows else None,
         )
         for letter in dead:

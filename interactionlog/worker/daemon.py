@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Callable
@@ -71,7 +72,19 @@ async def run_worker(
     on_started: Callable[[WorkerMetrics], None] | None = None,
 ) -> int:
     """Run consumers until `stopping` is set (by SIGTERM/SIGINT when not given); returns the exit code."""
-    stopping = stopping or stop_on_signals()
+    # Everything alive now (modules, settings) lives as long as the process: frozen, the collector's full passes
+    # no longer walk it, where they came about every dozen batches for the batches' own short-lived objects
+    # (benchmarks/NOTES.md). Unfrozen at the end, for callers that go on in the same process (tests).
+    gc.freeze()
+    try:
+        return await _run_worker(settings, stopping or stop_on_signals(), on_started)
+    finally:
+        gc.unfreeze()
+
+
+async def _run_worker(
+    settings: Settings, stopping: asyncio.Event, on_started: Callable[[WorkerMetrics], None] | None
+) -> int:
     log.info(
         "worker_starting",
         redis_url=redact_url(settings.redis_url),

@@ -8,6 +8,10 @@ in `data` as sent; `data` is the publisher's JSON text, with only those defaults
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import repeat
+from typing import cast
+
 from pydantic import ValidationError
 
 from .. import entry_ids
@@ -25,9 +29,9 @@ from ..record import (
 )
 from ..rows import StoredRow, row_of
 from ..scrub import scrub_stored_json
-from ..spans import fast_row
+from ..spans import fast_row, fast_rows
 
-__all__ = ["StoredRow", "decode_entry", "entry_defaults", "model_row", "validate_data"]
+__all__ = ["StoredRow", "decode_entries", "decode_entry", "entry_defaults", "model_row", "validate_data"]
 
 
 def entry_defaults(entry_id: str, missing: set[str] | frozenset[str], identity_prefix: str = "") -> dict[str, str]:
@@ -79,6 +83,45 @@ def decode_entry(
     if len(data) <= max_record_bytes and (row := fast_row(entry_id, data, scrub=scrub)) is not None:
         return row  # the common record, validated from its bytes; anything else is the model's to decide
     return model_row(entry_id, data, max_record_bytes, scrub=scrub, identity_prefix=identity_prefix)
+
+
+def decode_entries(
+    entry_ids: Sequence[str],
+    fields: Sequence[dict[bytes, bytes]],
+    max_record_bytes: int,
+    *,
+    scrub: bool = True,
+    identity_prefix: str = "",
+) -> tuple[list[StoredRow], dict[int, PermanentEntryError]]:
+    """`decode_entry` of each entry (`entry_ids[i]`, `fields[i]`), with the same answers: the rows of the entries
+    that decode, in order, and the error of each one that does not, by its position.
+
+    A batch of entries in the wire format, each within max_record_bytes, takes `spans.fast_rows`, which does each
+    check once over many records; every entry it is not sure of, and every entry of a batch holding one outside
+    the wire format or the cap, takes `decode_entry`.
+    """
+    datas = list(map(dict.get, fields, repeat(DATA_FIELD)))
+    versions = list(map(dict.get, fields, repeat(VERSION_FIELD)))
+    fast: list[StoredRow | None] = [None] * len(datas)
+    if None not in datas and versions.count(WIRE_VERSION) == len(versions):
+        present = cast(list[bytes], datas)  # no None: checked
+        if max(map(len, present), default=0) <= max_record_bytes:
+            fast = fast_rows(entry_ids, present, scrub=scrub)
+            if None not in fast:
+                return cast(list[StoredRow], fast), {}
+    rows: list[StoredRow] = []
+    errors: dict[int, PermanentEntryError] = {}
+    for position, (entry_id, entry_fields, row) in enumerate(zip(entry_ids, fields, fast, strict=True)):
+        if row is not None:
+            rows.append(row)
+            continue
+        try:
+            rows.append(
+                decode_entry(entry_id, entry_fields, max_record_bytes, scrub=scrub, identity_prefix=identity_prefix)
+            )
+        except PermanentEntryError as error:
+            errors[position] = error
+    return rows, errors
 
 
 def model_row(

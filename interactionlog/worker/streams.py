@@ -14,10 +14,14 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar, cast
 
+import hiredis
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AskError, ClusterError, MovedError, RedisClusterException, ResponseError, TryAgainError
@@ -53,7 +57,7 @@ def connect(
     """
     if cluster is None:
         cluster = clusters.guess_sync(url, timeout_s=connect_timeout_s)
-    return cast(
+    client = cast(
         aioredis.Redis,
         clusters.async_client(
             url,
@@ -65,6 +69,36 @@ def connect(
             health_check_interval=30,
         ),
     )
+    if isinstance(client, aioredis.Redis):  # a cluster client's nodes keep redis-py's packing
+        _packing_with_hiredis(client)
+    return client
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis, as redis-py's synchronous client does (`redis.connection.HiredisRespSerializer`),
+    where its asyncio client packs them argument by argument in Python: an XACK of a 1,000-entry batch cost 0.7 us
+    per entry id that way (benchmarks/NOTES.md). A mixin put before the pool's own connection class (TCP, TLS, Unix
+    socket, Sentinel-managed); arguments hiredis refuses (a bool, None) go to redis-py, which raises its DataError."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):  # a command name holding its subcommand ("CLIENT SETNAME") goes as two words
+            args = (*first.encode().split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        # Typed by hiredis as a 1-tuple: any length is packed.
+        packed: Any = tuple(bytes(arg) if isinstance(arg, bytearray | memoryview) else arg for arg in args)
+        try:
+            return [hiredis.pack_command(packed)]
+        except (TypeError, UnicodeEncodeError):
+            return AbstractConnection.pack_command(cast(AbstractConnection, self), *args)
+
+
+def _packing_with_hiredis(client: aioredis.Redis) -> None:
+    """Have `client`'s pool make connections packing commands with hiredis (`_HiredisPacking`); before any exists."""
+    pool = client.connection_pool
+    base = pool.connection_class
+    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
 
 
 class Entry(NamedTuple):
@@ -85,6 +119,15 @@ class Entry(NamedTuple):
     def size_bytes(self) -> int:
         """The bytes of its field names and values: what holding it costs, less Python's per-object overhead."""
         return sum(map(len, self.fields)) + sum(map(len, self.fields.values()))
+
+
+def total_size_bytes(entries: Sequence[Entry]) -> int:
+    """The sum of `Entry.size_bytes` over `entries`, in C loops (a property call per entry costs more)."""
+    fields = list(map(_FIELDS, entries))
+    return sum(map(len, chain.from_iterable(fields))) + sum(map(len, chain.from_iterable(map(dict.values, fields))))
+
+
+_FIELDS = itemgetter(1)  # Entry.fields
 
 
 @dataclass(frozen=True)
@@ -108,7 +151,10 @@ def _read_entries(flat: Sequence[tuple[bytes, Sequence[bytes] | None]]) -> list[
     """Entries from XREADGROUP's reply as hiredis parsed it: [id, [name, value, name, value, ...] or nil]."""
     entries = []
     for entry_id, pairs in flat:
-        if pairs and len(pairs) == 4:  # the wire format's two fields: a dict display beats dict(zip(...))
+        # The wire format's fields (v, data, and identity when exact): a dict display beats dict(zip(...)).
+        if pairs and len(pairs) == 6:
+            fields = {pairs[0]: pairs[1], pairs[2]: pairs[3], pairs[4]: pairs[5]}
+        elif pairs and len(pairs) == 4:
             fields = {pairs[0]: pairs[1], pairs[2]: pairs[3]}
         else:
             it = iter(pairs or ())
