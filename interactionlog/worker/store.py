@@ -25,10 +25,8 @@ Connection loss and server trouble (08, 40, 53, 55, 57, 58, XX) are outages: `Da
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
 
 import psycopg
@@ -55,18 +53,6 @@ from . import partitions
 from .partition_maintenance import maintain
 
 log = structlog.get_logger(__name__)
-
-# psycopg's C formatter of one binary COPY row (what `Copy.write_row` calls), not a public name: without it, rows
-# go through `write_row`; in another shape, every test storing a row fails.
-try:
-    from psycopg._copy_base import format_row_binary as _format_row_binary
-except ImportError:  # pragma: no cover - a psycopg without it
-    _format_row_binary = None
-# COPY's binary format (PostgreSQL manual, COPY, "Binary Format"): signature, flags and header extension length,
-# then rows, then a field count of -1.
-_BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_BINARY_TRAILER = b"\xff\xff"
-_ROWS_PER_WRITE = 100  # about 80 kB a write for 800-byte rows
 
 # SQLSTATE classes (PostgreSQL manual, appendix A) of failures that are not the row's fault. Outages: the
 # server or the connection is in trouble. Systemic: the database answers, but would refuse any row (08 aside,
@@ -496,21 +482,8 @@ async def _lock_probed_keys(cursor: psycopg.AsyncCursor[Any], batch: _Batch) -> 
 async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, rows: Sequence[StoredRow]) -> None:
     async with cursor.copy(statement) as copy:
         copy.set_types(COLUMN_TYPES)
-        if _format_row_binary is None:
-            for row in rows:
-                await copy.write_row(row)
-            return
-        # psycopg's own C row formatter, run by map() over a hundred rows into one buffer: `write_row` costs a
-        # coroutine and two Python frames per row around the same call (benchmarks/NOTES.md). The binary format's
-        # header and trailer are ours to send then, as `write` sends data as it is.
-        transformer = copy.formatter.transformer
-        payload = bytearray(_BINARY_SIGNATURE)
-        for start in range(0, len(rows), _ROWS_PER_WRITE):
-            piece = rows[start : start + _ROWS_PER_WRITE]
-            collections.deque(map(_format_row_binary, piece, repeat(transformer), repeat(payload)), maxlen=0)
-            await copy.write(payload)
-            payload = bytearray()
-        await copy.write(_BINARY_TRAILER)
+        for row in rows:
+            await copy.write_row(row)
 
 
 async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
