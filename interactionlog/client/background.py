@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import os
 import random
 import sqlite3
@@ -43,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
+import msgspec
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
@@ -52,8 +54,10 @@ from ..record import DATA_FIELD, Interaction, encode_record, entry_fields, has_e
 from ..redact import redact_text
 from ..scrub import DEFAULT_SCRUBBER, SCRUBBED_NOTE, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
+from ..spans import Columns
 from .breaker import CircuitBreaker
 from .metrics import ClientMetrics
+from .plain import check_valid
 from .publisher import Publisher, Record, encode_fields
 from .spool import DEFAULT_MAX_BYTES, FsyncPolicy, FullPolicy, Spool
 from .truncate import truncate_to_fit
@@ -88,6 +92,14 @@ def invalid_fields(error: BaseException) -> list[str]:
     if isinstance(cause, ValidationError):
         return sorted({".".join(str(part) for part in item["loc"]) for item in cause.errors()})
     return []
+
+
+def _decoded(body: bytes, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The record whose JSON is `body` (as `to_json` wrote a dict of JSON's own types: decoding gives the same
+    values back), with `defaults` added after its own fields, as `dict.setdefault` adds them."""
+    record: dict[str, Any] = msgspec.json.decode(body)
+    record.update(defaults)
+    return record
 
 
 def default_spool_dir() -> Path:
@@ -221,6 +233,9 @@ class BackgroundPublisher:
         if isinstance(record, Interaction):
             interaction = record
         else:
+            checked = check_valid(record)  # a dict of JSON's own types the model accepts, or None
+            if checked is not None:  # the model accepts it: its JSON is the snapshot the thread validates
+                return self._enqueue_checked(*checked)
             fields = dict(record)
             # Cheaper than the model's own defaults (uuid4 reads the OS's random source on every call).
             fields.setdefault("interaction_id", fast_interaction_id())
@@ -228,6 +243,19 @@ class BackgroundPublisher:
             interaction = validate_record(fields)
         self._enqueue(interaction)
         return interaction.interaction_id
+
+    def _enqueue_checked(self, body: bytes, columns: Columns) -> str:
+        """Enqueue a plain record that `plain.check_valid` found valid, as its JSON `body` (a copy the caller can
+        no longer change, as the model's copy was) and the defaults it lacks, made now as `publish` makes them;
+        the thread decodes and validates it again, so its entry is the one the model's path makes."""
+        defaults: dict[str, Any] = {}
+        interaction_id = columns.interaction_id
+        if interaction_id is msgspec.UNSET:
+            interaction_id = defaults["interaction_id"] = fast_interaction_id()
+        if columns.timestamp is msgspec.UNSET:
+            defaults["timestamp"] = datetime.now(UTC)
+        self._enqueue(functools.partial(_decoded, body, defaults))
+        return interaction_id
 
     def publish_deferred(self, build: Callable[[], Mapping[str, Any]]) -> None:
         """Enqueue a record that `build` makes later, on the background thread; for instrumentation.
@@ -245,7 +273,9 @@ class BackgroundPublisher:
             self._overflow(item)
         else:
             self._queue.append(item)
-        if not self._busy:
+        # Event.set takes a lock (half a microsecond); while the flag is up, the thread has yet to clear it and
+        # will see this item when it drains, so the many calls of one linger set it once.
+        if not self._busy and not self._wake.is_set():
             self._wake.set()
 
     def _overflow(self, item: Interaction | Callable[[], Mapping[str, Any]]) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import msgspec
 from pydantic_core import PydanticSerializationError, to_json
 
-from ..record import Interaction, entry_fields, format_timestamp, splice_fields
-from ..spans import checked_columns, fast_timestamp
+from ..record import MAX_INT_DIGITS, Interaction, entry_fields, format_timestamp, splice_fields
+from ..spans import MAX_FAST_BRACKETS, Columns, checked_columns, fast_timestamp
 
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _KNOWN_FIELDS = frozenset(Interaction.model_fields)
@@ -34,6 +34,28 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     """The stream entry's fields for a plain `record`, exactly as `publisher.encode_fields` would build them, or
     None when the model must decide (see the module docstring), the record being over `max_record_bytes`
     included (the model's path raises the error that says so)."""
+    checked = check_plain(record, strict=strict)
+    if checked is None:
+        return None
+    body, columns = checked
+    defaults: dict[str, str] = {}
+    if columns.interaction_id is msgspec.UNSET:
+        defaults["interaction_id"] = str(uuid.uuid4())  # the model's own default (record._new_interaction_id)
+    if columns.timestamp is msgspec.UNSET:
+        defaults["timestamp"] = format_timestamp(datetime.now(UTC))
+    if defaults:
+        body = splice_fields(body.decode(), defaults).encode()
+    if len(body) > max_record_bytes:
+        return None
+    exact = columns.timestamp is not msgspec.UNSET or columns.interaction_id is msgspec.UNSET  # has_exact_identity
+    return entry_fields(body, exact=exact)
+
+
+def check_plain(record: Mapping[str, Any], *, strict: bool) -> tuple[bytes, Columns] | None:
+    """`record`'s JSON text as `to_json` writes it (no defaults added, size not checked) and its fields as
+    `spans.checked_columns` read them, when the model accepts `record` (in `strict` mode if asked) and would
+    write the same text; None when the model must decide (see the module docstring). A timestamp, when present,
+    is one `spans.fast_timestamp` reads; an absent interaction_id or timestamp is UNSET in the columns."""
     plain = type(record) is dict and _holds_json_only(record)
     if not plain or (strict and not record.keys() <= _KNOWN_FIELDS):
         return None
@@ -45,28 +67,63 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     columns = None if odd else checked_columns(body)
     if columns is None:
         return None
-    defaults: dict[str, str] = {}
-    if columns.interaction_id is msgspec.UNSET:
-        defaults["interaction_id"] = str(uuid.uuid4())  # the model's own default (record._new_interaction_id)
-    if columns.timestamp is msgspec.UNSET:
-        defaults["timestamp"] = format_timestamp(datetime.now(UTC))
-    elif fast_timestamp(columns.timestamp) is None:
+    if columns.timestamp is not msgspec.UNSET and fast_timestamp(columns.timestamp) is None:
         return None
-    if defaults:
-        body = splice_fields(body.decode(), defaults).encode()
-    if len(body) > max_record_bytes:
+    return body, columns
+
+
+class _Fields(Columns):
+    """The columns as msgspec converts them from the dict itself rather than from its JSON: the payloads are any
+    JSON value (`_holds_json_only` has checked them); `metadata` must be a dict."""
+
+    request: Any = None
+    response: Any = None
+    error: Any = None
+    metadata: Any = None
+
+
+def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
+    """`record`'s JSON text as `to_json` writes it, and its fields, when the model accepts `record` (that is,
+    `record.validate_record` returns; whether it can be stored is the encoding's to say); None when the model must
+    decide. For `BackgroundPublisher.publish`, which validates in the caller's thread and encodes later.
+
+    Cheaper than `check_plain` (whose msgspec pass parses the whole text, payloads included): msgspec converts the
+    dict's top-level fields, and the walk has checked the payloads. A record holding NaN or an infinity (which
+    the model accepts but no JSON reader reads back) is left to the model, as is an integer too long to read back.
+    """
+    if type(record) is not dict or not _holds_json_only(record):
         return None
-    exact = columns.timestamp is not msgspec.UNSET or columns.interaction_id is msgspec.UNSET  # has_exact_identity
-    return entry_fields(body, exact=exact)
+    try:
+        body = to_json(record, inf_nan_mode="constants")
+        fields = msgspec.convert(record, _Fields, strict=True)
+    except (PydanticSerializationError, RecursionError, msgspec.ValidationError):
+        return None
+    # NaN and infinities are written as tokens no JSON reader reads back (found in a string too: then declined for
+    # nothing, which is allowed). An integer too long to read back fits only in a long text: there, the bytes
+    # pass of `check_plain` rules it out (declining the rare other record it declines too).
+    unreadable = b"NaN" in body or b"Infinity" in body or (len(body) > MAX_INT_DIGITS and checked_columns(body) is None)
+    metadata, timestamp = fields.metadata, fields.timestamp
+    if (
+        unreadable
+        or (metadata is not None and type(metadata) is not dict)
+        or (timestamp is not msgspec.UNSET and fast_timestamp(timestamp) is None)
+    ):
+        return None
+    return body, fields
 
 
 def _holds_json_only(value: dict[Any, Any]) -> bool:
-    """Whether `value` (a dict) holds only JSON's own types, at any depth; an explicit stack, not recursion.
+    """Whether `value` (a dict) holds only JSON's own types, at any depth, in fewer than `MAX_FAST_BRACKETS`
+    containers (so never nested as deep as the model refuses, about 250); an explicit stack, not recursion.
     (Collecting types with `set(map(type, ...))` per container measured twice as slow for a 700-byte record.)"""
     stack: list[Any] = [value]
     scalars = _SCALARS
+    containers = 0
     while stack:
         item = stack.pop()
+        containers += 1
+        if containers >= MAX_FAST_BRACKETS:
+            return False
         if type(item) is dict:
             for key, member in item.items():
                 if type(key) is not str:
