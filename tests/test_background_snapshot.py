@@ -6,6 +6,7 @@ It accepts only what the model accepts, and the thread's entry is the one the mo
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 
 from benchmarks.records import records
 from interactionlog import BackgroundPublisher, Publisher
-from interactionlog.client.background import _decoded
+from interactionlog.client import background
+from interactionlog.client.background import _validated
 from interactionlog.client.plain import check_valid
 from interactionlog.errors import InvalidRecordError
 from interactionlog.record import IDENTITY_FIELD, parse_timestamp, validate_record
@@ -66,7 +68,7 @@ def test_the_snapshot_is_checked_as_the_model_checks_and_encodes_to_the_records_
     except InvalidRecordError as error:
         pytest.fail(f"the caller's check accepted what the model refuses: {error}")
     body, _ = checked
-    assert _outcome(lambda: encoder.encode(_decoded(body, {}))) == _outcome(lambda: encoder.encode(record))
+    assert _outcome(lambda: encoder.encode(_validated(body, {}))) == _outcome(lambda: encoder.encode(record))
 
 
 def _nested(depth: int) -> object:
@@ -91,7 +93,7 @@ def test_values_the_model_accepts_but_cannot_store_have_the_same_outcome_either_
     checked = check_valid(record)
     if checked is not None:
         validate_record(dict(record))
-        assert _outcome(lambda: encoder.encode(_decoded(checked[0], {}))) == _outcome(lambda: encoder.encode(record))
+        assert _outcome(lambda: encoder.encode(_validated(checked[0], {}))) == _outcome(lambda: encoder.encode(record))
 
 
 def test_the_suites_realistic_records_are_checked_without_the_model() -> None:
@@ -146,3 +148,16 @@ def test_python_objects_the_model_refuses_still_raise_in_the_callers_thread(valu
             publisher.publish({"mcp_id": "m", "request": value})
     finally:
         publisher.close()
+
+
+def test_generated_interaction_ids_are_the_text_of_a_version_4_uuid_of_the_same_random_bits() -> None:
+    """fast_interaction_id writes what `str(uuid.UUID(int=bits, version=4))` writes for the bits it draws."""
+    try:
+        for seed in range(2000):
+            background._ids.seed(seed)
+            made = background.fast_interaction_id()
+            background._ids.seed(seed)
+            assert made == str(uuid.UUID(int=background._ids.getrandbits(128), version=4))
+    finally:
+        background._ids.seed()  # from the OS again, as at import
+    assert uuid.UUID(made).version == 4

@@ -7,6 +7,11 @@ pydantic-core's `to_json` as the model path would, then checked by `spans.checke
 bytes. Anything else (a datetime, a tuple, an Enum, an invalid value, strict mode meeting an unknown field, ...)
 answers None, and the caller takes the model's path, which accepts or refuses it with the model's message: this
 path only ever says yes where the model would, and then produces the same bytes.
+
+`check_valid` answers the narrower question `BackgroundPublisher.publish` asks in the caller's thread (does the
+model accept the record?): the same walk and `to_json`, then msgspec converts the top-level fields straight from
+the dict (1.3 us where `checked_columns` parses the whole text in 3, on a loaded machine). For `publish_many` it
+measured no faster than `checked_columns` in context, which also checks what can be stored, so that path keeps it.
 """
 
 from __future__ import annotations
