@@ -39,28 +39,6 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     """The stream entry's fields for a plain `record`, exactly as `publisher.encode_fields` would build them, or
     None when the model must decide (see the module docstring), the record being over `max_record_bytes`
     included (the model's path raises the error that says so)."""
-    checked = check_plain(record, strict=strict)
-    if checked is None:
-        return None
-    body, columns = checked
-    defaults: dict[str, str] = {}
-    if columns.interaction_id is msgspec.UNSET:
-        defaults["interaction_id"] = str(uuid.uuid4())  # the model's own default (record._new_interaction_id)
-    if columns.timestamp is msgspec.UNSET:
-        defaults["timestamp"] = format_timestamp(datetime.now(UTC))
-    if defaults:
-        body = splice_fields(body.decode(), defaults).encode()
-    if len(body) > max_record_bytes:
-        return None
-    exact = columns.timestamp is not msgspec.UNSET or columns.interaction_id is msgspec.UNSET  # has_exact_identity
-    return entry_fields(body, exact=exact)
-
-
-def check_plain(record: Mapping[str, Any], *, strict: bool) -> tuple[bytes, Columns] | None:
-    """`record`'s JSON text as `to_json` writes it (no defaults added, size not checked) and its fields as
-    `spans.checked_columns` read them, when the model accepts `record` (in `strict` mode if asked) and would
-    write the same text; None when the model must decide (see the module docstring). A timestamp, when present,
-    is one `spans.fast_timestamp` reads; an absent interaction_id or timestamp is UNSET in the columns."""
     plain = type(record) is dict and _holds_json_only(record)
     if not plain or (strict and not record.keys() <= _KNOWN_FIELDS):
         return None
@@ -72,9 +50,19 @@ def check_plain(record: Mapping[str, Any], *, strict: bool) -> tuple[bytes, Colu
     columns = None if odd else checked_columns(body)
     if columns is None:
         return None
-    if columns.timestamp is not msgspec.UNSET and fast_timestamp(columns.timestamp) is None:
+    defaults: dict[str, str] = {}
+    if columns.interaction_id is msgspec.UNSET:
+        defaults["interaction_id"] = str(uuid.uuid4())  # the model's own default (record._new_interaction_id)
+    if columns.timestamp is msgspec.UNSET:
+        defaults["timestamp"] = format_timestamp(datetime.now(UTC))
+    elif fast_timestamp(columns.timestamp) is None:
         return None
-    return body, columns
+    if defaults:
+        body = splice_fields(body.decode(), defaults).encode()
+    if len(body) > max_record_bytes:
+        return None
+    exact = columns.timestamp is not msgspec.UNSET or columns.interaction_id is msgspec.UNSET  # has_exact_identity
+    return entry_fields(body, exact=exact)
 
 
 class _Fields(Columns):
@@ -92,9 +80,10 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     `record.validate_record` returns; whether it can be stored is the encoding's to say); None when the model must
     decide. For `BackgroundPublisher.publish`, which validates in the caller's thread and encodes later.
 
-    Cheaper than `check_plain` (whose msgspec pass parses the whole text, payloads included): msgspec converts the
-    dict's top-level fields, and the walk has checked the payloads. A record holding NaN or an infinity (which
-    the model accepts but no JSON reader reads back) is left to the model, as is an integer too long to read back.
+    Cheaper than `encode_plain`'s check (`checked_columns` parses the whole text, payloads included): msgspec
+    converts the dict's top-level fields, and the walk has checked the payloads. A record holding NaN, an infinity
+    or an integer too long to parse back (the model accepts them, the encoding refuses them) is left to the model's
+    path, so that it is refused on the thread exactly as before.
     """
     if type(record) is not dict or not _holds_json_only(record):
         return None
@@ -103,9 +92,9 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
         fields = msgspec.convert(record, _Fields, strict=True)
     except (PydanticSerializationError, RecursionError, msgspec.ValidationError):
         return None
-    # NaN and infinities are written as tokens no JSON reader reads back (found in a string too: then declined for
-    # nothing, which is allowed). An integer too long to read back fits only in a long text: there, the bytes
-    # pass of `check_plain` rules it out (declining the rare other record it declines too).
+    # NaN and infinities are written as tokens (found in a string too: then declined for nothing, which is
+    # allowed). An integer too long to parse back fits only in a long text: there, the bytes pass of
+    # `checked_columns` rules it out (declining the rare other record it declines too).
     unreadable = b"NaN" in body or b"Infinity" in body or (len(body) > MAX_INT_DIGITS and checked_columns(body) is None)
     metadata, timestamp = fields.metadata, fields.timestamp
     if (
