@@ -11,11 +11,11 @@ Each scenario makes `--calls` calls, after a warm-up, to a plain and to an instr
 order swapped every call) so that the load of the machine weighs on both alike, and reports p50 and p99 of the
 round trips; "added" is the instrumented server's percentile minus the plain one's. Then the middleware's own
 time around a no-op handler (the request path's share alone), `BackgroundPublisher.publish` (a record dict:
-validation and enqueue) and `publish_deferred` (what the instrumentation calls) per call, below the queue's
-capacity (rounds of 1,000 calls, flushed between rounds), then `publish_deferred` overloaded (10,000 calls in a
-tight loop into a 1,000-record queue: the caller spools what overflows), and the worker's scrubbing pass per
-record. Redis is a throwaway server of the test suite's own kind (`tests.servers.RedisServer`)
-on a loopback port.
+validation and enqueue; a small record, then the suite's ~700-byte ones) and `publish_deferred` (what the
+instrumentation calls) per call, below the queue's capacity (rounds of 1,000 calls, flushed between rounds), then
+`publish_deferred` overloaded (10,000 calls in a tight loop into a 1,000-record queue: the caller spools what
+overflows), and the worker's scrubbing pass per record. Redis is a throwaway server of the test suite's own kind
+(`tests.servers.RedisServer`) on a loopback port.
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ def main() -> None:
                   "response": {"content": [{"type": "text", "text": "3"}]}, "duration_ms": 0.05}  # fmt: skip
         settle = lambda: publisher.flush(30)  # noqa: E731
         _per_call("BackgroundPublisher.publish(record)", lambda: publisher.publish(record), 20_000, settle)
+        realistic = iter(list(records(20_000, seed=7)))  # the suite's ~700-byte tool calls, made before timing
+        _per_call("BackgroundPublisher.publish(700 B record)", lambda: publisher.publish(next(realistic)), 20_000,
+                  settle)  # fmt: skip
         _per_call("BackgroundPublisher.publish_deferred(build)", lambda: publisher.publish_deferred(lambda: record),
                   20_000, settle)  # fmt: skip
         publisher.close()

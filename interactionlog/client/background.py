@@ -32,28 +32,40 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import os
 import random
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 
+import msgspec
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from ..errors import PublishError
 from ..logs import library_logger
-from ..record import DATA_FIELD, Interaction, encode_record, entry_fields, has_exact_identity, validate_record
+from ..record import (
+    DATA_FIELD,
+    Interaction,
+    encode_record,
+    entry_fields,
+    format_timestamp,
+    has_exact_identity,
+    splice_fields,
+    validate_record,
+)
 from ..redact import redact_text
 from ..scrub import DEFAULT_SCRUBBER, SCRUBBED_NOTE, Scrubber, might_hold_secrets
 from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STREAM
+from ..spans import Columns
 from .breaker import CircuitBreaker
 from .metrics import ClientMetrics
+from .plain import check_valid
 from .publisher import Publisher, Record, encode_fields
 from .spool import DEFAULT_MAX_BYTES, FsyncPolicy, FullPolicy, Spool
 from .truncate import truncate_to_fit
@@ -77,9 +89,16 @@ _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)
 
 
+# The bits `uuid.UUID(int=..., version=4)` sets and clears: the variant (RFC 4122) and the version (4).
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
+
+
 def fast_interaction_id() -> str:
-    """A random version-4 UUID as text, cheaper than `uuid.uuid4()`."""
-    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    """A random version-4 UUID as text, the text `str(uuid.UUID(int=<128 random bits>, version=4))` gives, cheaper
+    than `uuid.uuid4()` and without building the UUID object (1.9 us against 0.6 on a loaded machine)."""
+    digits = "%032x" % (_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)  # the fastest format
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def invalid_fields(error: BaseException) -> list[str]:
@@ -88,6 +107,15 @@ def invalid_fields(error: BaseException) -> list[str]:
     if isinstance(cause, ValidationError):
         return sorted({".".join(str(part) for part in item["loc"]) for item in cause.errors()})
     return []
+
+
+def _validated(body: bytes, defaults: dict[str, str]) -> Interaction:
+    """The record whose JSON is `body` (as `to_json` wrote a dict of JSON's own types), with `defaults` (text)
+    spliced in, validated by the model straight from the JSON: the same record as the model makes of the dict,
+    without decoding it to Python first (3 us of the thread's time for a 700-byte record, on a loaded machine)."""
+    if defaults:
+        body = splice_fields(body.decode(), defaults).encode()
+    return Interaction.model_validate_json(body)
 
 
 def default_spool_dir() -> Path:
@@ -147,7 +175,7 @@ class BackgroundPublisher:
         self.metrics = ClientMetrics.create(registry)
         self.url: str | None = None  # set by from_url: its secrets are masked in what this publisher logs
         self.metrics.queue_depth.set_function(lambda: len(self._queue))
-        self._queue: collections.deque[Interaction | Callable[[], Mapping[str, Any]]] = collections.deque()
+        self._queue: collections.deque[Interaction | Callable[[], Record]] = collections.deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -221,6 +249,9 @@ class BackgroundPublisher:
         if isinstance(record, Interaction):
             interaction = record
         else:
+            checked = check_valid(record)  # a dict of JSON's own types the model accepts, or None
+            if checked is not None:  # the model accepts it: its JSON is the snapshot the thread validates
+                return self._enqueue_checked(*checked)
             fields = dict(record)
             # Cheaper than the model's own defaults (uuid4 reads the OS's random source on every call).
             fields.setdefault("interaction_id", fast_interaction_id())
@@ -228,6 +259,19 @@ class BackgroundPublisher:
             interaction = validate_record(fields)
         self._enqueue(interaction)
         return interaction.interaction_id
+
+    def _enqueue_checked(self, body: bytes, columns: Columns) -> str:
+        """Enqueue a plain record that `plain.check_valid` found valid, as its JSON `body` (a copy the caller can
+        no longer change, as the model's copy was) and the defaults it lacks, made now as `publish` makes them;
+        the thread validates it from that JSON, so its entry is the one the model's path makes."""
+        defaults: dict[str, str] = {}
+        interaction_id = columns.interaction_id
+        if interaction_id is msgspec.UNSET:
+            interaction_id = defaults["interaction_id"] = fast_interaction_id()
+        if columns.timestamp is msgspec.UNSET:  # as text, which the model reads back as the same instant
+            defaults["timestamp"] = format_timestamp(datetime.now(UTC))
+        self._enqueue(functools.partial(_validated, body, defaults))
+        return interaction_id
 
     def publish_deferred(self, build: Callable[[], Mapping[str, Any]]) -> None:
         """Enqueue a record that `build` makes later, on the background thread; for instrumentation.
@@ -238,17 +282,19 @@ class BackgroundPublisher:
         """
         self._enqueue(build)
 
-    def _enqueue(self, item: Interaction | Callable[[], Mapping[str, Any]]) -> None:
+    def _enqueue(self, item: Interaction | Callable[[], Record]) -> None:
         if self._closed:
             raise PublishError("this BackgroundPublisher is closed; create a new one to publish")
         if len(self._queue) >= self.queue_max:
             self._overflow(item)
         else:
             self._queue.append(item)
-        if not self._busy:
+        # Event.set takes a lock (half a microsecond); while the flag is up, the thread has yet to clear it and
+        # will see this item when it drains, so the many calls of one linger set it once.
+        if not self._busy and not self._wake.is_set():
             self._wake.set()
 
-    def _overflow(self, item: Interaction | Callable[[], Mapping[str, Any]]) -> None:
+    def _overflow(self, item: Interaction | Callable[[], Record]) -> None:
         entry = self._encode_item(item)
         if entry is not None:
             self._store([entry], "overflow")
@@ -281,7 +327,7 @@ class BackgroundPublisher:
         cap = self.sender.max_record_bytes
         return entry_fields(encode_fields(truncate_to_fit(interaction, cap), cap)[DATA_FIELD], exact=exact)
 
-    def _encode_item(self, item: Interaction | Callable[[], Mapping[str, Any]]) -> Entry | None:
+    def _encode_item(self, item: Interaction | Callable[[], Record]) -> Entry | None:
         """Encode a queued item; an item that cannot be encoded is counted, logged without values, and None."""
         try:
             return self.encode(item if isinstance(item, Interaction) else item())
