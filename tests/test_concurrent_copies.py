@@ -5,22 +5,24 @@ window's probes. And which records need that probe: the `identity exact` mark of
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 import redis
 
-from interactionlog import Interaction, Publisher
+from interactionlog import BackgroundPublisher, Interaction, Publisher
 from interactionlog.client.publisher import encode_fields
 from interactionlog.gateway.admission import Admitted, admit
 from interactionlog.record import EXACT_IDENTITY, IDENTITY_FIELD
 from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_STREAM
 from interactionlog.worker.decode import decode_entry
 from interactionlog.worker.store import Store, migrate
-from tests.pipeline import count_rows, running_worker, wait_until
+from tests.pipeline import count_rows, running_worker, stream_entries, wait_until
 
 COPIES = 8  # batches, each holding one copy of every record, all storing at once
 RECORDS = 150
@@ -163,3 +165,32 @@ def test_a_copy_dropped_in_favour_of_a_row_postgresql_refuses_is_stored_in_its_p
     assert [row.tool for row, _ in result.refused] == ["forbidden"]
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT tool FROM interaction_logs").fetchall() == [("allowed",)]
+
+
+def test_the_background_publisher_marks_only_records_whose_author_wrote_the_timestamp(
+    redis_url: str, tmp_path: Any
+) -> None:
+    """Through the background thread too, whichever path a record takes (a plain dict checked without the
+    model, a dict subclass, an Interaction): only a timestamp the caller wrote marks the entry."""
+    publisher = BackgroundPublisher.from_url(redis_url, spool_dir=tmp_path)
+    try:
+        publisher.publish({"mcp_id": "m", "interaction_id": "plain"})
+        publisher.publish({"mcp_id": "m", "interaction_id": "own", "timestamp": "2026-01-01T00:00:00Z"})
+        publisher.publish(OrderedDict(mcp_id="m", interaction_id="subclass"))
+        publisher.publish(Interaction(mcp_id="m", interaction_id="model"))
+        publisher.publish(
+            Interaction(mcp_id="m", interaction_id="model-own", timestamp=datetime(2026, 1, 1, tzinfo=UTC))
+        )
+        assert publisher.flush(10)
+    finally:
+        publisher.close()
+    with redis.Redis.from_url(redis_url) as client:
+        entries = stream_entries(client)
+    marks = {json.loads(fields[b"data"])["interaction_id"]: fields.get(IDENTITY_FIELD) for _, fields in entries}
+    assert marks == {
+        "plain": None,
+        "own": EXACT_IDENTITY,
+        "subclass": None,
+        "model": None,
+        "model-own": EXACT_IDENTITY,
+    }

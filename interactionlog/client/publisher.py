@@ -52,8 +52,8 @@ def encode_fields(record: Record, max_record_bytes: int, *, strict: bool = False
 
     `data` holds the caller's values as given (fields of the caller's own included), with a generated
     `interaction_id` and `timestamp` spliced in when absent; `identity exact` is added when the caller wrote the
-    timestamp (`record.has_exact_identity`). `strict` refuses fields
-    the wire format does not define, pointing to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
+    timestamp (`record.has_exact_identity`). `strict` refuses fields the wire format does not define, pointing
+    to `metadata`. Raises InvalidRecordError or RecordTooLargeError.
     """
     if not isinstance(record, Interaction):
         fields = encode_plain(record, max_record_bytes, strict=strict)  # None: the model decides
@@ -311,22 +311,6 @@ def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
     return first if len(entries) == 1 else f"{first} .. {_interaction_id(entries[-1])} ({len(entries)} records)"
 
 
-# Field values up to this size (`1`, `exact`) are formatted together with their name once per batch.
-_SHORT_VALUE_BYTES = 32
-
-
-def _packed_xadd(stream: str, maxlen: int, fields: Mapping[bytes, bytes]) -> bytes:
-    """One capped XADD of `fields` as `hiredis.pack_command` packs it (str and numbers converted too)."""
-    # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
-    pack = cast(Callable[[tuple[bytes | str, ...]], bytes], pack_command)
-    return pack((b"XADD", stream, b"MAXLEN", b"~", str(maxlen).encode(), b"*", *chain.from_iterable(fields.items())))
-
-
-def _xadd_head(stream: str, maxlen: int, fields: int) -> bytes:
-    """The RESP bytes of ``XADD <stream> MAXLEN ~ <maxlen> *`` opening a command of `fields` field-value pairs."""
-    return b"*%d\r\n%b" % (6 + 2 * fields, _packed_xadd(stream, maxlen, {}).split(b"\r\n", 1)[1])
-
-
 def _round_trip(conn: Any, payload: bytes, replies: int) -> list[bytes]:
     """Send `payload` (`replies` packed commands) on `conn` (a redis-py connection: its methods are untyped) and
     read every reply; raises the first error reply, after all."""
@@ -441,14 +425,18 @@ class Publisher(_PublisherCore):
         return ids
 
     def _xadd_all(self, client: redis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
-        """The capped XADDs of `entries`, packed in one RESP payload (`_packed_xadds`) and sent in one socket write,
-        then their replies: what a redis-py pipeline does, less its per-command Python (8 us against 4 a record,
-        benchmarks/NOTES.md).
+        """The capped XADDs of `entries`, packed by hiredis and sent in one socket write, then their replies: what
+        a redis-py pipeline does, less its per-command Python (8 us against 4 a record, benchmarks/NOTES.md).
 
         Like the pipeline it replaces, a lost connection is retried once on a fresh one (the client's `retry`),
         and an error reply raises the first one once every reply is read, so the connection stays usable.
         """
-        payload = self._packed_xadds(entries)
+        cap = (b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
+        # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
+        pack = cast(Callable[[tuple[bytes | str, ...]], bytes], pack_command)
+        payload = b"".join(
+            [pack((b"XADD", self.stream_of(fields), *cap, *chain.from_iterable(fields.items()))) for fields in entries]
+        )
         pool = client.connection_pool
         conn: Any = pool.get_connection()
         try:
@@ -457,40 +445,6 @@ class Publisher(_PublisherCore):
             )
         finally:
             pool.release(conn)
-
-    def _packed_xadds(self, entries: Sequence[dict[bytes, bytes]]) -> bytes:
-        """The capped XADD of every entry, as the RESP bytes `hiredis.pack_command` makes of each, joined.
-
-        Formatted here rather than by `pack_command`: per argument, hiredis converts and sizes in C but is called
-        with a tuple built per entry; most of an entry's bytes repeat (the command, stream and cap; `v 1`,
-        `identity exact`), so those are formatted once per batch and only the `data` value's length is written
-        per entry (2.1 us a record by pack_command, 0.9 us here, benchmarks/NOTES.md). Fields that are not
-        bytes (a caller's own str or int) take `pack_command`, which converts them.
-        """
-        heads: dict[tuple[str, int], bytes] = {}
-        pairs: dict[tuple[bytes, bytes], bytes] = {}
-        parts: list[bytes] = []
-        append = parts.append
-        try:
-            for fields in entries:
-                stream = self.stream_of(fields)
-                head = heads.get((stream, len(fields)))
-                if head is None:
-                    head = heads[stream, len(fields)] = _xadd_head(stream, self.maxlen, len(fields))
-                append(head)
-                for name, value in fields.items():
-                    if len(value) > _SHORT_VALUE_BYTES:
-                        append(b"$%d\r\n%b\r\n$%d\r\n" % (len(name), name, len(value)))
-                        append(value)
-                        append(b"\r\n")
-                        continue
-                    pair = pairs.get((name, value))
-                    if pair is None:
-                        pair = pairs[name, value] = b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(name), name, len(value), value)
-                    append(pair)
-            return b"".join(parts)
-        except TypeError:  # a str or a number among the fields: len() and %b refuse them, join too
-            return b"".join([_packed_xadd(self.stream_of(fields), self.maxlen, fields) for fields in entries])
 
     def close(self) -> None:
         """Close the connection pool."""
