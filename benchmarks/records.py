@@ -174,7 +174,8 @@ def prefill(redis_url: str, count: int, *, copy_rows_per_block: int, chunk: int 
         nonlocal total_bytes
         pipe = client.pipeline(transaction=False)
         for _, data in pending:
-            pipe.xadd(STREAM, entry_fields(data, exact=True), maxlen=2 * count + 10_000, approximate=True)
+            fields: dict[Any, Any] = entry_fields(data, exact=True)  # redis-py types its fields loosely
+            pipe.xadd(STREAM, fields, maxlen=2 * count + 10_000, approximate=True)
         ids = [raw.decode() for raw in pipe.execute()]
         result.entry_ids.extend(ids)
         for (record, data), entry_id in zip(pending, ids, strict=True):

@@ -208,8 +208,10 @@ async def _consume(
     chores = asyncio.create_task(_keep_house(work, refusals, stopping, settings.housekeeping_interval_ms / 1000))
     # Partitions are the table's, not a shard's: one task per process, counted under the first shard's labels.
     partition_chores = asyncio.create_task(keep_partitions(settings, work[0].metrics, stopping))
-    # The dedupe window's probe needs the planner to know each partition being written (worker/statistics.py).
-    statistics_chores = asyncio.create_task(keep_statistics(settings, stopping))
+    # The dedupe window's probe needs the planner to know each partition being written (worker/statistics.py),
+    # so the chore runs while this worker probes.
+    statistics = keep_statistics(settings, stopping, probed_rows=lambda: store.probed_rows)
+    statistics_chores = asyncio.create_task(statistics)
     tasks = {index: _start(new_consumer(index)) for index in range(settings.concurrency * len(work))}
     if on_started:
         on_started(work[0].metrics)

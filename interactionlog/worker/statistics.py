@@ -19,6 +19,8 @@ do, autovacuum keeps that one.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -35,6 +37,7 @@ THRESHOLD_ROWS = 1000  # autovacuum_analyze_threshold is 50, but its naptime mak
 SCALE_FACTOR = 0.1  # autovacuum_analyze_scale_factor's default
 CONNECT_TIMEOUT_S = 10
 LOCK = "interactionlog_statistics"
+PROBING_GRACE_S = 30.0  # rounds go on this long after the last probed row (see keep_statistics)
 
 # Partitions of interaction_logs whose changes since their last analysis pass the rule, by schema and name.
 _STALE = """
@@ -72,13 +75,30 @@ async def analyze_round(database_url: str) -> list[str]:
         return await analyze_stale_partitions(conn)
 
 
-async def keep_statistics(settings: Settings, stopping: asyncio.Event, interval_s: float = INTERVAL_S) -> None:
+async def keep_statistics(
+    settings: Settings,
+    stopping: asyncio.Event,
+    interval_s: float = INTERVAL_S,
+    probed_rows: Callable[[], int] | None = None,
+) -> None:
     """A round every `interval_s` until `stopping` is set, on one connection kept between rounds (a check is a
     catalog query; a new connection each second would cost more than it); a failing round is logged once, the
-    connection dropped, and the next round connects again."""
+    connection dropped, and the next round connects again.
+
+    With `probed_rows`, a round runs only while `probed_rows()` (the rows this worker stored through the dedupe
+    window's probe so far, `Store.probed_rows`) grew within the last `PROBING_GRACE_S` (PostgreSQL's counts of
+    changed rows lag the commits by up to a second or so): the statistics serve the probe's plan,
+    and a worker storing only entries of exact identity (`record.IDENTITY_FIELD`) never probes. Each ANALYZE of a
+    growing partition cost a drain of such entries some 12 us of PostgreSQL's CPU per row (benchmarks/NOTES.md)."""
     held: list[psycopg.AsyncConnection[Any]] = []
+    seen: list[float] = [0, -PROBING_GRACE_S - 1]  # the probed count last seen, and when it last grew
 
     async def chore() -> None:
+        if probed_rows is not None:
+            if probed_rows() != seen[0]:
+                seen[:] = [probed_rows(), time.monotonic()]
+            elif time.monotonic() - seen[1] > PROBING_GRACE_S:
+                return
         if not held or held[0].closed:
             held[:] = [await psycopg.AsyncConnection.connect(
                 settings.database_url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True

@@ -259,6 +259,8 @@ class Store:
         self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
         # The systemic refusal of the last batch attempt, until a batch goes through: readiness reports it.
         self.refusal: str | None = None
+        # Rows stored through the dedupe window's probe so far (what `statistics.keep_statistics` serves).
+        self.probed_rows = 0
 
     @classmethod
     async def open(
@@ -339,6 +341,8 @@ class Store:
                 raise DatabaseRefusedError(f"could not persist batch: {self.refusal}") from error
             raise DatabaseUnavailableError(f"could not persist batch: {described}") from error
         self.refusal = None
+        if self._dedupe_window_hours > 0:
+            self.probed_rows += flags.count(False)
         return result
 
     async def _persist(self, whole: _Batch) -> PersistResult:
