@@ -119,7 +119,8 @@ def test_a_record_changed_after_publish_is_sent_as_it_was_published(redis_url: s
 
 def test_defaults_made_in_the_callers_thread_are_the_ones_sent(redis_url: str, encoder: BackgroundPublisher) -> None:
     """A record without interaction_id and timestamp: the id publish() returns and a timestamp taken during the
-    call are sent, and the entry is the model path's entry for the record with those two values."""
+    call are sent, and the entry is the model path's entry for the record with those two values, but for the
+    `identity exact` mark that only a caller's own timestamp earns."""
     record = {"mcp_id": "m", "method": "tools/call", "request": {"a": [1, 2.5, None]}, "own": True}
     publisher = BackgroundPublisher.from_url(redis_url, spool_dir=False)
     try:
@@ -134,8 +135,12 @@ def test_defaults_made_in_the_callers_thread_are_the_ones_sent(redis_url: str, e
     assert sent["interaction_id"] == interaction_id
     timestamp = parse_timestamp(sent["timestamp"])
     assert before <= timestamp <= after
-    assert fields[IDENTITY_FIELD] == b"exact"
-    assert fields == encoder.encode({**record, "interaction_id": interaction_id, "timestamp": timestamp})
+    # The publisher made the timestamp: the entry is not marked `identity exact` (record.has_exact_identity), which
+    # the same record with a timestamp written by its caller would be.
+    assert IDENTITY_FIELD not in fields
+    expected = encoder.encode({**record, "interaction_id": interaction_id, "timestamp": timestamp})
+    assert expected.pop(IDENTITY_FIELD) == b"exact"
+    assert fields == expected
 
 
 @pytest.mark.parametrize("value", [(1, 2), {1, 2}, b"x", {1: "a"}], ids=["tuple", "set", "bytes", "int key"])
