@@ -70,7 +70,8 @@ def test_direct_publishers_storing_copies_at_the_same_moment_store_them_once(dat
 
     def publish() -> None:
         try:
-            with Publisher.from_url(database_url) as publisher:
+            # A generous bound: the four wait on each other by design (the per-MCP lock), on a machine maybe loaded.
+            with Publisher.from_url(database_url, timeout_s=5) as publisher:
                 start.wait()
                 publisher.publish_many(records)
         except BaseException as error:  # reported by the assertion below
