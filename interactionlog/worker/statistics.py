@@ -95,8 +95,9 @@ async def keep_statistics(
 
     async def chore() -> None:
         if probed_rows is not None:
-            if probed_rows() != seen[0]:
-                seen[:] = [probed_rows(), time.monotonic()]
+            probed = probed_rows()
+            if probed != seen[0]:
+                seen[:] = [probed, time.monotonic()]
             elif time.monotonic() - seen[1] > PROBING_GRACE_S:
                 return
         if not held or held[0].closed:

@@ -25,6 +25,7 @@ Connection loss and server trouble (08, 40, 53, 55, 57, 58, XX) are outages: `Da
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -415,12 +416,12 @@ class Store:
         index (UniqueViolation, nothing kept)."""
         probed = batch.probed
         keys = (
-            [batch.rows[i].mcp_id for i in probed],
+            batch.probed_mcp_ids,
             [batch.rows[i].interaction_id for i in probed],
             [batch.rows[i].timestamp for i in probed],
         )
         async with conn.transaction(), conn.cursor() as cursor:
-            await cursor.execute(LOCK_COPY_KEYS, (keys[0],))
+            await _lock_probed_keys(cursor, batch)
             await cursor.execute(self._stored_copies, keys)
             stored = {probed[int(position) - 1] for (position,) in await cursor.fetchall()}
             unstored = [row for index, row in enumerate(batch.rows) if index not in stored] if stored else batch.rows
@@ -471,16 +472,21 @@ class _Batch:
         """The rows at `positions`, in their order."""
         return _Batch([self.rows[i] for i in positions], [self.exact[i] for i in positions])
 
-    @property
+    @functools.cached_property
     def probed(self) -> list[int]:
         """The positions of the rows the dedupe window's probe decides on (none with a window of 0)."""
         return [index for index, exact in enumerate(self.exact) if not exact]
 
+    @functools.cached_property
+    def probed_mcp_ids(self) -> list[str]:
+        """The mcp_id of each row at `probed`, in order: the probe's first array and the lock's MCPs."""
+        return [self.rows[i].mcp_id for i in self.probed]
+
 
 async def _lock_probed_keys(cursor: psycopg.AsyncCursor[Any], batch: _Batch) -> None:
     """Take `rows.LOCK_COPY_KEYS` for the MCPs of the rows the probe decides on, if any."""
-    if probed := batch.probed:
-        await cursor.execute(LOCK_COPY_KEYS, ([batch.rows[i].mcp_id for i in probed],))
+    if batch.probed:
+        await cursor.execute(LOCK_COPY_KEYS, (batch.probed_mcp_ids,))
 
 
 async def _copy_rows(cursor: psycopg.AsyncCursor[Any], statement: sql.Composed, rows: Sequence[StoredRow]) -> None:
