@@ -45,17 +45,26 @@ _INSERT_EXACT_ROW = insert_one_row(0)
 
 @dataclass
 class _Insert:
-    """One batch's statements: the MCPs to lock first (`rows.LOCK_COPY_KEYS`), then each statement's rows."""
+    """One batch's rows: those of exact identity, and those the probe decides on, whose MCPs are locked first
+    (`rows.LOCK_COPY_KEYS`)."""
 
-    rows: int
-    locked_mcp_ids: list[str]
     exact: list[StoredRow]
     probed: list[StoredRow]
+
+    @property
+    def rows(self) -> int:
+        """How many rows the batch holds."""
+        return len(self.exact) + len(self.probed)
+
+    @property
+    def locked_mcp_ids(self) -> list[str]:
+        """The MCPs of the rows the probe decides on."""
+        return [row.mcp_id for row in self.probed]
 
 
 def insert_of(entries: Sequence[dict[bytes, bytes]]) -> _Insert:
     """The insert of entries built by `encode_fields` (validated already: this only reads the columns out)."""
-    insert = _Insert(len(entries), [], [], [])
+    insert = _Insert([], [])
     for fields in entries:
         data = fields[DATA_FIELD]
         row = row_of(Interaction.model_validate_json(data), data.decode(), DIRECT_ENTRY_ID)
@@ -63,7 +72,6 @@ def insert_of(entries: Sequence[dict[bytes, bytes]]) -> _Insert:
             insert.exact.append(row)
         else:
             insert.probed.append(row)
-            insert.locked_mcp_ids.append(row.mcp_id)
     return insert
 
 
