@@ -23,6 +23,7 @@ from ..record import (
     defaults_to_splice,
     describe_validation_error,
     ensure_storable,
+    has_exact_identity,
     refuse_unknown_fields,
     splice_fields,
     wire_fields,
@@ -50,7 +51,7 @@ def encode_line(line: bytes, occurrence: int, max_record_bytes: int, *, strict: 
     ensure_storable(encoded, record)
     # The id of a line without one is derived from the line, so publishing the file again repeats it: only a
     # timestamp written in the line makes its identity exact.
-    return wire_fields(record, encoded, max_record_bytes, exact="timestamp" in present)
+    return wire_fields(record, encoded, max_record_bytes, exact=has_exact_identity(present))
 
 
 def read_json_lines(
