@@ -115,12 +115,19 @@ def table_pages(url: str) -> int:
     return int(row[0])
 
 
+# A partition of at most this many pages is read whole as cheaply as through an index (a seq scan is then the
+# planner's right choice): the current month's just after it began holds a few minutes of the generated rows.
+FEW_PAGES = 8
+
+
 def partitions_holding_rows(url: str) -> set[str]:
-    """The partitions of interaction_logs with pages of rows, after the fixture's VACUUM ANALYZE."""
+    """The partitions of interaction_logs with more than FEW_PAGES pages of rows, after the fixture's VACUUM
+    ANALYZE."""
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT relname FROM pg_class WHERE relpages > 0 AND oid IN"
-            " (SELECT relid FROM pg_partition_tree('interaction_logs') WHERE isleaf)"
+            "SELECT relname FROM pg_class WHERE relpages > %s AND oid IN"
+            " (SELECT relid FROM pg_partition_tree('interaction_logs') WHERE isleaf)",
+            (FEW_PAGES,),
         ).fetchall()
     return {relname for (relname,) in rows}
 
@@ -150,7 +157,8 @@ STATEMENTS: dict[str, Any] = {
 @pytest.mark.parametrize("name", list(STATEMENTS))
 def test_query_reads_a_small_part_of_a_large_table(big_table: str, name: str) -> None:
     """No sequential scan of a partition of interaction_logs holding rows (the planner rightly scans an empty one,
-    a partition made ahead, so), and under 1% of its pages read (a 1h window is 1/720 of it)."""
+    a partition made ahead, or one of a few pages, so), and under 1% of its pages read (a 1h window is 1/720 of
+    it)."""
     plan = explain(big_table, STATEMENTS[name]())
     relations = [
         (node["Node Type"], node["Relation Name"])
