@@ -9,8 +9,10 @@ sent, so the caller can publish the very same records again: each is stored once
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
@@ -131,6 +133,16 @@ class _PublisherCore:
         raise InvalidRecordError(
             f"{len(problems)} of {len(entries) + len(problems)} records are invalid, nothing was sent: {listed}",
             problems,
+        )
+
+    def _packed_xadds(self, entries: Sequence[dict[bytes, bytes]]) -> bytes:
+        """The capped XADD of each entry, packed by hiredis into one payload for one socket write: what a redis-py
+        pipeline sends, less its per-command Python (benchmarks/NOTES.md)."""
+        cap = (b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
+        # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
+        pack = cast(Callable[[tuple[bytes | str, ...]], bytes], pack_command)
+        return b"".join(
+            [pack((b"XADD", self.stream_of(fields), *cap, *chain.from_iterable(fields.items()))) for fields in entries]
         )
 
     def _queue_xadds(
@@ -327,6 +339,39 @@ def _round_trip(conn: Any, payload: bytes, replies: int) -> list[bytes]:
     return found
 
 
+# Replies read between two renewals of `_read_replies`' deadline.
+_REPLIES_PER_DEADLINE = 64
+
+
+async def _read_replies(conn: Any, replies: int, timeout_s: float) -> list[bytes]:
+    """Read `replies` replies from `conn` (an asyncio redis-py connection), raising the first error reply once all
+    are read, as `_round_trip` does.
+
+    redis-py's asyncio reads each take a timeout context of their own, which cost more than the XADD they wait for
+    (a quarter of `AsyncPublisher.publish_many`'s CPU, benchmarks/NOTES.md); here one deadline covers the reads and
+    is pushed back by `timeout_s` every `_REPLIES_PER_DEADLINE` replies, so a Redis that says nothing for about
+    `timeout_s` still ends the wait, as a socket timeout would: `RedisTimeoutError`, on a closed connection (its
+    unread replies must never reach the next command)."""
+    found: list[bytes] = []
+    refused: ResponseError | None = None
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s) as deadline:
+            for index in range(replies):
+                if index % _REPLIES_PER_DEADLINE == 0:
+                    deadline.reschedule(loop.time() + timeout_s)
+                try:
+                    found.append(await conn.read_response(timeout=math.inf))  # inf: no per-read timeout context
+                except ResponseError as error:
+                    refused = refused or error
+    except TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError(f"Timeout reading from Redis: no reply within {timeout_s} s") from None
+    if refused is not None:
+        raise refused
+    return found
+
+
 def _client_options(timeout_s: float) -> dict[str, Any]:
     # One quick retry covers a pooled connection that went stale (Redis restarted); the total wait stays
     # bounded by about 2 x timeout_s. A retried XADD can add an entry twice; the sink stores it once.
@@ -431,12 +476,7 @@ class Publisher(_PublisherCore):
         Like the pipeline it replaces, a lost connection is retried once on a fresh one (the client's `retry`),
         and an error reply raises the first one once every reply is read, so the connection stays usable.
         """
-        cap = (b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
-        # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
-        pack = cast(Callable[[tuple[bytes | str, ...]], bytes], pack_command)
-        payload = b"".join(
-            [pack((b"XADD", self.stream_of(fields), *cap, *chain.from_iterable(fields.items()))) for fields in entries]
-        )
+        payload = self._packed_xadds(entries)
         pool = client.connection_pool
         conn: Any = pool.get_connection()
         try:
@@ -520,7 +560,9 @@ class AsyncPublisher(_PublisherCore):
             client = await self._client()
             if self.wait_replicas:
                 ids = await self._publish_replicated(client, entries)
-            else:
+            elif isinstance(client, aioredis.Redis):  # one node: the packed, one-write round trip
+                ids = await self._xadd_all(client, entries)
+            else:  # a cluster client routes each XADD to its slot's master
                 pipe = client.pipeline(transaction=False)
                 self._queue_xadds(pipe, entries)
                 ids = await pipe.execute()
@@ -545,6 +587,26 @@ class AsyncPublisher(_PublisherCore):
                 await self._masters.refresh()
             raise
         return ids
+
+    async def _xadd_all(self, client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
+        """`Publisher._xadd_all`'s round trip on an asyncio connection: one write, then every reply under one
+        deadline (`_read_replies`); a lost connection retried once on a fresh one, an error reply raised after
+        every reply is read."""
+        payload = self._packed_xadds(entries)
+        pool = client.connection_pool
+        conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py asyncio: untyped
+        timeout_s = self._timeout_s
+
+        async def round_trip() -> list[bytes]:
+            await conn.send_packed_command([payload])
+            return await _read_replies(conn, len(entries), timeout_s)
+
+        try:
+            return await conn.retry.call_with_retry(  # type: ignore[no-any-return]  # redis-py's Retry is untyped
+                round_trip, lambda _: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
 
     async def close(self) -> None:
         """Close the connection pool."""

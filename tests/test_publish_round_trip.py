@@ -1,0 +1,111 @@
+"""The publish helpers' one-write round trip (`Publisher._xadd_all`, `AsyncPublisher._xadd_all`), both twins alike:
+every reply is read before an error reply is raised, a stale pooled connection is retried once, and a Redis that
+stops answering ends the wait in bounded time without leaving unread replies for the next publish."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import redis
+
+from interactionlog import AsyncPublisher, Publisher, PublishError, PublishUnavailableError
+from tests.pipeline import record, stream_entries
+from tests.servers import RedisServer
+
+TIMEOUT_S = 0.5
+
+Publish = Callable[[Sequence[dict[str, Any]]], list[str]]
+
+
+class Twin:
+    """One publisher twin behind a synchronous face: `publish_many` and `close`."""
+
+    def __init__(self, kind: str, url: str, **options: Any) -> None:
+        self.kind = kind
+        if kind == "sync":
+            self._sync = Publisher.from_url(url, **options)
+        else:
+            self._loop = asyncio.new_event_loop()
+            self._async = AsyncPublisher.from_url(url, **options)
+
+    def publish_many(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        if self.kind == "sync":
+            return self._sync.publish_many(records)
+        return self._loop.run_until_complete(self._async.publish_many(records))
+
+    def close(self) -> None:
+        if self.kind == "sync":
+            self._sync.close()
+        else:
+            self._loop.run_until_complete(self._async.close())
+            self._loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_an_error_reply_is_raised_after_every_reply_is_read(redis_url: str, kind: str) -> None:
+    """Redis refusing every XADD of a batch (the stream key holds a string) raises PublishError; the replies are
+    all read, so the same publisher's next batch gets its own entry ids, not the refusals left on the wire."""
+    client = redis.Redis.from_url(redis_url)
+    client.set("interactions", "not a stream")
+    twin = Twin(kind, redis_url, timeout_s=TIMEOUT_S)
+    try:
+        with pytest.raises(PublishError, match="WRONGTYPE") as caught:
+            twin.publish_many([record(i) for i in range(300)])
+        assert not isinstance(caught.value, PublishUnavailableError)
+        assert len(caught.value.entries) == 300
+        client.delete("interactions")
+        ids = twin.publish_many([record(i) for i in range(300, 310)])
+    finally:
+        twin.close()
+    assert [entry_id for entry_id, _ in stream_entries(client)] == ids
+
+
+def test_a_stale_pooled_connection_is_retried_once_and_each_record_added_once(redis_url: str, kind: str) -> None:
+    """The publisher's pooled connection killed by Redis (a restart, a CLIENT KILL) between two batches: the next
+    batch is sent again on a fresh connection, and lands once."""
+    client = redis.Redis.from_url(redis_url)
+    twin = Twin(kind, redis_url, timeout_s=TIMEOUT_S)
+    try:
+        first = twin.publish_many([record(i) for i in range(5)])
+        killed = client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        second = twin.publish_many([record(i) for i in range(5, 505)])
+    finally:
+        twin.close()
+    assert [entry_id for entry_id, _ in stream_entries(client)] == first + second
+
+
+def test_a_frozen_redis_ends_the_wait_and_leaves_no_reply_behind(own_redis: RedisServer, kind: str) -> None:
+    """Redis frozen (SIGSTOP) while a batch waits for its replies: PublishUnavailableError within a few timeouts.
+    Once Redis runs again, the same publisher's next batch returns its own ids: the frozen batch's replies, which
+    Redis sends when it wakes, are never read as the next batch's."""
+    pid = own_redis.pid
+    assert pid is not None
+    twin = Twin(kind, own_redis.url, timeout_s=TIMEOUT_S)
+    try:
+        twin.publish_many([record(0)])  # connected and pooled
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(PublishUnavailableError):
+                twin.publish_many([record(i) for i in range(1, 201)])
+            waited = time.monotonic() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert waited < 6 * TIMEOUT_S + 2
+        ids = twin.publish_many([record(i) for i in range(201, 211)])
+    finally:
+        twin.close()
+    entries = stream_entries(redis.Redis.from_url(own_redis.url))
+    assert [entry_id for entry_id, _ in entries][-10:] == ids
+    assert len(set(ids)) == 10
