@@ -116,6 +116,8 @@ def print_report(results: Results) -> None:
                 ["Publisher.publish_many (batches of 1000)", _rate(publish.publish_many_rate), "", ""],
                 [f"  CPU of this process: {publish.publish_many_cpu_us:.1f} us per record", "", "", ""],
                 ["  the same, given Interaction objects", _rate(publish.publish_many_models_rate), "", ""],
+                ["AsyncPublisher.publish_many (batches of 1000)", _rate(publish.async_publish_many_rate), "", ""],
+                [f"  CPU of this process: {publish.async_publish_many_cpu_us:.1f} us per record", "", "", ""],
                 ["BackgroundPublisher.publish, per call", "", f"{publish.background_p50_us / 1000:.4f}",
                  f"{publish.background_p99_us / 1000:.4f}"],
                 ["redis-py xadd(json.dumps), one at a time", _rate(publish.xadd_rate), "", ""],
