@@ -28,6 +28,11 @@ from .records import records
 
 STREAM = "bench:publish"
 BATCH = 1000
+# BackgroundPublisher.publish paced: a pause after each call (about 1,500 calls/s with the sleep's own overhead),
+# so its thread sends between calls, as under a busy MCP server; the caller then meets caches its thread (and
+# Redis) have just used, which back-to-back calls do not.
+PACED_CALLS = 5000
+PACED_PAUSE_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class PublishFigures:
     async_publish_many_cpu_us: float
     background_p50_us: float  # BackgroundPublisher.publish, per call
     background_p99_us: float
+    paced_background_p50_us: float  # the same, calls spread out as a busy MCP server makes them
+    paced_background_p99_us: float
     xadd_rate: float
     xadd_pipelined_rate: float
     records: int
@@ -92,6 +99,8 @@ def measure_publish(redis_url: str, count: int) -> PublishFigures:
         client.delete(STREAM)
         background = _background_per_call(redis_url, items)
         client.delete(STREAM)
+        paced = _background_per_call(redis_url, items[:PACED_CALLS], pause_s=PACED_PAUSE_S)
+        client.delete(STREAM)
 
         models = [Interaction.model_validate(item) for item in items]
 
@@ -132,6 +141,8 @@ def measure_publish(redis_url: str, count: int) -> PublishFigures:
         async_publish_many_cpu_us=async_cpu_us,
         background_p50_us=background[len(background) // 2] / 1e3,
         background_p99_us=background[min(int(len(background) * 0.99), len(background) - 1)] / 1e3,
+        paced_background_p50_us=paced[len(paced) // 2] / 1e3,
+        paced_background_p99_us=paced[min(int(len(paced) * 0.99), len(paced) - 1)] / 1e3,
         xadd_rate=xadd_rate,
         xadd_pipelined_rate=xadd_pipelined_rate,
         records=count,
@@ -150,9 +161,10 @@ async def _async_publish_many(redis_url: str, items: Sequence[dict[str, Any]], m
     return len(items) / elapsed, cpu_us
 
 
-def _background_per_call(redis_url: str, items: Sequence[dict[str, Any]]) -> list[int]:
+def _background_per_call(redis_url: str, items: Sequence[dict[str, Any]], *, pause_s: float = 0.0) -> list[int]:
     """Nanoseconds each `BackgroundPublisher.publish` call took (sorted), after a warm-up of 500 calls. Timed in
-    slices of 1000 calls with a pause between, so the queue never fills and its thread keeps up."""
+    slices of 1000 calls with a pause between, so the queue never fills and its thread keeps up; with `pause_s`,
+    a sleep after every call too (`PACED_PAUSE_S`)."""
     latencies: list[int] = []
     with tempfile.TemporaryDirectory() as spool_dir:
         publisher = BackgroundPublisher.from_url(redis_url, stream=STREAM, spool_dir=spool_dir)
@@ -164,6 +176,8 @@ def _background_per_call(redis_url: str, items: Sequence[dict[str, Any]]) -> lis
                     began = time.perf_counter_ns()
                     publisher.publish(item)
                     latencies.append(time.perf_counter_ns() - began)
+                    if pause_s:
+                        time.sleep(pause_s)
                 time.sleep(0.02)
         finally:
             publisher.close()
