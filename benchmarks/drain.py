@@ -68,10 +68,19 @@ class DrainResult:
     cpu_redis_s: float = 0.0
 
 
-def _env() -> dict[str, str]:
+# The checkout contenders' processes import `interactionlog` from (`--worker-tree`): this one unless told.
+WORKER_TREE = REPO
+
+
+def _tree(argv: Sequence[str]) -> Path:
+    """The checkout a contender's command runs in: WORKER_TREE for `python -m interactionlog`, else this one."""
+    return WORKER_TREE if list(argv[1:3]) == ["-m", "interactionlog"] else REPO
+
+
+def _env(tree: Path = REPO) -> dict[str, str]:
     # The caller's INTERACTIONLOG_* variables would silently change the settings under test.
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERACTIONLOG_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH", "")]))
     return env
 
 
@@ -106,7 +115,11 @@ def measure_table(database_url: str) -> tuple[int, float | None]:
 
 def _fresh_database(servers: Servers, slug: str) -> str:
     url = create_database(servers, f"bench_{slug}")
-    asyncio.run(migrate(url))
+    if WORKER_TREE == REPO:
+        asyncio.run(migrate(url))
+    else:  # the table the other checkout's worker was written for, by its own migrations
+        argv = [sys.executable, "-m", "interactionlog", "migrate", "--database-url", url]
+        subprocess.run(argv, cwd=WORKER_TREE, env=_env(WORKER_TREE), check=True, capture_output=True)
     return url
 
 
@@ -169,7 +182,9 @@ def run_processes(
         started = time.monotonic()
         try:
             for argv in commands(target):
-                processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env()))
+                processes.append(
+                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=_tree(argv), env=_env(_tree(argv)))
+                )
             while time.monotonic() - started < max_s:
                 for process in processes:
                     peak = peak_rss_mib(process.pid)

@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from . import drain
 from .drain import Commands, DrainResult, module_commands, run_bound, run_processes, worker_commands
 from .publish_side import PublishFigures, measure_publish
 from .records import prefill
@@ -87,7 +88,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"run only these parts, comma-separated, of: {','.join(PARTS)} [all]",
     )
     parser.add_argument("--json-out", type=Path, help="also write the figures as JSON to this file")
+    parser.add_argument(
+        "--worker-tree",
+        type=Path,
+        help="run `interactionlog worker` (and `migrate` of each contender's database) from this checkout, a "
+        "`git worktree` of another commit, instead of this one: a same-minute A/B of two commits' workers",
+    )
     args = parser.parse_args(argv)
+    if args.worker_tree is not None:
+        drain.WORKER_TREE = args.worker_tree.resolve()
     quick = args.quick
     defaults: dict[str, object] = {
         "records": 3000 if quick else 1_000_000,

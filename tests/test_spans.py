@@ -5,7 +5,13 @@ entry `record.prepare_record` yields, or declines. Declining is always allowed; 
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -13,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.records import encode, records
-from interactionlog.client.plain import encode_plain
+from interactionlog.client.plain import check_valid, encode_plain
 from interactionlog.errors import InvalidRecordError, PermanentEntryError
 from interactionlog.record import has_exact_identity, prepare_record, wire_fields
 from interactionlog.scrub import DEFAULT_SCRUBBER, might_hold_secrets, payload_might_hold_secrets
@@ -141,8 +147,83 @@ def test_the_publishers_fast_path_publishes_what_the_model_path_publishes_or_dec
 
 def test_the_publishers_fast_path_leaves_python_objects_to_the_model() -> None:
     """Tuples, sets, bytes and datetimes are the model's to accept or refuse, never encoded on the fast path."""
-    for value in [(1, 2), {1, 2}, b"x", __import__("datetime").datetime(2024, 5, 1)]:
+    for value in [(1, 2), {1, 2}, b"x", datetime.datetime(2024, 5, 1)]:
         assert encode_plain({"mcp_id": "m", "request": value}, DEFAULT_MAX_RECORD_BYTES, strict=False) is None
+
+
+class _Color(enum.StrEnum):
+    RED = "red"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Plain(enum.Enum):
+    ONE = 1
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        _Color.RED,
+        _Level.HIGH,
+        collections.OrderedDict(b=1, a=[1.5, "x"]),
+        collections.defaultdict(list, {"k": [_Color.RED]}),
+        type("Text", (str,), {})("sub"),
+        type("Ratio", (float,), {})(0.25),
+        [True, 1, 1.0, -0.0, 10**18, "é\u2028"],
+    ],
+    ids=["str enum", "int enum", "ordered dict", "defaultdict", "str subclass", "float subclass", "json scalars"],
+)
+def test_values_the_model_reads_as_json_take_the_fast_paths_with_the_models_bytes(value: object) -> None:
+    """Subclasses of JSON's types, which the model's strict JSON value accepts, are encoded by both fast paths as
+    the model path encodes them (they compare equal to the JSON read back)."""
+    record = {"mcp_id": "m", "interaction_id": "i", "timestamp": "2024-05-01T10:00:00Z", "request": value}
+    interaction, encoded = prepare_record(record, strict=False)
+    assert encode_plain(record, DEFAULT_MAX_RECORD_BYTES, strict=False) == wire_fields(
+        interaction, encoded, DEFAULT_MAX_RECORD_BYTES, exact=True
+    )
+    checked = check_valid(record)
+    assert checked is not None
+    assert checked[0] == encoded.encode()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        (1, 2),
+        {1, 2},
+        frozenset({1}),
+        b"x",
+        bytearray(b"x"),
+        {1: "a"},
+        {True: "a"},
+        {("a",): 1},
+        datetime.datetime(2024, 5, 1),
+        datetime.date(2024, 5, 1),
+        decimal.Decimal("1.5"),
+        uuid.UUID(int=7),
+        _Plain.ONE,
+        _Point(1),
+        float("nan"),
+        float("inf"),
+        [1, (2, 3)],
+        {"a": {"b": {1, 2}}},
+    ],
+    ids=lambda value: type(value).__name__,
+)
+def test_python_objects_the_model_refuses_are_never_taken_by_the_fast_paths(value: object) -> None:
+    """A value that to_json writes but the model refuses (or that cannot be stored) reads back as something else:
+    both fast paths leave it to the model, which refuses it with its own message."""
+    record = {"mcp_id": "m", "request": value}
+    assert encode_plain(record, DEFAULT_MAX_RECORD_BYTES, strict=False) is None
+    assert check_valid(record) is None
 
 
 def test_nesting_deeper_than_the_model_allows_is_left_to_the_model() -> None:

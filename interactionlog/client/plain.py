@@ -1,16 +1,16 @@
 """The publisher's fast path for plain records: a dict of JSON values encoded and checked without the model.
 
 `record.prepare_record` validates a dict with the `Interaction` model (pydantic, in Python mode: 8 us for a
-700-byte record, most of `publish_many`'s time) before encoding it. A dict that holds only JSON's own types
-(`dict` with `str` keys, `list`, `str`, `int`, `float`, `bool`, `None`: exact types, no subclasses) is encoded by
-pydantic-core's `to_json` as the model path would, then checked by `spans.checked_columns` straight from those
-bytes. Anything else (a datetime, a tuple, an Enum, an invalid value, strict mode meeting an unknown field, ...)
-answers None, and the caller takes the model's path, which accepts or refuses it with the model's message: this
-path only ever says yes where the model would, and then produces the same bytes.
+700-byte record, most of `publish_many`'s time) before encoding it. A dict whose values the model reads as the JSON
+they are written as (`_json_of`: pydantic-core's `to_json`, as the model path writes it, read back by msgspec and
+equal to the dict) is checked by `spans.checked_columns` straight from those bytes. Anything else (a datetime, a
+tuple, a set, NaN, an invalid value, strict mode meeting an unknown field, ...) answers None, and the caller takes
+the model's path, which accepts or refuses it with the model's message: this path only ever says yes where the
+model would, and then produces the same bytes.
 
 `check_valid` answers the narrower question `BackgroundPublisher.publish` asks in the caller's thread (does the
-model accept the record?): the same walk and `to_json`, then msgspec converts the top-level fields straight from
-the dict (1.3 us where `checked_columns` parses the whole text in 3, on a loaded machine). For `publish_many` it
+model accept the record?): the same `_json_of`, then msgspec converts the top-level fields straight from the dict
+(1.3 us where `checked_columns` parses the whole text in 3, on a loaded machine). For `publish_many` it
 measured no faster than `checked_columns` in context, which also checks what can be stored, so that path keeps it.
 """
 
@@ -22,12 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import to_json
 
 from ..record import MAX_INT_DIGITS, Interaction, entry_fields, format_timestamp, splice_fields
 from ..spans import MAX_FAST_BRACKETS, Columns, checked_columns, fast_timestamp
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+_read_json = msgspec.json.decode
 _KNOWN_FIELDS = frozenset(Interaction.model_fields)
 # pydantic-core writes U+FFFD for a lone surrogate in a dict key where the model path refuses the record
 # (record.ensure_storable): such bytes go to the model.
@@ -39,12 +39,10 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     """The stream entry's fields for a plain `record`, exactly as `publisher.encode_fields` would build them, or
     None when the model must decide (see the module docstring), the record being over `max_record_bytes`
     included (the model's path raises the error that says so)."""
-    plain = type(record) is dict and _holds_json_only(record)
-    if not plain or (strict and not record.keys() <= _KNOWN_FIELDS):
+    if strict and not record.keys() <= _KNOWN_FIELDS:
         return None
-    try:
-        body = to_json(record, inf_nan_mode="constants")
-    except (PydanticSerializationError, RecursionError):
+    body = _json_of(record)
+    if body is None:
         return None
     odd = _FFFD_LEAD in body and _REPLACEMENT_CHARACTER in body  # an int test is one memchr: ASCII text skips it
     columns = None if odd else checked_columns(body)
@@ -66,7 +64,7 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
 
 class _Fields(Columns):
     """The columns as msgspec converts them from the dict itself rather than from its JSON: the payloads are any
-    JSON value (`_holds_json_only` has checked them); `metadata` must be a dict."""
+    JSON value (`_json_of` has checked them); `metadata` must be a dict."""
 
     request: Any = None
     response: Any = None
@@ -84,12 +82,14 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     or an integer too long to parse back (the model accepts them, the encoding refuses them) is left to the model's
     path, so that it is refused on the thread exactly as before.
     """
-    if type(record) is not dict or not _holds_json_only(record):
+    body = _json_of(record)
+    # The model refuses nesting about 250 deep: fewer brackets than MAX_FAST_BRACKETS rule that out (those inside
+    # strings counted too, which only declines a record for nothing).
+    if body is None or body.count(b"[") + body.count(b"{") >= MAX_FAST_BRACKETS:
         return None
     try:
-        body = to_json(record, inf_nan_mode="constants")
         fields = msgspec.convert(record, _Fields, strict=True)
-    except (PydanticSerializationError, RecursionError, msgspec.ValidationError):
+    except (msgspec.ValidationError, RecursionError):
         return None
     # NaN and infinities are written as tokens (found in a string too: then declined for nothing, which is
     # allowed). An integer too long to parse back fits only in a long text: there, the bytes pass of
@@ -105,32 +105,21 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     return body, fields
 
 
-def _holds_json_only(value: dict[Any, Any]) -> bool:
-    """Whether `value` (a dict) holds only JSON's own types, at any depth, in fewer than `MAX_FAST_BRACKETS`
-    containers (so never nested as deep as the model refuses, about 250); an explicit stack, not recursion.
-    (Collecting types with `set(map(type, ...))` per container measured twice as slow for a 700-byte record.)"""
-    stack: list[Any] = [value]
-    scalars = _SCALARS
-    containers = 0
-    while stack:
-        item = stack.pop()
-        containers += 1
-        if containers >= MAX_FAST_BRACKETS:
-            return False
-        if type(item) is dict:
-            for key, member in item.items():
-                if type(key) is not str:
-                    return False
-                kind = type(member)
-                if kind is dict or kind is list:
-                    stack.append(member)
-                elif kind not in scalars:
-                    return False
-        else:  # a list
-            for member in item:
-                kind = type(member)
-                if kind is dict or kind is list:
-                    stack.append(member)
-                elif kind not in scalars:
-                    return False
-    return True
+def _json_of(record: Mapping[str, Any]) -> bytes | None:
+    """`record`'s JSON text as `to_json` writes it (the model's path writes the same bytes), when `record` is a
+    dict whose every value the model reads as the JSON value it is written as; None when the model must decide.
+
+    Read back by msgspec, the text must equal `record`: a value that `to_json` writes but the model refuses (a
+    tuple, a set, a datetime, bytes, a UUID, a non-str key, a dataclass) reads back as another type and differs.
+    What compares equal is a str, int, float, dict or list (or a subclass of one, which the model's strict JSON
+    value accepts too, and writes as `to_json` does). One C pass each way and a C comparison: a third of the cost of
+    walking the values in Python (benchmarks/NOTES.md). NaN, infinities and integers msgspec cannot read fail the
+    read, and go to the model."""
+    if type(record) is not dict:
+        return None
+    try:
+        body = to_json(record, inf_nan_mode="constants")
+        same = _read_json(body) == record
+    except Exception:  # whatever to_json, msgspec or a value's __eq__ raise: the model decides
+        return None
+    return body if same else None
