@@ -19,8 +19,6 @@ from typing import Any
 
 import redis
 
-from interactionlog.record import entry_fields
-
 STREAM = "bench:interactions"
 SEED = 20_240_601
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -156,6 +154,9 @@ def prefill(redis_url: str, count: int, *, copy_rows_per_block: int, chunk: int 
 
     Entries as this package's publishers write them: each record carries its timestamp, so `identity exact`
     (README "Idempotency"), and the worker stores it without the dedupe window's probe."""
+    # Imported here: the rest of this module serves `publish_ab`, which runs under older checkouts too.
+    from interactionlog.record import entry_fields  # noqa: PLC0415  # see above
+
     client = redis.Redis.from_url(redis_url)
     client.delete(STREAM)
     result = Prefilled(STREAM, [], rows_per_block=copy_rows_per_block)
