@@ -36,6 +36,11 @@ DATA_FIELD = b"data"
 # it exact: the publisher hands it back (PublishUnavailableError.interaction_id) for the caller's retry.
 IDENTITY_FIELD = b"identity"
 EXACT_IDENTITY = b"exact"
+# The same said to a gateway (an HTTP header; gRPC call metadata, lowercase) for every record of a request: a
+# record that carries its own timestamp is then marked `identity exact` by the gateway. This package's http:// and
+# grpc:// transports send it when every entry of a batch is marked; any client may. A client that says it wrongly
+# only loses the dedupe of its own copies stamped apart (README "Idempotency").
+IDENTITY_HEADER = "Interactionlog-Identity"
 
 # Columns are TEXT with B-tree indexes; the caps keep one runaway value from bloating the index.
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
@@ -377,6 +382,11 @@ def entry_fields(data: bytes, *, exact: bool) -> dict[bytes, bytes]:
     if exact:
         return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data, IDENTITY_FIELD: EXACT_IDENTITY}
     return {VERSION_FIELD: WIRE_VERSION, DATA_FIELD: data}
+
+
+def all_exact(entries: Iterable[Mapping[bytes, bytes]]) -> bool:
+    """Whether every entry (stream fields, as `entry_fields` builds them) is marked `identity exact`."""
+    return all(entry.get(IDENTITY_FIELD) == EXACT_IDENTITY for entry in entries)
 
 
 def has_exact_identity(present: Container[str]) -> bool:

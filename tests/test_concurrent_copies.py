@@ -98,8 +98,9 @@ def test_direct_publishers_storing_copies_at_the_same_moment_store_them_once(dat
 )
 def test_publishers_mark_the_records_whose_author_wrote_the_timestamp(record: dict[str, Any], exact: bool) -> None:
     """`identity exact` on the entry exactly when the caller wrote the timestamp, so that every copy carries it:
-    from a plain dict (the fast path), a dict subclass (the model's path) and an Interaction. A gateway never
-    marks: what reaches it may hold a timestamp a publisher stamped."""
+    from a plain dict (the fast path), a dict subclass (the model's path) and an Interaction. A gateway marks only
+    on its client's word (`record.IDENTITY_HEADER`, tests/test_gateway_identity.py): what reaches it may hold a
+    timestamp a publisher stamped."""
     for form in (record, OrderedDict(record), Interaction(**record)):
         assert (encode_fields(form, DEFAULT_MAX_RECORD_BYTES).get(IDENTITY_FIELD) == EXACT_IDENTITY) is exact, form
     admitted = admit(encode_fields(record, 1 << 20)[b"data"], max_record_bytes=1 << 20, mcp_id=None)

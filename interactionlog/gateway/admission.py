@@ -81,9 +81,11 @@ def admit(
     max_record_bytes: int,
     mcp_id: str | None,
     envelope: Mapping[str, str] | None = None,
+    exact_identity: bool = False,
 ) -> Admitted | Refused:
     """Validate one record as the worker will, filling what it lacks; `mcp_id` is the token's (None without
-    authentication), `envelope` the non-empty gRPC fields beside `data`."""
+    authentication), `envelope` the non-empty gRPC fields beside `data`, `exact_identity` whether the client said
+    (`record.IDENTITY_HEADER`) that its records carry the timestamps their authors wrote."""
     envelope = envelope or {}
     present = _present(data)
     defaults: dict[str, str] = {}
@@ -112,9 +114,10 @@ def admit(
             f"of {record.mcp_id!r}, or leave mcp_id out",
             record.interaction_id,
         )
-    # Never `identity exact`: a timestamp in what reaches a gateway may be one a publisher stamped (this package's
-    # http:// and grpc:// transports send the entry's data as encode_fields made it), so the worker probes.
-    return Admitted(entry_fields(text, exact=False), record.interaction_id)
+    # `identity exact` only on the client's word (a timestamp in what reaches a gateway may be one a publisher
+    # stamped) and for a timestamp in the record itself, not one filled in here or taken from the gRPC fields.
+    exact = exact_identity and present.timestamp is not msgspec.UNSET
+    return Admitted(entry_fields(text, exact=exact), record.interaction_id)
 
 
 def _disagreement(record: Interaction, envelope: Mapping[str, str]) -> str | None:

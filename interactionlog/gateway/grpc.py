@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 
 from ..client.transports.outcomes import UNAVAILABLE, Outcome
 from ..proto import ingest_pb2, ingest_pb2_grpc
+from ..record import EXACT_IDENTITY, IDENTITY_HEADER
 from .health import GatewayHealth
 from .ingest import Ingest, Submitted
 from .metrics import GRPC
@@ -121,6 +122,15 @@ def _one(message: ingest_pb2.InteractionData) -> list[Submitted]:
     return [submitted(message)]
 
 
+def _exact_identity(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the call's metadata says its records carry the timestamps their authors wrote (`record.IDENTITY_HEADER`,
+    lowercase as gRPC metadata keys are)."""
+    key, exact = IDENTITY_HEADER.lower(), EXACT_IDENTITY.decode()
+    return any(
+        name == key and str(value).strip().lower() == exact for name, value in context.invocation_metadata() or ()
+    )
+
+
 def _many(message: ingest_pb2.InteractionBatch) -> list[Submitted]:
     return [submitted(record) for record in message.records]
 
@@ -186,6 +196,7 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
         """The answer to each message of a stream (`answer` of its records' outcomes), a read-ahead window at a time:
         every record the window holds is XADDed in one pipeline, so round trips to Redis do not grow with records."""
         principal = await self._principal(context)
+        exact = _exact_identity(context)
         ahead = ReadAhead(self.window)
         reader = asyncio.create_task(_read(messages, unpack, ahead))
         index = 0
@@ -194,7 +205,9 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
             while taken := await ahead.take(self.window):
                 records = [record for message in taken for record in message]
                 started = time.perf_counter()
-                outcomes = await self.ingest.submit(records, principal, TRANSPORT, first_index=index)
+                outcomes = await self.ingest.submit(
+                    records, principal, TRANSPORT, first_index=index, exact_identity=exact
+                )
                 index += len(records)
                 self.ingest.metrics.duration.labels(self.ingest.metrics.stream, TRANSPORT).observe(
                     time.perf_counter() - started
@@ -223,7 +236,9 @@ class IngestServicer(ingest_pb2_grpc.InteractionIngestServicer):
             if (reason := self.ingest.backlog()) is not None:
                 status = "RESOURCE_EXHAUSTED"
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
-            outcomes = await self.ingest.submit(_many(request), principal, TRANSPORT)
+            outcomes = await self.ingest.submit(
+                _many(request), principal, TRANSPORT, exact_identity=_exact_identity(context)
+            )
             unavailable = next((o for o in outcomes if o.error_type == UNAVAILABLE), None)
             if unavailable is not None:
                 status = "UNAVAILABLE"

@@ -59,16 +59,26 @@ class Ingest:
         return self.guard.over()
 
     async def submit(
-        self, records: Sequence[Submitted], principal: Principal | None, transport: str, *, first_index: int = 0
+        self,
+        records: Sequence[Submitted],
+        principal: Principal | None,
+        transport: str,
+        *,
+        first_index: int = 0,
+        exact_identity: bool = False,
     ) -> list[Outcome]:
-        """One answer per record, in order, indexed from `first_index`."""
+        """One answer per record, in order, indexed from `first_index`; `exact_identity` as `admission.admit`."""
         started = time.perf_counter()
         mcp_id = principal.mcp_id if principal else None
         outcomes: list[Outcome | None] = [None] * len(records)
         admitted: list[tuple[int, Admitted]] = []
         for position, record in enumerate(records):
             verdict = admit(
-                record.data, max_record_bytes=self.max_record_bytes, mcp_id=mcp_id, envelope=record.envelope
+                record.data,
+                max_record_bytes=self.max_record_bytes,
+                mcp_id=mcp_id,
+                envelope=record.envelope,
+                exact_identity=exact_identity,
             )
             if isinstance(verdict, Admitted):
                 admitted.append((position, verdict))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlsplit
 
 from ...errors import PublishError, PublishUnavailableError
-from ...record import DATA_FIELD
+from ...record import DATA_FIELD, EXACT_IDENTITY, IDENTITY_HEADER, all_exact
 from .outcomes import Outcome, settle
 
 try:
@@ -53,8 +53,14 @@ class _GrpcCore:
     def __init__(self, url: str, *, timeout_s: float, token: str | None) -> None:
         self.target, self.secure, token = target_and_token(url, token)
         self.where = f"the gateway at grpc{'s' if self.secure else ''}://{self.target}"
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.exact_metadata = (*self.metadata, (IDENTITY_HEADER.lower(), EXACT_IDENTITY.decode()))
         self.timeout_s = timeout_s
+
+    def metadata_for(self, entries: Sequence[dict[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+        """The call's metadata: with `record.IDENTITY_HEADER` when every entry is marked `identity exact` (see
+        `HttpTransport`'s `headers_for`)."""
+        return self.exact_metadata if all_exact(entries) else self.metadata
 
     def _ids(self, reply: ingest_pb2.InteractionBatchResponse, sent: int) -> list[str]:
         outcomes = [
@@ -99,7 +105,9 @@ class GrpcTransport(_GrpcCore):
         if not entries:
             return []
         try:
-            reply = self._stub.PublishBatch(batch_of(entries), timeout=self.timeout_s, metadata=self.metadata)
+            reply = self._stub.PublishBatch(
+                batch_of(entries), timeout=self.timeout_s, metadata=self.metadata_for(entries)
+            )
         except grpc.RpcError as error:
             raise self._failed(error) from error
         return self._ids(reply, len(entries))
@@ -133,7 +141,7 @@ class AsyncGrpcTransport(_GrpcCore):
             return []
         try:
             reply = await self._connected().PublishBatch(
-                batch_of(entries), timeout=self.timeout_s, metadata=self.metadata
+                batch_of(entries), timeout=self.timeout_s, metadata=self.metadata_for(entries)
             )
         except grpc.RpcError as error:
             raise self._failed(error) from error

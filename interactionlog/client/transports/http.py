@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...errors import PublishError, PublishUnavailableError, RecordTooLargeError
-from ...record import DATA_FIELD
+from ...record import DATA_FIELD, EXACT_IDENTITY, IDENTITY_HEADER, all_exact
 from ...redact import redact_url
 from .outcomes import Outcome, settle
 
@@ -79,7 +79,13 @@ class _HttpCore:
         self.headers = {"Content-Type": NDJSON, "Accept": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
+        self.exact_headers = {**self.headers, IDENTITY_HEADER: EXACT_IDENTITY.decode()}
         self.timeout = httpx.Timeout(timeout_s)
+
+    def headers_for(self, entries: Sequence[dict[bytes, bytes]]) -> dict[str, str]:
+        """The request's headers: with `record.IDENTITY_HEADER` when every entry is marked `identity exact`, so the
+        gateway marks them too (a batch mixing both goes unmarked: then the worker probes, safe)."""
+        return self.exact_headers if all_exact(entries) else self.headers
 
     def _unreachable(self, error: httpx.HTTPError) -> PublishUnavailableError:
         return PublishUnavailableError(
@@ -125,7 +131,7 @@ class HttpTransport(_HttpCore):
         if not entries:
             return []
         try:
-            response = self._client.post(self.endpoint, content=_body(entries), headers=self.headers)
+            response = self._client.post(self.endpoint, content=_body(entries), headers=self.headers_for(entries))
         except httpx.HTTPError as error:
             raise self._unreachable(error) from error
         ids = self._settle(response, len(entries))
@@ -152,7 +158,7 @@ class AsyncHttpTransport(_HttpCore):
         if not entries:
             return []
         try:
-            response = await self._client.post(self.endpoint, content=_body(entries), headers=self.headers)
+            response = await self._client.post(self.endpoint, content=_body(entries), headers=self.headers_for(entries))
         except httpx.HTTPError as error:
             raise self._unreachable(error) from error
         ids = self._settle(response, len(entries))
