@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -25,6 +25,38 @@ from .settings import with_database_url_hint
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+
+
+class Abandonment:
+    """Attempts awaited for at most a bound, then abandoned: no longer awaited, but kept referenced until they end.
+
+    A half-open connection (a frozen server, a silent network partition) never fails, it just never answers, so
+    its caller must give up on it itself; awaiting a cancelled psycopg operation would wait on the same dead
+    server. So an attempt past its bound is cancelled (taking effect whenever the server answers again: the
+    attempt then stops rather than finishing work nobody waits for) and left to end on its own, its connection
+    with it; the caller retries on another. Its outcome, when it comes, is retrieved and logged at debug level: the
+    caller was already told. Used by `worker.store.Store.persist_batch_within` and the `postgresql://` transport.
+    """
+
+    def __init__(self) -> None:
+        self._held: set[asyncio.Future[Any]] = set()
+
+    async def within(self, work: Awaitable[_T], timeout_s: float, hung: Callable[[], Exception]) -> _T:
+        """The result of `work` (an awaitable, run as a task) if it ends within `timeout_s` seconds, its exception
+        raised as it is; otherwise `hung()` is raised and the attempt abandoned."""
+        attempt = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
+        if attempt in done:
+            return attempt.result()
+        attempt.cancel()
+        self._held.add(attempt)
+        attempt.add_done_callback(self._forget)
+        raise hung()
+
+    def _forget(self, attempt: asyncio.Future[Any]) -> None:
+        self._held.discard(attempt)
+        if not attempt.cancelled() and attempt.exception() is not None:
+            log.debug("abandoned_attempt_failed", error=str(attempt.exception()))
 
 
 class StoppedError(InteractionlogError):

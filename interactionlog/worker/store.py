@@ -24,7 +24,6 @@ Connection loss and server trouble (08, 40, 53, 55, 57, 58, XX) are outages: `Da
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from psycopg.types.json import JsonbBinaryDumper
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import AttemptAbandonedError, DatabaseRefusedError, DatabaseUnavailableError
+from ..retry import Abandonment
 from ..rows import (
     COLUMN_TYPES,
     COLUMNS,
@@ -257,7 +257,7 @@ class Store:
         self._stored_copies = stored_copies(dedupe_window_hours)
         self._insert_row = insert_one_row(dedupe_window_hours)
         self._insert_exact_row = insert_one_row(0)
-        self._abandoned: set[asyncio.Task[PersistResult]] = set()  # hung attempts, kept referenced until they end
+        self._abandoned = Abandonment()  # hung attempts, kept referenced until they end
         # The systemic refusal of the last batch attempt, until a batch goes through: readiness reports it.
         self.refusal: str | None = None
         # Rows stored through the dedupe window's probe so far (what `statistics.keep_statistics` serves).
@@ -379,27 +379,18 @@ class Store:
         """`persist_batch`, abandoned if it takes longer than `timeout_s`: raises `AttemptAbandonedError` then.
 
         A half-open connection (a frozen server, a silent network partition) never fails; it just never
-        answers, while the batch's holder keeps other consumers away from it. So the holder must give up on such
-        a connection itself. Abandoned, not awaited: cancelling psycopg mid-COPY would wait on the same dead
-        server. The pool hands the retry a fresh connection; a late commit of the abandoned attempt is
-        harmless, the insert being idempotent.
+        answers, while the batch's holder keeps other consumers away from it. So the holder gives up on such a
+        connection itself (`retry.Abandonment`). The pool hands the retry a fresh connection; a late commit of the
+        abandoned attempt is harmless, the insert being idempotent.
         """
-        attempt = asyncio.create_task(self.persist_batch(rows, exact))
-        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
-        if attempt in done:
-            return attempt.result()
-        attempt.cancel()
-        self._abandoned.add(attempt)
-        attempt.add_done_callback(self._forget_abandoned)
-        raise AttemptAbandonedError(
-            f"storing a batch of {len(rows)} took longer than {timeout_s:g}s; abandoned its connection as hung "
-            "and retrying on another"
+        return await self._abandoned.within(
+            self.persist_batch(rows, exact),
+            timeout_s,
+            lambda: AttemptAbandonedError(
+                f"storing a batch of {len(rows)} took longer than {timeout_s:g}s; abandoned its connection as hung "
+                "and retrying on another"
+            ),
         )
-
-    def _forget_abandoned(self, attempt: asyncio.Task[PersistResult]) -> None:
-        self._abandoned.discard(attempt)
-        if not attempt.cancelled() and attempt.exception() is not None:
-            log.debug("abandoned_attempt_failed", error=str(attempt.exception()))
 
     @staticmethod
     async def _copy_into_table(conn: psycopg.AsyncConnection[Any], rows: Sequence[StoredRow]) -> PersistResult:

@@ -20,7 +20,6 @@ paused VM, a silent network) answers neither the statement nor its timeout: the 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from ...errors import PublishError, PublishUnavailableError
 from ...record import DATA_FIELD, EXACT_IDENTITY, IDENTITY_FIELD, Interaction
 from ...redact import redact_url
+from ...retry import Abandonment
 from ...rows import INSERT_ROW, LOCK_COPY_KEYS, StoredRow, insert_one_row, row_of
 
 DIRECT_ENTRY_ID = "direct"  # the stream_entry_id of rows that never went through a stream
@@ -189,7 +189,7 @@ class AsyncPostgresTransport(_PostgresCore):
     def __init__(self, url: str, *, timeout_s: float) -> None:
         super().__init__(url, timeout_s=timeout_s)
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
-        self._abandoned: set[asyncio.Future[None]] = set()  # hung attempts, kept referenced until they end
+        self._abandoned = Abandonment()  # hung attempts, kept referenced until they end
 
     async def _opened(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._pool is None:
@@ -203,21 +203,9 @@ class AsyncPostgresTransport(_PostgresCore):
         insert = insert_of(entries)
         if not insert.rows:
             return []
-        # Abandoned, not cancelled, past the bound: cancelling psycopg mid-statement would wait on the same
-        # frozen server (worker.store.Store.persist_batch_within does the same).
-        attempt = asyncio.ensure_future(self._insert(insert))
-        done, _ = await asyncio.wait({attempt}, timeout=self.bound_s)
-        if attempt not in done:
-            self._abandoned.add(attempt)
-            attempt.add_done_callback(self._forget)
-            raise self._hung()
-        attempt.result()
+        # Abandoned past the bound, as the worker abandons a hung batch (`retry.Abandonment`).
+        await self._abandoned.within(self._insert(insert), self.bound_s, self._hung)
         return [DIRECT_ENTRY_ID] * insert.rows
-
-    def _forget(self, attempt: asyncio.Future[None]) -> None:
-        self._abandoned.discard(attempt)
-        if not attempt.cancelled():
-            attempt.exception()  # retrieved: its failure was reported to the caller as unavailability already
 
     async def _insert(self, insert: _Insert) -> None:
         pool = await self._opened()
