@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass
 from itertools import repeat
-from operator import attrgetter, eq, itemgetter
+from operator import attrgetter, eq
 from typing import Literal
 
 import structlog
@@ -28,12 +28,11 @@ from ..retry import Backoff, OutageLog, sleep_unless_stopped, until_done
 from .dead_letters import DeadLetter
 from .decode import StoredRow, decode_entries
 from .store import PersistResult, Store
-from .streams import Entry, StreamGroup, total_size_bytes
+from .streams import ENTRY_FIELDS, ENTRY_ID, Entry, StreamGroup, total_size_bytes
 
 log = structlog.get_logger(__name__)
 
-# Entry.id, Entry.fields, StoredRow.stream_entry_id and .timestamp, as C functions for map().
-_ENTRY_ID, _ENTRY_FIELDS = itemgetter(0), itemgetter(1)
+# StoredRow.stream_entry_id and .timestamp, as C functions for map() (Entry's are `streams.ENTRY_ID`, `ENTRY_FIELDS`).
 _STREAM_ENTRY_ID, _TIMESTAMP = attrgetter("stream_entry_id"), attrgetter("timestamp")
 
 Source = Literal["new", "pending", "claimed"]
@@ -195,7 +194,7 @@ class Consumer:
     async def handle(self, entries: list[Entry], source: Source) -> BatchOutcome:
         """Triage, persist and settle one batch. Returns only once every entry is acked or dead-lettered."""
         live, deleted_ids = entries, []
-        if not all(map(_ENTRY_FIELDS, entries)):  # some were deleted while pending (Entry.deleted)
+        if not all(map(ENTRY_FIELDS, entries)):  # some were deleted while pending (Entry.deleted)
             deleted_ids = [entry.id for entry in entries if entry.deleted]
             live = [entry for entry in entries if not entry.deleted]
         if deleted_ids:
@@ -204,7 +203,7 @@ class Consumer:
         # the batch instead would count one more delivery).
         delivery_counts = {} if source == "new" else await self._delivery_counts(live)
         rows, exact, dead = self._triage(live, delivery_counts)
-        held = list(map(_ENTRY_ID, live))
+        held = list(map(ENTRY_ID, live))
         async with self.streams.holding(self.name, held, claim_idle_ms=self.options.claim_idle_ms):
             self._maybe_crash("after_read")
             started = time.perf_counter()
@@ -263,8 +262,8 @@ class Consumer:
                 else:
                     kept.append(entry)
         prefix = self.streams.identity_prefix  # "" with one stream: entry ids differ per shard only
-        ids = list(map(_ENTRY_ID, kept))
-        fields = list(map(_ENTRY_FIELDS, kept))
+        ids = list(map(ENTRY_ID, kept))
+        fields = list(map(ENTRY_FIELDS, kept))
         rows, errors = decode_entries(
             ids, fields, self.options.max_record_bytes, scrub=self.options.scrub_payloads, identity_prefix=prefix
         )
