@@ -78,7 +78,7 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     decide. For `BackgroundPublisher.publish`, which validates in the caller's thread and encodes later.
 
     Cheaper than `encode_plain`'s check (`checked_columns` parses the whole text, payloads included): msgspec
-    converts the dict's top-level fields, and the walk has checked the payloads. A record holding NaN, an infinity
+    converts the dict's top-level fields, and `_json_of` has checked the payloads. A record holding NaN, an infinity
     or an integer too long to parse back (the model accepts them, the encoding refuses them) is left to the model's
     path, so that it is refused on the thread exactly as before.
     """
