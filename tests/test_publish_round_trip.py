@@ -5,6 +5,7 @@ stops answering ends the wait in bounded time without leaving unread replies for
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -109,3 +110,21 @@ def test_a_frozen_redis_ends_the_wait_and_leaves_no_reply_behind(own_redis: Redi
     entries = stream_entries(redis.Redis.from_url(own_redis.url))
     assert [entry_id for entry_id, _ in entries][-10:] == ids
     assert len(set(ids)) == 10
+
+
+def test_replies_spread_over_many_socket_reads_come_back_in_order(redis_url: str, kind: str) -> None:
+    """A batch whose replies fill several reads of the socket (4,000 entry ids, about 100 KiB against 64 KiB a
+    read), entries of both shapes (with and without a written timestamp) mixed: every id returned is the id of the
+    entry added for that record, in order, and each entry holds the fields it was sent with."""
+    records = [record(i, **({"timestamp": "2026-12-01T00:00:00Z"} if i % 3 == 0 else {})) for i in range(4000)]
+    twin = Twin(kind, redis_url, timeout_s=TIMEOUT_S)
+    try:
+        ids = twin.publish_many(records)
+    finally:
+        twin.close()
+    entries = stream_entries(redis.Redis.from_url(redis_url))
+    assert [entry_id for entry_id, _ in entries] == ids
+    assert [json.loads(fields[b"data"])["interaction_id"] for _, fields in entries] == [
+        f"rec-{i:06d}" for i in range(4000)
+    ]
+    assert [fields.get(b"identity") for _, fields in entries] == [b"exact" if i % 3 == 0 else None for i in range(4000)]

@@ -9,24 +9,20 @@ sent, so the caller can publish the very same records again: each is stored once
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain
 from types import TracebackType
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Self
 
 import redis
 import redis.asyncio as aioredis
-from hiredis import pack_command
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
@@ -39,6 +35,7 @@ from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STRE
 from ..shards import Layout, default_shards, entry_mcp_id
 from . import transports
 from .plain import encode_plain
+from .resp import XaddFrames, read_replies, read_replies_async
 from .transports import hybrid
 
 # The publisher's bounded wait for Redis, per attempt: an MCP tool call must not hang on a dead Redis.
@@ -113,6 +110,7 @@ class _PublisherCore:
         self.maxlen = maxlen
         self.max_record_bytes = max_record_bytes
         self.strict = strict
+        self._frames: dict[tuple[str, int], XaddFrames] = {}  # by stream (one per shard) and cap
 
     def _encode_all(self, records: Iterable[Record]) -> list[dict[bytes, bytes]]:
         """Encode every record, or raise without sending anything: a lone record's own error, or for several one
@@ -136,14 +134,17 @@ class _PublisherCore:
         )
 
     def _packed_xadds(self, entries: Sequence[dict[bytes, bytes]]) -> bytes:
-        """The capped XADD of each entry, packed by hiredis into one payload for one socket write: what a redis-py
-        pipeline sends, less its per-command Python (benchmarks/NOTES.md)."""
-        cap = (b"MAXLEN", b"~", str(self.maxlen).encode(), b"*")
-        # hiredis's stub types the argument as a 1-tuple; any tuple of str, bytes and numbers is what it packs.
-        pack = cast(Callable[[tuple[bytes | str, ...]], bytes], pack_command)
-        return b"".join(
-            [pack((b"XADD", self.stream_of(fields), *cap, *chain.from_iterable(fields.items()))) for fields in entries]
-        )
+        """The capped XADD of each entry, framed in RESP (`resp.XaddFrames`) into one payload for one socket write:
+        what a redis-py pipeline sends, less its per-command Python (benchmarks/NOTES.md)."""
+        frames: list[bytes] = []
+        maxlen = self.maxlen
+        for fields in entries:
+            key = (self.stream_of(fields), maxlen)
+            framing = self._frames.get(key)
+            if framing is None:
+                framing = self._frames[key] = XaddFrames(*key)
+            framing.extend(frames, fields)
+        return b"".join(frames)
 
     def _queue_xadds(
         self, pipe: redis.client.Pipeline | aioredis.client.Pipeline, entries: Sequence[dict[bytes, bytes]]
@@ -324,52 +325,10 @@ def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
 
 
 def _round_trip(conn: Any, payload: bytes, replies: int) -> list[bytes]:
-    """Send `payload` (`replies` packed commands) on `conn` (a redis-py connection: its methods are untyped) and
-    read every reply; raises the first error reply, after all."""
+    """Send `payload` (`replies` packed commands) on `conn` (a sync redis-py connection) and read every reply
+    (`resp.read_replies`); raises the first error reply, after all."""
     conn.send_packed_command([payload])
-    found: list[bytes] = []
-    refused: ResponseError | None = None
-    for _ in range(replies):
-        try:
-            found.append(conn.read_response())
-        except ResponseError as error:
-            refused = refused or error
-    if refused is not None:
-        raise refused
-    return found
-
-
-# Replies read between two renewals of `_read_replies`' deadline.
-_REPLIES_PER_DEADLINE = 64
-
-
-async def _read_replies(conn: Any, replies: int, timeout_s: float) -> list[bytes]:
-    """Read `replies` replies from `conn` (an asyncio redis-py connection), raising the first error reply once all
-    are read, as `_round_trip` does.
-
-    redis-py's asyncio reads each take a timeout context of their own, which cost more than the XADD they wait for
-    (a quarter of `AsyncPublisher.publish_many`'s CPU, benchmarks/NOTES.md); here one deadline covers the reads and
-    is pushed back by `timeout_s` every `_REPLIES_PER_DEADLINE` replies, so a Redis that says nothing for about
-    `timeout_s` still ends the wait, as a socket timeout would: `RedisTimeoutError`, on a closed connection (its
-    unread replies must never reach the next command)."""
-    found: list[bytes] = []
-    refused: ResponseError | None = None
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout_s) as deadline:
-            for index in range(replies):
-                if index % _REPLIES_PER_DEADLINE == 0:
-                    deadline.reschedule(loop.time() + timeout_s)
-                try:
-                    found.append(await conn.read_response(timeout=math.inf))  # inf: no per-read timeout context
-                except ResponseError as error:
-                    refused = refused or error
-    except TimeoutError:
-        await conn.disconnect(nowait=True)
-        raise RedisTimeoutError(f"Timeout reading from Redis: no reply within {timeout_s} s") from None
-    if refused is not None:
-        raise refused
-    return found
+    return read_replies(conn, replies)
 
 
 def _client_options(timeout_s: float) -> dict[str, Any]:
@@ -590,7 +549,7 @@ class AsyncPublisher(_PublisherCore):
 
     async def _xadd_all(self, client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
         """`Publisher._xadd_all`'s round trip on an asyncio connection: one write, then every reply under one
-        deadline (`_read_replies`); a lost connection retried once on a fresh one, an error reply raised after
+        deadline (`resp.read_replies_async`); a lost connection retried once on a fresh one, an error reply raised after
         every reply is read."""
         payload = self._packed_xadds(entries)
         pool = client.connection_pool
@@ -599,7 +558,7 @@ class AsyncPublisher(_PublisherCore):
 
         async def round_trip() -> list[bytes]:
             await conn.send_packed_command([payload])
-            return await _read_replies(conn, len(entries), timeout_s)
+            return await read_replies_async(conn, len(entries), timeout_s)
 
         try:
             return await conn.retry.call_with_retry(  # type: ignore[no-any-return]  # redis-py's Retry is untyped
