@@ -86,15 +86,29 @@ _COMMON_TIMESTAMP = re.compile(
 )
 
 
+def holds_special_escape(data: bytes) -> bool:
+    """Whether `data` (JSON) writes `\\u0000` or a surrogate as an escape: the model refuses the first, and tells a
+    lone surrogate (refused) from a pair (fine). A preceding escaped backslash only over-matches."""
+    return _BACKSLASH in data and _SPECIAL_ESCAPE.search(data) is not None  # an int test is one memchr
+
+
+def needs_model(data: bytes) -> bool:
+    """Whether `data` (a record's JSON) holds what only the model may judge, found from its bytes alone: an escape
+    the model treats specially (`\\u0000`, a surrogate), an integer longer than `record.MAX_INT_DIGITS`, or
+    `MAX_FAST_BRACKETS` brackets or more (see the module docstring). Over-matches (such text inside a string)
+    only send a record down the model's path for nothing."""
+    return bool(
+        holds_special_escape(data)
+        or data.count(b"[") + data.count(b"{") >= MAX_FAST_BRACKETS
+        or (len(data) > MAX_INT_DIGITS and _LONG_DIGITS.search(data))
+    )
+
+
 def checked_columns(data: bytes) -> Columns | None:
     """`data`'s fields as the model would accept them (its ids possibly UNSET), or None when the model must decide
     (see the module docstring). `data` must already be within max_record_bytes. Its timestamp, when present, is
     checked with `fast_timestamp` by the caller."""
-    if (
-        (_BACKSLASH in data and _SPECIAL_ESCAPE.search(data))  # an int test is one memchr, a bytes one is not
-        or data.count(b"[") + data.count(b"{") >= MAX_FAST_BRACKETS
-        or (len(data) > MAX_INT_DIGITS and _LONG_DIGITS.search(data))
-    ):
+    if needs_model(data):
         return None
     try:
         columns = _DECODER.decode(data)

@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import atexit
 import collections
-import functools
 import os
 import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
@@ -65,7 +65,7 @@ from ..settings import DEFAULT_MAX_RECORD_BYTES, DEFAULT_REDIS_URL, DEFAULT_STRE
 from ..spans import Columns
 from .breaker import CircuitBreaker
 from .metrics import ClientMetrics
-from .plain import check_valid
+from .plain import check_valid, storable_as_written
 from .publisher import Publisher, Record, encode_fields
 from .spool import DEFAULT_MAX_BYTES, FsyncPolicy, FullPolicy, Spool
 from .truncate import truncate_to_fit
@@ -120,6 +120,44 @@ def _validated(body: bytes, defaults: dict[str, str]) -> Interaction:
     # timestamp must not mark the entry `identity exact`, see record.has_exact_identity).
     record.__pydantic_fields_set__.difference_update(defaults)
     return record
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRecord:
+    """A plain record `plain.check_valid` accepted: its JSON `body` as `to_json` wrote it (the scrubbed note in it
+    when the publisher scrubs), the `defaults` it lacks as text to splice in, its `interaction_id`, and whether its
+    author wrote the timestamp (`exact`, see record.has_exact_identity)."""
+
+    body: bytes
+    defaults: dict[str, str]
+    interaction_id: str
+    exact: bool
+
+    def validated(self) -> Interaction:
+        """The record as the model makes it (see `_validated`), for the model's path."""
+        return _validated(self.body, self.defaults)
+
+    def data(self) -> bytes:
+        """The record's JSON with its defaults spliced in: the caller's own values, as written."""
+        if not self.defaults:
+            return self.body
+        return splice_fields(self.body.decode(), self.defaults).encode()
+
+
+def _checked_record(body: bytes, columns: Columns) -> CheckedRecord:
+    """`check_valid`'s answer as a queue item, with the defaults the record lacks made now."""
+    defaults: dict[str, str] = {}
+    interaction_id = columns.interaction_id
+    if interaction_id is msgspec.UNSET:
+        interaction_id = defaults["interaction_id"] = fast_interaction_id()
+    exact = columns.timestamp is not msgspec.UNSET
+    if not exact:  # as text, which the model reads back as the same instant
+        defaults["timestamp"] = format_timestamp(datetime.now(UTC))
+    return CheckedRecord(body, defaults, interaction_id, exact)
+
+
+# What the queue holds: a record the model made, one `check_valid` accepted, or a builder (`publish_deferred`).
+_QueueItem = Interaction | CheckedRecord | Callable[[], Mapping[str, Any]]
 
 
 def default_spool_dir() -> Path:
@@ -179,7 +217,7 @@ class BackgroundPublisher:
         self.metrics = ClientMetrics.create(registry)
         self.url: str | None = None  # set by from_url: its secrets are masked in what this publisher logs
         self.metrics.queue_depth.set_function(lambda: len(self._queue))
-        self._queue: collections.deque[Interaction | Callable[[], Record]] = collections.deque()
+        self._queue: collections.deque[_QueueItem] = collections.deque()
         self._wake = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
@@ -253,8 +291,8 @@ class BackgroundPublisher:
         if isinstance(record, Interaction):
             interaction = record
         else:
-            checked = check_valid(record)  # a dict of JSON's own types the model accepts, or None
-            if checked is not None:  # the model accepts it: its JSON is the snapshot the thread validates
+            checked = check_valid(self._noted(record))  # a dict of JSON's own types the model accepts, or None
+            if checked is not None:  # the model accepts it: its JSON is the snapshot the thread encodes
                 return self._enqueue_checked(*checked)
             fields = dict(record)
             # Cheaper than the model's own defaults (uuid4 reads the OS's random source on every call).
@@ -264,18 +302,24 @@ class BackgroundPublisher:
         self._enqueue(interaction)
         return interaction.interaction_id
 
+    def _noted(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`record` (a dict) with the scrubbed note in its `metadata`, as `encode` adds it on the model's path, when
+        this publisher scrubs: then the JSON `check_valid` writes holds it already. Anything else as it is."""
+        if not self.scrubber.enabled or type(record) is not dict:
+            return record
+        metadata = record.get("metadata")
+        if metadata is None:
+            return {**record, "metadata": {SCRUBBED_NOTE: True}}
+        if type(metadata) is dict:
+            return {**record, "metadata": {**metadata, SCRUBBED_NOTE: True}}
+        return record  # not an object: invalid, which the model's path says
+
     def _enqueue_checked(self, body: bytes, columns: Columns) -> str:
         """Enqueue a plain record that `plain.check_valid` found valid, as its JSON `body` (a copy the caller can
-        no longer change, as the model's copy was) and the defaults it lacks, made now as `publish` makes them;
-        the thread validates it from that JSON, so its entry is the one the model's path makes."""
-        defaults: dict[str, str] = {}
-        interaction_id = columns.interaction_id
-        if interaction_id is msgspec.UNSET:
-            interaction_id = defaults["interaction_id"] = fast_interaction_id()
-        if columns.timestamp is msgspec.UNSET:  # as text, which the model reads back as the same instant
-            defaults["timestamp"] = format_timestamp(datetime.now(UTC))
-        self._enqueue(functools.partial(_validated, body, defaults))
-        return interaction_id
+        no longer change, as the model's copy was) and the defaults it lacks, made now as `publish` makes them."""
+        checked = _checked_record(body, columns)
+        self._enqueue(checked)
+        return checked.interaction_id
 
     def publish_deferred(self, build: Callable[[], Mapping[str, Any]]) -> None:
         """Enqueue a record that `build` makes later, on the background thread; for instrumentation.
@@ -286,7 +330,7 @@ class BackgroundPublisher:
         """
         self._enqueue(build)
 
-    def _enqueue(self, item: Interaction | Callable[[], Record]) -> None:
+    def _enqueue(self, item: _QueueItem) -> None:
         if self._closed:
             raise PublishError("this BackgroundPublisher is closed; create a new one to publish")
         if len(self._queue) >= self.queue_max:
@@ -298,7 +342,7 @@ class BackgroundPublisher:
         if not self._busy and not self._wake.is_set():
             self._wake.set()
 
-    def _overflow(self, item: Interaction | Callable[[], Record]) -> None:
+    def _overflow(self, item: _QueueItem) -> None:
         entry = self._encode_item(item)
         if entry is not None:
             self._store([entry], "overflow")
@@ -331,10 +375,35 @@ class BackgroundPublisher:
         cap = self.sender.max_record_bytes
         return entry_fields(encode_fields(truncate_to_fit(interaction, cap), cap)[DATA_FIELD], exact=exact)
 
-    def _encode_item(self, item: Interaction | Callable[[], Record]) -> Entry | None:
+    def _encode_checked(self, record: CheckedRecord) -> Entry | None:
+        """The entry of a record `check_valid` accepted, straight from its JSON: the same entry `encode` makes of
+        it but for the JSON text, which keeps the caller's own (key order, nulls, as `Publisher` stores a dict).
+        None when the model's path must make it: a scrubber with a callback, a payload that may hold a secret, a
+        record over the size cap, or text the model must judge (`plain.storable_as_written`)."""
+        if self.scrubber.callback is not None:
+            return None
+        data = record.data()
+        if (
+            len(data) > self.sender.max_record_bytes
+            or not storable_as_written(data)
+            or (self.scrubber.enabled and might_hold_secrets(self.scrubber, data))
+        ):
+            return None
+        return entry_fields(data, exact=record.exact)
+
+    def _encode_item(self, item: _QueueItem) -> Entry | None:
         """Encode a queued item; an item that cannot be encoded is counted, logged without values, and None."""
         try:
-            return self.encode(item if isinstance(item, Interaction) else item())
+            record: Record | CheckedRecord
+            if isinstance(item, Interaction | CheckedRecord):
+                record = item
+            else:  # a builder's record: a dict is checked as `publish` checks it, here on the thread
+                built = item()
+                checked = check_valid(self._noted(built))
+                record = built if checked is None else _checked_record(*checked)
+            if isinstance(record, CheckedRecord):
+                return self._encode_checked(record) or self.encode(record.validated())
+            return self.encode(record)
         except Exception as error:  # a bad record must not stop the thread or lose its batch-mates
             self.metrics.dropped.labels("invalid").inc()
             # No traceback and no message: both would echo the values, which may be secrets.

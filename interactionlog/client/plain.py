@@ -25,7 +25,7 @@ import msgspec
 from pydantic_core import to_json
 
 from ..record import MAX_INT_DIGITS, Interaction, entry_fields, format_timestamp, splice_fields
-from ..spans import MAX_FAST_BRACKETS, Columns, checked_columns, fast_timestamp
+from ..spans import MAX_FAST_BRACKETS, Columns, checked_columns, fast_timestamp, holds_special_escape
 
 _read_json = msgspec.json.decode
 _KNOWN_FIELDS = frozenset(Interaction.model_fields)
@@ -62,6 +62,16 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     return entry_fields(body, exact=columns.timestamp is not msgspec.UNSET)  # record.has_exact_identity
 
 
+def storable_as_written(body: bytes) -> bool:
+    """Whether `body`, the JSON of a record `check_valid` accepted (its defaults spliced in or not), is what the
+    model's path would store for it, unchanged: `check_valid` has ruled out NaN, infinities, long integers and deep
+    nesting; left are a NUL or a surrogate written as an escape (`spans.holds_special_escape`) and a U+FFFD, which
+    pydantic-core writes for a lone surrogate in a dict key where the model's path refuses the record. False is
+    for the model's path to settle (it may still store the record)."""
+    odd = _FFFD_LEAD in body and _REPLACEMENT_CHARACTER in body  # an int test is one memchr: ASCII text skips it
+    return not (odd or holds_special_escape(body))
+
+
 class _Fields(Columns):
     """The columns as msgspec converts them from the dict itself rather than from its JSON: the payloads are any
     JSON value (`_json_of` has checked them); `metadata` must be a dict."""
@@ -91,10 +101,10 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
         fields = msgspec.convert(record, _Fields, strict=True)
     except (msgspec.ValidationError, RecursionError):
         return None
-    # NaN and infinities are written as tokens (found in a string too: then declined for nothing, which is
-    # allowed). An integer too long to parse back fits only in a long text: there, the bytes pass of
+    # NaN and infinities never get here: `to_json` writes them as tokens msgspec does not read back, so `_json_of`
+    # answered None. An integer too long to parse back fits only in a long text: there, the bytes pass of
     # `checked_columns` rules it out (declining the rare other record it declines too).
-    unreadable = b"NaN" in body or b"Infinity" in body or (len(body) > MAX_INT_DIGITS and checked_columns(body) is None)
+    unreadable = len(body) > MAX_INT_DIGITS and checked_columns(body) is None
     metadata, timestamp = fields.metadata, fields.timestamp
     if (
         unreadable
