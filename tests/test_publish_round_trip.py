@@ -128,3 +128,48 @@ def test_replies_spread_over_many_socket_reads_come_back_in_order(redis_url: str
         f"rec-{i:06d}" for i in range(4000)
     ]
     assert [fields.get(b"identity") for _, fields in entries] == [b"exact" if i % 3 == 0 else None for i in range(4000)]
+
+
+class _Interrupted(Exception):
+    """Raised by a signal handler in the middle of a blocking read."""
+
+
+def test_a_publish_cancelled_or_interrupted_while_waiting_leaves_no_reply_behind(
+    own_redis: RedisServer, kind: str
+) -> None:
+    """A publish abandoned while it waits for its replies (the asyncio one cancelled by a caller's own bound, as
+    the gateways abandon a publish; the sync one interrupted by a signal handler's exception), Redis frozen: once
+    Redis answers again, the same publisher's next batch returns its own ids, never the abandoned batch's replies,
+    which Redis sends when it wakes."""
+    pid = own_redis.pid
+    assert pid is not None
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise _Interrupted
+
+    twin = Twin(kind, own_redis.url, timeout_s=5.0)
+    try:
+        twin.publish_many([record(0)])  # connected and pooled
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            batch = [record(i) for i in range(1, 201)]
+            if kind == "sync":
+                previous = signal.signal(signal.SIGALRM, interrupt)
+                signal.setitimer(signal.ITIMER_REAL, 0.3)
+                try:
+                    with pytest.raises(_Interrupted):
+                        twin.publish_many(batch)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, previous)
+            else:
+                with pytest.raises(TimeoutError):
+                    twin._loop.run_until_complete(asyncio.wait_for(twin._async.publish_many(batch), 0.3))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.3)  # the abandoned batch's replies reach the socket, if it is still open
+        ids = twin.publish_many([record(i) for i in range(201, 211)])
+    finally:
+        twin.close()
+    entries = stream_entries(redis.Redis.from_url(own_redis.url))
+    assert [entry_id for entry_id, _ in entries][-10:] == ids

@@ -9,8 +9,9 @@ is made once per stream, and an entry costs one format and its bytes (0.5 us a r
 redis-py reads replies one call at a time, each with its own checks (1.9 us a reply against 0.9 here); here the
 socket is read in large chunks and hiredis hands out every reply they hold. Errors are redis-py's own: an error
 reply is the exception redis-py's parser would make of it (`ResponseError` and its subclasses), a timeout is
-`redis.exceptions.TimeoutError`, a closed or failed socket `redis.exceptions.ConnectionError`, and the connection
-is then closed, so that late replies never reach the next command. The RESP specification:
+`redis.exceptions.TimeoutError`, a closed or failed socket `redis.exceptions.ConnectionError`; then, and when
+the read is cancelled or interrupted, the connection is closed (as redis-py closes it), so that replies left on
+the wire never reach the next command. The RESP specification:
 https://redis.io/docs/latest/develop/reference/protocol-spec/.
 """
 
@@ -131,6 +132,9 @@ def read_replies(conn: Any, expected: int) -> list[Any]:
     except OSError as error:
         conn.disconnect()
         raise RedisConnectionError(f"Error while reading from {conn.host}:{conn.port}: {error}") from error
+    except BaseException:  # interrupted (a signal handler's exception): the replies left unread must go with it
+        conn.disconnect()
+        raise
 
 
 async def read_replies_async(conn: Any, expected: int, timeout_s: float) -> list[Any]:
@@ -156,3 +160,6 @@ async def read_replies_async(conn: Any, expected: int, timeout_s: float) -> list
     except OSError as error:
         await conn.disconnect(nowait=True)
         raise RedisConnectionError(f"Error while reading from Redis: {error}") from error
+    except BaseException:  # cancelled (a caller's bound, a client gone): the replies left unread must go with it
+        await conn.disconnect(nowait=True)
+        raise
