@@ -105,3 +105,12 @@ def test_an_empty_read_is_a_closed_connection() -> None:
     """A read of no bytes (the server closed the connection) raises redis-py's ConnectionError."""
     with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
         Replies(1).feed(b"", 0)
+
+
+def test_a_resp3_push_message_between_replies_is_not_taken_for_one() -> None:
+    """A RESP3 push (a client-tracking invalidation, say) arriving between two replies is skipped: the replies
+    counted are the commands' own."""
+    wire = b"$3\r\n1-1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$3\r\n1-2\r\n"
+    replies = Replies(2)
+    assert replies.feed(wire, len(wire))
+    assert replies.result() == [b"1-1", b"1-2"]

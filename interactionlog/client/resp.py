@@ -99,6 +99,8 @@ class Replies:
             reply = reader.gets()
             if reply is _NOT_ENOUGH_DATA:
                 return False
+            if isinstance(reply, hiredis.PushNotification):  # RESP3 out-of-band (invalidations...): not a reply
+                continue
             if isinstance(reply, ResponseError):
                 self._refused = self._refused or reply
             else:
