@@ -13,7 +13,8 @@ import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
-from redis.exceptions import InvalidResponse, ResponseError
+from redis._parsers import BaseParser
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from interactionlog.client.resp import Replies, XaddFrames
 from interactionlog.record import entry_fields
@@ -114,3 +115,25 @@ def test_a_resp3_push_message_between_replies_is_not_taken_for_one() -> None:
     replies = Replies(2)
     assert replies.feed(wire, len(wire))
     assert replies.result() == [b"1-1", b"1-2"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        *(f"{code} 3999 127.0.0.1:6381" for code in BaseParser.EXCEPTION_CLASSES if code != "ERR"),  # as MOVED writes
+        *(f"ERR {text}" for text in cast(dict[str, type], BaseParser.EXCEPTION_CLASSES["ERR"])),
+        "ERR anything else",
+        "NOTACODE at all",
+    ],
+)
+def test_no_error_reply_passes_for_an_entry_id(message: str) -> None:
+    """Every error reply, whichever class redis-py's parser gives it (`-LOADING` is a ConnectionError subclass, not a
+    ResponseError), is raised by `result` once all replies are read, never returned as a reply."""
+    wire = f"$3\r\n1-1\r\n-{message}\r\n$3\r\n1-2\r\n".encode()
+    replies = Replies(3)
+    assert replies.feed(wire, len(wire))
+    with pytest.raises(RedisError) as raised:
+        replies.result()
+    parse_error = cast(Callable[[str], RedisError], BaseParser.parse_error)  # untyped in redis-py
+    assert type(raised.value) is type(parse_error(message))
+    assert replies.found == [b"1-1", b"1-2"]

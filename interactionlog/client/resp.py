@@ -26,7 +26,7 @@ from typing import Any, cast
 import hiredis
 from redis._parsers import BaseParser  # the error-reply classes redis-py's own parsers map replies to
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..record import DATA_FIELD, EXACT_IDENTITY, IDENTITY_FIELD, VERSION_FIELD, WIRE_VERSION
@@ -74,8 +74,10 @@ class XaddFrames:
 
 
 class Replies:
-    """The replies of `expected` pipelined commands, collected from the bytes fed in, in order; error replies are
-    kept aside and the first one raised by `result`, once all are read (so the connection stays in step)."""
+    """The replies of `expected` pipelined commands, collected from the bytes fed in, in order; error replies (as
+    redis-py's parser classes them: `ResponseError` and its subclasses, or a `ConnectionError` subclass for
+    LOADING, NOAUTH, WRONGPASS...) are kept aside and the first one raised by `result`, once all are read (so the
+    connection stays in step)."""
 
     def __init__(self, expected: int) -> None:
         self._reader = hiredis.Reader(
@@ -83,7 +85,7 @@ class Replies:
         )
         self._missing = expected
         self.found: list[Any] = []
-        self._refused: ResponseError | None = None
+        self._refused: RedisError | None = None
 
     def feed(self, data: bytes | bytearray, length: int) -> bool:
         """Take the first `length` bytes of `data`, a read from the socket; True once every expected reply is in.
@@ -101,7 +103,9 @@ class Replies:
                 return False
             if isinstance(reply, hiredis.PushNotification):  # RESP3 out-of-band (invalidations...): not a reply
                 continue
-            if isinstance(reply, ResponseError):
+            # Every error reply, whatever class redis-py's parser gives it: LOADING, NOAUTH or WRONGPASS make a
+            # ConnectionError subclass, not a ResponseError, and must never pass for an entry id.
+            if isinstance(reply, RedisError):
                 self._refused = self._refused or reply
             else:
                 found.append(reply)
