@@ -81,6 +81,8 @@ DEFAULT_BATCH_MAX = 500
 DEFAULT_SPOOL_INTERVAL_S = 1.0
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
 DEFAULT_LINGER_S = 0.02
+# The longest the background thread encodes before it offers the GIL to the MCP's own threads.
+YIELD_EVERY_S = 0.0001
 
 
 # Interaction ids drawn from a PRNG seeded by the OS (and re-seeded in a forked child, so that two processes
@@ -450,12 +452,17 @@ class BackgroundPublisher:
         self._mark_busy()
         batch: list[Entry] = []
         taken = 0
+        yielded = time.perf_counter()
         while self._queue and taken < self.batch_max:
             entry = self._encode_item(self._queue.popleft())
             taken += 1
             if entry is not None:
                 batch.append(entry)
-            time.sleep(0)  # let a waiting request thread take the GIL between records, not after the whole batch
+            # Let a waiting request thread take the GIL every YIELD_EVERY_S of encoding, not only after the whole
+            # batch; a yield after every record cost the callers more than it spared them (benchmarks/NOTES.md).
+            if time.perf_counter() - yielded >= YIELD_EVERY_S:
+                time.sleep(0)
+                yielded = time.perf_counter()
         return batch
 
     def _drain_queue(self, stopping: bool) -> None:
