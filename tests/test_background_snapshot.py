@@ -149,8 +149,8 @@ def test_a_record_changed_after_publish_is_sent_as_it_was_published(redis_url: s
 
 def test_defaults_made_in_the_callers_thread_are_the_ones_sent(redis_url: str, encoder: BackgroundPublisher) -> None:
     """A record without interaction_id and timestamp: the id publish() returns and a timestamp taken during the
-    call are sent, and the entry is the model path's entry for the record with those two values, but for the
-    `identity exact` mark that only a caller's own timestamp earns."""
+    call are sent, spliced ahead of the record's own JSON as `Publisher` splices them, and the entry is not marked
+    `identity exact`, which only a caller's own timestamp earns."""
     record = {"mcp_id": "m", "method": "tools/call", "request": {"a": [1, 2.5, None]}, "own": True}
     publisher = BackgroundPublisher.from_url(redis_url, spool_dir=False)
     try:

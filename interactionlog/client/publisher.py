@@ -429,8 +429,9 @@ class Publisher(_PublisherCore):
         return ids
 
     def _xadd_all(self, client: redis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
-        """The capped XADDs of `entries`, packed by hiredis and sent in one socket write, then their replies: what
-        a redis-py pipeline does, less its per-command Python (8 us against 4 a record, benchmarks/NOTES.md).
+        """The capped XADDs of `entries`, framed by `resp.XaddFrames` and sent in one socket write, then their
+        replies, read by `resp.read_replies`: what a redis-py pipeline does, less its per-command Python
+        (benchmarks/NOTES.md, rounds 1 and 5).
 
         Like the pipeline it replaces, a lost connection is retried once on a fresh one (the client's `retry`),
         and an error reply raises the first one once every reply is read, so the connection stays usable.
