@@ -56,7 +56,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 def test_an_error_reply_is_raised_after_every_reply_is_read(redis_url: str, kind: str) -> None:
     """Redis refusing every XADD of a batch (the stream key holds a string) raises PublishError; the replies are
-    all read, so the same publisher's next batch gets its own entry ids, not the refusals left on the wire."""
+    all read, so the same publisher's next batch gets its own entry ids, not the refusals left on the wire, on the
+    same connection (an error reply is Redis answering: nothing to reconnect for)."""
     client = redis.Redis.from_url(redis_url)
     client.set("interactions", "not a stream")
     twin = Twin(kind, redis_url, timeout_s=TIMEOUT_S)
@@ -66,7 +67,9 @@ def test_an_error_reply_is_raised_after_every_reply_is_read(redis_url: str, kind
         assert not isinstance(caught.value, PublishUnavailableError)
         assert len(caught.value.entries) == 300
         client.delete("interactions")
+        connections = client.info("stats")["total_connections_received"]
         ids = twin.publish_many([record(i) for i in range(300, 310)])
+        assert client.info("stats")["total_connections_received"] == connections
     finally:
         twin.close()
     assert [entry_id for entry_id, _ in stream_entries(client)] == ids

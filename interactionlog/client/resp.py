@@ -126,21 +126,18 @@ def read_replies(conn: Any, expected: int) -> list[Any]:
     buffer = bytearray(_READ_SIZE)
     replies = Replies(expected)
     try:
-        while True:
-            if replies.feed(buffer, sock.recv_into(buffer)):
-                return replies.result()
-    except (RedisConnectionError, InvalidResponse):
-        conn.disconnect()
-        raise
+        while not replies.feed(buffer, sock.recv_into(buffer)):
+            pass
     except TimeoutError:  # socket.timeout: the socket's own timeout (redis-py's socket_timeout)
         conn.disconnect()
         raise RedisTimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
     except OSError as error:
         conn.disconnect()
         raise RedisConnectionError(f"Error while reading from {conn.host}:{conn.port}: {error}") from error
-    except BaseException:  # interrupted (a signal handler's exception): the replies left unread must go with it
+    except BaseException:  # closed, not RESP, interrupted (a signal handler's exception): unread replies go with it
         conn.disconnect()
         raise
+    return replies.result()  # every reply read: an error reply leaves the connection in step, and open
 
 
 async def read_replies_async(conn: Any, expected: int, timeout_s: float) -> list[Any]:
@@ -152,20 +149,15 @@ async def read_replies_async(conn: Any, expected: int, timeout_s: float) -> list
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s) as deadline:
-            while True:
-                data = await reader.read(_READ_SIZE)
-                if replies.feed(data, len(data)):
-                    return replies.result()
+            while not replies.feed(data := await reader.read(_READ_SIZE), len(data)):
                 deadline.reschedule(loop.time() + timeout_s)
-    except (RedisConnectionError, InvalidResponse):
-        await conn.disconnect(nowait=True)
-        raise
     except TimeoutError:
         await conn.disconnect(nowait=True)
         raise RedisTimeoutError(f"Timeout reading from Redis: no reply within {timeout_s} s") from None
     except OSError as error:
         await conn.disconnect(nowait=True)
         raise RedisConnectionError(f"Error while reading from Redis: {error}") from error
-    except BaseException:  # cancelled (a caller's bound, a client gone): the replies left unread must go with it
+    except BaseException:  # closed, not RESP, cancelled (a caller's bound, a client gone): unread replies go with it
         await conn.disconnect(nowait=True)
         raise
+    return replies.result()  # every reply read: an error reply leaves the connection in step, and open
