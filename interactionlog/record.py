@@ -42,6 +42,14 @@ EXACT_IDENTITY = b"exact"
 # only loses the dedupe of its own copies stamped apart (README "Idempotency").
 IDENTITY_HEADER = "Interactionlog-Identity"
 
+
+def says_exact_identity(value: str | bytes | None) -> bool:
+    """Whether a header's or metadata's `value` (IDENTITY_HEADER's) is the word `exact`, in any case and spacing."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value is not None and value.strip().lower() == EXACT_IDENTITY.decode()
+
+
 # Columns are TEXT with B-tree indexes; the caps keep one runaway value from bloating the index.
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 Identifier = Annotated[str, Field(min_length=1, max_length=100)]

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # type: ignore[i
 
 from ..client.transports.outcomes import UNAVAILABLE, Outcome
 from ..proto import ingest_pb2, ingest_pb2_grpc
-from ..record import EXACT_IDENTITY, IDENTITY_HEADER
+from ..record import IDENTITY_HEADER, says_exact_identity
 from .health import GatewayHealth
 from .ingest import Ingest, Submitted
 from .metrics import GRPC
@@ -125,10 +125,8 @@ def _one(message: ingest_pb2.InteractionData) -> list[Submitted]:
 def _exact_identity(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     """Whether the call's metadata says its records carry the timestamps their authors wrote (`record.IDENTITY_HEADER`,
     lowercase as gRPC metadata keys are)."""
-    key, exact = IDENTITY_HEADER.lower(), EXACT_IDENTITY.decode()
-    return any(
-        name == key and str(value).strip().lower() == exact for name, value in context.invocation_metadata() or ()
-    )
+    key = IDENTITY_HEADER.lower()
+    return any(name == key and says_exact_identity(value) for name, value in context.invocation_metadata() or ())
 
 
 def _many(message: ingest_pb2.InteractionBatch) -> list[Submitted]:

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from ..client.transports.outcomes import BACKLOG, FORBIDDEN, UNAVAILABLE, Outcome
 from ..probes import LIVENESS_STALE_S
-from ..record import EXACT_IDENTITY, IDENTITY_HEADER, Interaction
+from ..record import IDENTITY_HEADER, Interaction, says_exact_identity
 from .bodies import BodyError, decompress, read_capped, split_records
 from .health import GatewayHealth
 from .ingest import Ingest, Submitted
@@ -175,7 +175,7 @@ def create_app(
             records = await _records(request, max_body_bytes, request_timeout_s)
         except BodyError as error:
             return _error(error.status, error.error, str(error)), 0
-        exact = request.headers.get(IDENTITY_HEADER, "").strip().lower() == EXACT_IDENTITY.decode()
+        exact = says_exact_identity(request.headers.get(IDENTITY_HEADER))
         outcomes = await ingest.submit(records, principal, TRANSPORT, exact_identity=exact)
         return _judged(outcomes, retry_after), len(records)
 
