@@ -92,15 +92,19 @@ def holds_special_escape(data: bytes) -> bool:
     return _BACKSLASH in data and _SPECIAL_ESCAPE.search(data) is not None  # an int test is one memchr
 
 
+def nests_deeply(data: bytes) -> bool:
+    """Whether `data` (JSON) holds `MAX_FAST_BRACKETS` brackets or more, the bound under which it cannot nest as deep
+    as the model refuses (those inside strings counted too, which only declines a record for nothing)."""
+    return data.count(b"[") + data.count(b"{") >= MAX_FAST_BRACKETS
+
+
 def needs_model(data: bytes) -> bool:
     """Whether `data` (a record's JSON) holds what only the model may judge, found from its bytes alone: an escape
     the model treats specially (`\\u0000`, a surrogate), an integer longer than `record.MAX_INT_DIGITS`, or
     `MAX_FAST_BRACKETS` brackets or more (see the module docstring). Over-matches (such text inside a string)
     only send a record down the model's path for nothing."""
     return bool(
-        holds_special_escape(data)
-        or data.count(b"[") + data.count(b"{") >= MAX_FAST_BRACKETS
-        or (len(data) > MAX_INT_DIGITS and _LONG_DIGITS.search(data))
+        holds_special_escape(data) or nests_deeply(data) or (len(data) > MAX_INT_DIGITS and _LONG_DIGITS.search(data))
     )
 
 

@@ -25,7 +25,7 @@ import msgspec
 from pydantic_core import to_json
 
 from ..record import MAX_INT_DIGITS, Interaction, entry_fields, format_timestamp, splice_fields
-from ..spans import MAX_FAST_BRACKETS, Columns, checked_columns, fast_timestamp, holds_special_escape
+from ..spans import Columns, checked_columns, fast_timestamp, holds_special_escape, nests_deeply
 
 _read_json = msgspec.json.decode
 _KNOWN_FIELDS = frozenset(Interaction.model_fields)
@@ -44,8 +44,7 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     body = _json_of(record)
     if body is None:
         return None
-    odd = _FFFD_LEAD in body and _REPLACEMENT_CHARACTER in body  # an int test is one memchr: ASCII text skips it
-    columns = None if odd else checked_columns(body)
+    columns = None if _writes_replacement_character(body) else checked_columns(body)
     if columns is None:
         return None
     defaults: dict[str, str] = {}
@@ -68,8 +67,11 @@ def storable_as_written(body: bytes) -> bool:
     nesting; left are a NUL or a surrogate written as an escape (`spans.holds_special_escape`) and a U+FFFD, which
     pydantic-core writes for a lone surrogate in a dict key where the model's path refuses the record. False is
     for the model's path to settle (it may still store the record)."""
-    odd = _FFFD_LEAD in body and _REPLACEMENT_CHARACTER in body  # an int test is one memchr: ASCII text skips it
-    return not (odd or holds_special_escape(body))
+    return not (_writes_replacement_character(body) or holds_special_escape(body))
+
+
+def _writes_replacement_character(body: bytes) -> bool:
+    return _FFFD_LEAD in body and _REPLACEMENT_CHARACTER in body  # an int test is one memchr: ASCII text skips it
 
 
 class _Fields(Columns):
@@ -93,9 +95,7 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     path, so that it is refused on the thread exactly as before.
     """
     body = _json_of(record)
-    # The model refuses nesting about 250 deep: fewer brackets than MAX_FAST_BRACKETS rule that out (those inside
-    # strings counted too, which only declines a record for nothing).
-    if body is None or body.count(b"[") + body.count(b"{") >= MAX_FAST_BRACKETS:
+    if body is None or nests_deeply(body):  # the model refuses nesting about 250 deep
         return None
     try:
         fields = msgspec.convert(record, _Fields, strict=True)
