@@ -73,8 +73,10 @@ WORKER_TREE = REPO
 
 
 def _tree(argv: Sequence[str]) -> Path:
-    """The checkout a contender's command runs in: WORKER_TREE for `python -m interactionlog`, else this one."""
-    return WORKER_TREE if list(argv[1:3]) == ["-m", "interactionlog"] else REPO
+    """The checkout a contender's command runs in: WORKER_TREE for `python -m interactionlog` (behind a prefix such
+    as valgrind's too), else this one."""
+    runs_package = any(list(argv[index : index + 2]) == ["-m", "interactionlog"] for index in range(len(argv)))
+    return WORKER_TREE if runs_package else REPO
 
 
 def _env(tree: Path = REPO) -> dict[str, str]:
@@ -130,11 +132,11 @@ def _group_state(client: redis.Redis, stream: str, group: str) -> tuple[str, int
     raise RuntimeError(f"group {group} vanished from {stream}")
 
 
-def _stop_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+def _stop_all(processes: Sequence[subprocess.Popen[bytes]], timeout_s: float = STOP_TIMEOUT_S) -> None:
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     for process in processes:
         try:
             process.wait(timeout=max(deadline - time.monotonic(), 0.1))
@@ -158,8 +160,10 @@ def run_processes(
     commands: Commands,
     count: int,
     max_s: float,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
 ) -> DrainResult:
-    """Drain the newest `count` entries with the contender's processes; stop them at max_s if not drained.
+    """Drain the newest `count` entries with the contender's processes; stop them at max_s if not drained, and
+    kill those still running `stop_timeout_s` after SIGTERM.
 
     CPU is counted from the first delivery (the group's last-delivered id moves) to the end of the drain, so the
     interpreter's start-up does not inflate the per-row figures of short runs.
@@ -205,7 +209,7 @@ def run_processes(
             if not drained:
                 note = f"stopped after {max_s:.0f} s"
         finally:
-            _stop_all(processes)
+            _stop_all(processes, stop_timeout_s)
     cpu = [end - begin for end, begin in zip(cpu_end, cpu_start or cpu_end, strict=True)]
     rows, rate = measure_table(target.database_url)
     drop_database(servers, f"bench_{slug}")

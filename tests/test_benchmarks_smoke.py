@@ -24,20 +24,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _run(module: str, *args: str, timeout_s: float) -> str:
+    """`python -m <module> <args>` from the repository root, without the caller's INTERACTIONLOG_* settings; its
+    output, once it exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERACTIONLOG_")}
+    argv = [sys.executable, "-m", module, *args]
+    completed = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
 def test_quick_benchmark_prints_every_figure_and_target() -> None:
     """A quick run exits 0 and prints the drain table, both sweeps, the publish side and every target."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INTERACTIONLOG_")}
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    out = completed.stdout
+    out = _run("benchmarks", "--quick", timeout_s=120)
     for expected in (
         "machine bound: text COPY, 1000-row txns",
         "machine bound: binary COPY, 1000-row txns",
@@ -54,3 +53,16 @@ def test_quick_benchmark_prints_every_figure_and_target() -> None:
     ):
         assert expected in out, f"missing {expected!r} in:\n{out}"
     assert "LOST ROWS" not in out, f"a contender lost rows:\n{out}"
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="scripts/setup installs valgrind")
+def test_instruction_counts_run_end_to_end() -> None:
+    """`python -m benchmarks.instructions` counts the worker's and publish_many's instructions per record (a small
+    run: about a minute under valgrind); each figure is within what a record can plausibly cost, which a parse of
+    the wrong line or a run that counted nothing (a difference of two equal totals) would not be."""
+    out = _run("benchmarks.instructions", "--records", "2000", timeout_s=600)
+    lines = [line for line in out.splitlines() if "instructions a record over 1,800" in line]
+    assert [line.split()[0] for line in lines] == ["worker", "publish"], out
+    for line in lines:
+        figure = float(line.split(": ", 1)[1].split()[0].replace(",", ""))
+        assert 10_000 < figure < 2_000_000, line
