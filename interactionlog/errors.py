@@ -49,12 +49,15 @@ class PublishError(InteractionlogError):
 class InvalidRecordError(PublishError, ValueError):
     """A record fails validation; the message names every offending field (and, for many, each record's index).
 
-    `problems` maps the index of every bad record (0 for a single one) to what is wrong with it.
+    `problems` maps the index of every bad record (0 for a single one) to what is wrong with it; `fields` holds the
+    paths of the fields an encoding refusal is about (`request.args.1`), which a log may show where the message,
+    which may quote values, must not be.
     """
 
-    def __init__(self, message: str, problems: dict[int, str] | None = None) -> None:
+    def __init__(self, message: str, problems: dict[int, str] | None = None, *, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems if problems is not None else {0: message}
+        self.fields = fields
 
 
 class RecordTooLargeError(PublishError, ValueError):

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
-from pydantic_core import PydanticSerializationError, to_json
+from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from .errors import InvalidRecordError, RecordTooLargeError
 
@@ -61,6 +61,9 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 # Python (and the worker's JSON parser) refuse to parse integers longer than this many digits.
 MAX_INT_DIGITS = 4300
+# Brackets fewer than this bound the nesting below what pydantic-core's JSON parser refuses (200 levels, counting
+# the record's own object): the worker reads entries with it, so a deeper record could never be stored.
+MAX_FAST_BRACKETS = 200
 _HUGE_INT = 10**MAX_INT_DIGITS
 # Anchored at the start of a digit run by the lookbehind, so each run is tried once: linear in the record's size.
 # Without it the search retried from every digit of a run just under the limit, quadratic (1.8 s on 252 KB).
@@ -356,18 +359,19 @@ def prepare_record(record: Interaction | Mapping[str, Any], *, strict: bool = Fa
         try:
             body = record.model_dump_json(exclude_unset=True)
         except PydanticSerializationError as error:
-            raise _not_unicode(interaction, error) from None
+            raise _unwritable(interaction, error) from None
         present: Iterable[str] = record.model_fields_set
     else:
         interaction = validate_record(dict(record))
         try:
             body = to_json(record, inf_nan_mode="constants").decode()
         except PydanticSerializationError as error:
-            raise _not_unicode(interaction, error) from None
+            raise _unwritable(interaction, error) from None
         present = record.keys()
     if strict:
         refuse_unknown_fields(interaction)
     encoded = splice_fields(body, defaults_to_splice(interaction, present))
+    ensure_readable(encoded, interaction)
     ensure_storable(encoded, interaction)
     return interaction, encoded
 
@@ -404,10 +408,15 @@ def has_exact_identity(present: Container[str]) -> bool:
     return "timestamp" in present
 
 
-def _not_unicode(record: Interaction, error: Exception) -> InvalidRecordError:
-    return InvalidRecordError(
-        f"invalid interaction record: {_locate(record, _holds_surrogate)} is not valid Unicode text (a lone "
-        f"surrogate, typically from bytes decoded with 'surrogateescape'): {error}"
+def _unwritable(record: Interaction, error: Exception) -> InvalidRecordError:
+    """The error for a record pydantic-core cannot write as JSON: nested too deeply (its writer stops at about 255
+    levels, where it says "Maximum serialization depth exceeded"), else text that is not Unicode."""
+    if "depth" in str(error):
+        return _too_deep(record)
+    return _refused(
+        record,
+        _holds_surrogate,
+        f"is not valid Unicode text (a lone surrogate, typically from bytes decoded with 'surrogateescape'): {error}",
     )
 
 
@@ -415,8 +424,9 @@ def encode_record(record: Interaction) -> str:
     """The record's JSON as stored in the `data` field of the stream entry and the `data` column."""
     try:
         encoded = record.model_dump_json(exclude_none=True)
-    except PydanticSerializationError as error:  # lone surrogates: text that is not encodable Unicode
-        raise _not_unicode(record, error) from None
+    except PydanticSerializationError as error:  # lone surrogates, or nesting deeper than the writer goes
+        raise _unwritable(record, error) from None
+    ensure_readable(encoded, record)
     ensure_storable(encoded, record)
     return encoded
 
@@ -427,28 +437,73 @@ def ensure_storable(encoded: str, record: Interaction) -> None:
     Cheap substring tests guard the precise checks, so the common record pays a few hundred nanoseconds.
     """
     # pydantic raises for a lone surrogate in a value but silently writes U+FFFD for one in a dict key.
-    if "\ufffd" in encoded and (where := _locate(record, _holds_surrogate)) != "the record":
-        raise InvalidRecordError(
-            f"invalid interaction record: {where} has a key that is not valid Unicode text (a lone surrogate)"
-        )
+    if "\ufffd" in encoded and _path(record, _holds_surrogate) is not None:
+        raise _refused(record, _holds_surrogate, "has a key that is not valid Unicode text (a lone surrogate)")
     if "\\u0000" in encoded and _NUL_ESCAPE.search(encoded):
-        raise InvalidRecordError(
-            f"invalid interaction record: {_locate(record, _holds_nul)} contains the NUL character U+0000, "
-            "which PostgreSQL cannot store in TEXT or JSONB; remove it or encode the value (base64, hex)"
+        raise _refused(
+            record,
+            _holds_nul,
+            "contains the NUL character U+0000, which PostgreSQL cannot store in TEXT or JSONB; remove it or "
+            "encode the value (base64, hex)",
         )
     suspicious = "NaN" in encoded or "Infinity" in encoded
     if suspicious or (len(encoded) > MAX_INT_DIGITS and _LONG_DIGITS.search(encoded)):
         problem = _json_problem(encoded)
         if problem == "non_finite":
-            raise InvalidRecordError(
-                f"invalid interaction record: {_locate(record, _is_non_finite)} is NaN or infinite (or a number "
-                "too large for a double, such as 1e400), which JSON cannot carry; send null or a string instead"
+            raise _refused(
+                record,
+                _is_non_finite,
+                "is NaN or infinite (or a number too large for a double, such as 1e400), which JSON cannot carry; "
+                "send null or a string instead",
             )
         if problem == "huge_int":
-            raise InvalidRecordError(
-                f"invalid interaction record: {_locate(record, _is_huge_int)} is an integer of more than "
-                f"{MAX_INT_DIGITS} digits, which JSON parsers refuse; send it as a string"
+            raise _refused(
+                record,
+                _is_huge_int,
+                f"is an integer of more than {MAX_INT_DIGITS} digits, which JSON parsers refuse; send it as a string",
             )
+
+
+def ensure_readable(encoded: str, record: Interaction) -> None:
+    """Raise InvalidRecordError if the worker's JSON parser would refuse `encoded` (the JSON of `record`) for its
+    nesting, which Python values validated by the model can exceed: for the publishers' paths from Python values
+    (`prepare_record`, `encode_record`). What arrives as JSON text (the gateways, `publish-file`, the worker) is
+    parsed by that parser on the way in, and needs no second look."""
+    if _nests_too_deeply(encoded):
+        raise _too_deep(record)
+
+
+def _nests_too_deeply(encoded: str) -> bool:
+    """Whether the worker's JSON parser (pydantic-core's, which `Interaction.model_validate_json` uses) refuses
+    `encoded` for its nesting. Only text with `MAX_FAST_BRACKETS` brackets or more can be refused; only that text
+    is parsed, by the same parser, so the limit is the worker's own (arrays and objects count apart)."""
+    if encoded.count("[") + encoded.count("{") < MAX_FAST_BRACKETS:
+        return False
+    try:
+        from_json(encoded)
+    except ValueError as error:
+        return "recursion limit" in str(error)
+    return False
+
+
+def _too_deep(record: Interaction) -> InvalidRecordError:
+    return _refused(
+        record,
+        _nests_too_deeply_as_a_field,
+        f"nests deeper than the worker's JSON parser reads (about {MAX_FAST_BRACKETS} levels); flatten it, or send "
+        "its deepest part as a string",
+    )
+
+
+def _nests_too_deeply_as_a_field(value: object) -> bool:
+    """Whether `value`, as a top-level field of a record, makes the record too deep (the walk of `_path` asks of
+    the top-level fields first, so the first it finds is the field to name)."""
+    if not isinstance(value, dict | list):
+        return False
+    try:
+        return _nests_too_deeply('{"field":' + to_json(value).decode() + "}")
+    except PydanticSerializationError:  # too deep even to write
+        return True
 
 
 def _json_problem(encoded: str) -> str | None:
@@ -486,8 +541,17 @@ def _is_non_finite(value: object) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
 
 
-def _locate(record: Interaction, offending: Callable[[object], bool]) -> str:
-    """Name the first field holding an offending value; only on the rare error path, so it may walk the record."""
+def _refused(record: Interaction, offending: Callable[[object], bool], problem: str) -> InvalidRecordError:
+    """The error for a record the encoding refuses: its message names the first field holding an offending value
+    and says `problem`; its `fields` hold that field's path (for logs that must not show values)."""
+    path = _path(record, offending)
+    where = "the record" if path is None else f"field '{path}'"
+    return InvalidRecordError(f"invalid interaction record: {where} {problem}", fields=() if path is None else (path,))
+
+
+def _path(record: Interaction, offending: Callable[[object], bool]) -> str | None:
+    """The path of the first field holding an offending value, or None; only on the rare error path, so it may
+    walk the record."""
 
     def walk(value: object, path: str) -> str | None:
         if isinstance(value, BaseModel):
@@ -510,5 +574,5 @@ def _locate(record: Interaction, offending: Callable[[object], bool]) -> str:
     for name, value in fields.items():
         found = walk(value, name)
         if found:
-            return f"field '{found}'"
-    return "the record"
+            return found
+    return None

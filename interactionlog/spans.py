@@ -11,9 +11,9 @@ This path only ever says yes when the model would: it answers None (take the mod
 sure, so every refusal, its reason and its message still come from the model. Not sure means: msgspec refuses
 the record (wrong type, too long, null where the model wants a value, not JSON, NaN, ...); the bytes are not
 UTF-8; they hold an escape the model treats specially (U+0000, a surrogate: `\\u0000`, `\\ud800`), an integer
-longer than `record.MAX_INT_DIGITS` or more brackets than `MAX_FAST_BRACKETS` (pydantic refuses nesting deeper
-than about 250, msgspec later); `duration_ms` is not finite; `timestamp` is not in `_COMMON_TIMESTAMP`'s shape;
-`metadata` is not an object. The worker also leaves records without `interaction_id` or `timestamp` to the model
+longer than `record.MAX_INT_DIGITS` or more brackets than `record.MAX_FAST_BRACKETS` (pydantic-core's JSON parser
+refuses nesting 200 deep, msgspec later); `duration_ms` is not finite; `timestamp` is not in `_COMMON_TIMESTAMP`'s
+shape; `metadata` is not an object. The worker also leaves records without `interaction_id` or `timestamp` to the model
 path, which splices their defaults in.
 """
 
@@ -29,7 +29,7 @@ from typing import Annotated, cast
 
 import msgspec
 
-from .record import MAX_INT_DIGITS, MAX_TIMESTAMP, MIN_TIMESTAMP
+from .record import MAX_FAST_BRACKETS, MAX_INT_DIGITS, MAX_TIMESTAMP, MIN_TIMESTAMP
 from .rows import StoredRow
 from .scrub import DEFAULT_SCRUBBER, SCRUBBED_STAMP, payload_might_hold_secrets, scrub_stored_json
 
@@ -71,8 +71,6 @@ class Columns(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(Columns)
-# Fewer brackets than this bounds the nesting well below where pydantic (about 250) or msgspec refuse it.
-MAX_FAST_BRACKETS = 200
 # `\u0000` (refused, naming the field) and `\ud800`-`\udfff` (lone surrogates are refused; pairs are fine, but
 # telling them apart is the model's job), in either case; a preceding escaped backslash only over-matches.
 _SPECIAL_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")

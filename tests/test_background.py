@@ -189,3 +189,29 @@ def test_an_overflow_the_spool_cannot_take_never_raises_into_publish(own_redis: 
         publisher.close()
     assert set(_stored_ids(own_redis.url)) == set(ids)
     assert not dropped
+
+
+def test_a_record_nested_deeper_than_the_worker_reads_is_dropped_and_counted_not_sent(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nesting the worker's JSON parser refuses (200 levels) passes the model's validation of Python values, so
+    `publish` accepts it; the thread's encoding refuses it (`record.ensure_readable`): dropped, counted and logged
+    by field name, never sent to be dead-lettered. A record within the limit is sent."""
+    deep: object = 1
+    for _ in range(220):
+        deep = [deep]
+    publisher = BackgroundPublisher.from_url(redis_url, spool_dir=False)
+    try:
+        publisher.publish({"mcp_id": "bg", "interaction_id": "too-deep", "response": deep})
+        publisher.publish({"mcp_id": "bg", "interaction_id": "shallow", "response": [[[1]]]})
+        assert publisher.flush(10)
+        dropped = publisher.metrics.snapshot()["interactionlog_client_records_dropped_total{reason=invalid}"]
+    finally:
+        publisher.close()
+    sent = [
+        json.loads(fields[b"data"])["interaction_id"] for _, fields in stream_entries(redis.Redis.from_url(redis_url))
+    ]
+    assert sent == ["shallow"]
+    assert dropped == 1
+    assert "record_dropped_invalid" in caplog.text
+    assert '"fields": ["response"]' in caplog.text  # where to look, without the values

@@ -19,11 +19,12 @@ import pytest
 import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from interactionlog import PublishError
 from interactionlog.client.publisher import encode_fields
 from interactionlog.errors import PermanentEntryError
-from interactionlog.record import Interaction
+from interactionlog.record import Interaction, encode_record, validate_record
 from interactionlog.settings import DEFAULT_DEDUPE_WINDOW_HOURS, DEFAULT_MAX_RECORD_BYTES
 from interactionlog.worker.dead_letters import original_fields
 from interactionlog.worker.decode import decode_entry
@@ -523,6 +524,46 @@ def test_the_publish_helper_refuses_what_the_worker_cannot_decode(value: dict[st
     """The helper refuses lone surrogates and >4300-digit integers with a PublishError naming the field."""
     with pytest.raises(PublishError, match=where):
         encode_fields(value, DEFAULT_MAX_RECORD_BYTES)
+
+
+def _nested(depth: int, *, objects: bool) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"k": value} if objects else [value]
+    return value
+
+
+@pytest.mark.parametrize("objects", [False, True], ids=["arrays", "objects"])
+@pytest.mark.parametrize("depth", [150, 198, 199, 200, 201, 230, 254, 300])
+def test_the_publish_helper_refuses_nesting_the_worker_cannot_read_and_says_so(depth: int, objects: bool) -> None:
+    """Nesting pydantic-core's JSON parser refuses (the worker reads entries with it: 200 levels) is refused when
+    published, naming the field and the limit, as the worker would dead-letter it; anything shallower is sent and
+    stored. Beyond about 255 levels the JSON writer itself stops: the same error, not one about Unicode."""
+    value = {"mcp_id": "a", "interaction_id": "deep", "response": _nested(depth, objects=objects)}
+    try:
+        Interaction.model_validate_json(json.dumps(value))
+        worker_reads = True
+    except ValidationError:
+        worker_reads = False
+    except RecursionError:  # json.dumps of the deepest
+        worker_reads = False
+    if worker_reads:
+        fields = encode_fields(value, DEFAULT_MAX_RECORD_BYTES)
+        stored = decode_entry("1700000000000-0", fields, DEFAULT_MAX_RECORD_BYTES)
+        assert json.loads(stored.data)["response"] == value["response"]
+        return
+    if depth > 254:  # deeper than pydantic validates Python values: its own message, naming the path
+        with pytest.raises(
+            PublishError,
+            match=r"field 'response\.0\.0[^']*': .*maximum validation depth|"
+            r"field 'response\.k\.k[^']*': .*maximum validation depth",
+        ):
+            encode_fields(value, DEFAULT_MAX_RECORD_BYTES)
+        return
+    with pytest.raises(PublishError, match=r"field 'response' nests deeper than the worker's JSON parser reads"):
+        encode_fields(value, DEFAULT_MAX_RECORD_BYTES)
+    with pytest.raises(PublishError, match=r"field 'response' nests deeper"):
+        encode_record(validate_record(value))
 
 
 texts = st.text(st.characters(exclude_categories=()), max_size=12)  # surrogates included

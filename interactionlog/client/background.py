@@ -47,7 +47,7 @@ import msgspec
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from ..errors import PublishError
+from ..errors import InvalidRecordError, PublishError
 from ..logs import library_logger
 from ..record import (
     DATA_FIELD,
@@ -104,11 +104,12 @@ def fast_interaction_id() -> str:
 
 
 def invalid_fields(error: BaseException) -> list[str]:
-    """The names of the fields a validation error is about, without their values (which may be secrets)."""
+    """The names of the fields a validation error or an encoding refusal is about, without their values (which may
+    be secrets)."""
     cause = error.__cause__ if isinstance(error.__cause__, ValidationError) else error
     if isinstance(cause, ValidationError):
         return sorted({".".join(str(part) for part in item["loc"]) for item in cause.errors()})
-    return []
+    return list(error.fields) if isinstance(error, InvalidRecordError) else []
 
 
 def _validated(body: bytes, defaults: dict[str, str]) -> Interaction:

@@ -95,7 +95,7 @@ def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     path, so that it is refused on the thread exactly as before.
     """
     body = _json_of(record)
-    if body is None or nests_deeply(body):  # the model refuses nesting about 250 deep
+    if body is None or nests_deeply(body):  # maybe deeper than the worker reads: the model's path says
         return None
     try:
         fields = msgspec.convert(record, _Fields, strict=True)
