@@ -3,15 +3,15 @@
 `record.prepare_record` validates a dict with the `Interaction` model (pydantic, in Python mode: 8 us for a
 700-byte record, most of `publish_many`'s time) before encoding it. A dict whose values the model reads as the JSON
 they are written as (`_json_of`: pydantic-core's `to_json`, as the model path writes it, read back by msgspec and
-equal to the dict) is checked by `spans.checked_columns` straight from those bytes. Anything else (a datetime, a
-tuple, a set, NaN, an invalid value, strict mode meeting an unknown field, ...) answers None, and the caller takes
-the model's path, which accepts or refuses it with the model's message: this path only ever says yes where the
-model would, and then produces the same bytes.
+equal to the dict) has its top-level fields checked by msgspec straight from the dict (`check_valid`). Anything
+else (a datetime, a tuple, a set, NaN, an invalid value, strict mode meeting an unknown field, ...) answers None,
+and the caller takes the model's path, which accepts or refuses it with the model's message: this path only ever
+says yes where the model would, and then produces the same bytes.
 
-`check_valid` answers the narrower question `BackgroundPublisher.publish` asks in the caller's thread (does the
-model accept the record?): the same `_json_of`, then msgspec converts the top-level fields straight from the dict
-(1.3 us where `checked_columns` parses the whole text in 3, on a loaded machine). For `publish_many` it
-measured no faster than `checked_columns` in context, which also checks what can be stored, so that path keeps it.
+`check_valid` answers the question `BackgroundPublisher.publish` asks in the caller's thread (does the model accept
+the record?): `_json_of`, then msgspec converts the top-level fields straight from the dict (8,200 instructions
+a record where `spans.checked_columns` parses the whole text again in 13,200: benchmarks/NOTES.md, round 6).
+`encode_plain` asks it too, then `storable_as_written` (can the model's path store that JSON unchanged?).
 """
 
 from __future__ import annotations
@@ -41,24 +41,20 @@ def encode_plain(record: Mapping[str, Any], max_record_bytes: int, *, strict: bo
     included (the model's path raises the error that says so)."""
     if strict and not record.keys() <= _KNOWN_FIELDS:
         return None
-    body = _json_of(record)
-    if body is None:
+    checked = check_valid(record)  # the model accepts it: then can its JSON be stored as written?
+    if checked is None or not storable_as_written(checked[0]):
         return None
-    columns = None if _writes_replacement_character(body) else checked_columns(body)
-    if columns is None:
-        return None
+    body, fields = checked
     defaults: dict[str, str] = {}
-    if columns.interaction_id is msgspec.UNSET:
+    if fields.interaction_id is msgspec.UNSET:
         defaults["interaction_id"] = str(uuid.uuid4())  # the model's own default (record._new_interaction_id)
-    if columns.timestamp is msgspec.UNSET:
+    if fields.timestamp is msgspec.UNSET:
         defaults["timestamp"] = format_timestamp(datetime.now(UTC))
-    elif fast_timestamp(columns.timestamp) is None:
-        return None
     if defaults:
         body = splice_fields(body.decode(), defaults).encode()
     if len(body) > max_record_bytes:
         return None
-    return entry_fields(body, exact=columns.timestamp is not msgspec.UNSET)  # record.has_exact_identity
+    return entry_fields(body, exact=fields.timestamp is not msgspec.UNSET)  # record.has_exact_identity
 
 
 def storable_as_written(body: bytes) -> bool:
@@ -87,10 +83,11 @@ class _Fields(Columns):
 def check_valid(record: Mapping[str, Any]) -> tuple[bytes, _Fields] | None:
     """`record`'s JSON text as `to_json` writes it, and its fields, when the model accepts `record` (that is,
     `record.validate_record` returns; whether it can be stored is the encoding's to say); None when the model must
-    decide. For `BackgroundPublisher.publish`, which validates in the caller's thread and encodes later.
+    decide. For `BackgroundPublisher.publish`, which validates in the caller's thread and encodes later, and for
+    `encode_plain`.
 
-    Cheaper than `encode_plain`'s check (`checked_columns` parses the whole text, payloads included): msgspec
-    converts the dict's top-level fields, and `_json_of` has checked the payloads. A record holding NaN, an infinity
+    Cheaper than `spans.checked_columns` (which parses the whole text, payloads included): msgspec converts the
+    dict's top-level fields, and `_json_of` has checked the payloads. A record holding NaN, an infinity
     or an integer too long to parse back (the model accepts them, the encoding refuses them) is left to the model's
     path, so that it is refused on the thread exactly as before.
     """
