@@ -18,6 +18,7 @@ from redis.exceptions import InvalidResponse, RedisError, ResponseError
 
 from interactionlog.client.resp import Replies, XaddFrames
 from interactionlog.record import entry_fields
+from interactionlog.replies import text
 
 _FIELD_NAMES = st.sampled_from([b"v", b"data", b"identity", b"x", b""]) | st.binary(max_size=8)
 _VALUES = st.sampled_from([b"1", b"2", b"exact", b"", b"loose"]) | st.binary(max_size=40)
@@ -91,9 +92,18 @@ def test_replies_fed_a_byte_at_a_time_are_read_whole() -> None:
     done = [replies.feed(wire[index : index + 1], 1) for index in range(len(wire))]
     assert done[-1] is True
     assert done.count(True) == 1
-    assert replies.found == [b"1-2\r\n", b"OK", 7, b""]
+    assert replies.found == ["1-2\r\n", "OK", 7, ""]  # as text: entry ids ready to return
     with pytest.raises(ResponseError, match=r"^WRONGTYPE Operation against a key$"):
         replies.result()
+
+
+def test_replies_are_text_as_replies_text_makes_it() -> None:
+    """Replies come as `replies.text` makes a reply: UTF-8, a byte that is not escaped as `\\xNN`, never lost or
+    raised on (a stream id is ASCII; this is what any other reply becomes)."""
+    wire = b"$4\r\n1-\xff2\r\n$3\r\n1-\xc3\r\n"
+    replies = Replies(2)
+    assert replies.feed(wire, len(wire))
+    assert replies.result() == [text(b"1-\xff2"), text(b"1-\xc3")] == ["1-\\xff2", "1-\\xc3"]
 
 
 def test_bytes_that_are_not_resp_raise_invalid_response() -> None:
@@ -114,7 +124,7 @@ def test_a_resp3_push_message_between_replies_is_not_taken_for_one() -> None:
     wire = b"$3\r\n1-1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$3\r\n1-2\r\n"
     replies = Replies(2)
     assert replies.feed(wire, len(wire))
-    assert replies.result() == [b"1-1", b"1-2"]
+    assert replies.result() == ["1-1", "1-2"]
 
 
 @pytest.mark.parametrize(
@@ -136,4 +146,4 @@ def test_no_error_reply_passes_for_an_entry_id(message: str) -> None:
         replies.result()
     parse_error = cast(Callable[[str], RedisError], BaseParser.parse_error)  # untyped in redis-py
     assert type(raised.value) is type(parse_error(message))
-    assert replies.found == [b"1-1", b"1-2"]
+    assert replies.found == ["1-1", "1-2"]

@@ -138,13 +138,21 @@ class _PublisherCore:
         what a redis-py pipeline sends, less its per-command Python (benchmarks/NOTES.md)."""
         frames: list[bytes] = []
         maxlen = self.maxlen
+        if self.layout.shards == 1:  # one stream: one framing, no lookup per entry
+            framing = self._framing(self.stream, maxlen)
+            for fields in entries:
+                framing.extend(frames, fields)
+            return b"".join(frames)
         for fields in entries:
-            key = (self.stream_of(fields), maxlen)
-            framing = self._frames.get(key)
-            if framing is None:
-                framing = self._frames[key] = XaddFrames(*key)
-            framing.extend(frames, fields)
+            self._framing(self.stream_of(fields), maxlen).extend(frames, fields)
         return b"".join(frames)
+
+    def _framing(self, stream: str, maxlen: int) -> XaddFrames:
+        """The XADD frames of `stream` capped at `maxlen`, made once."""
+        framing = self._frames.get((stream, maxlen))
+        if framing is None:
+            framing = self._frames[stream, maxlen] = XaddFrames(stream, maxlen)
+        return framing
 
     def _queue_xadds(
         self, pipe: redis.client.Pipeline | aioredis.client.Pipeline, entries: Sequence[dict[bytes, bytes]]
@@ -324,7 +332,7 @@ def _shown_ids(entries: Sequence[dict[bytes, bytes]]) -> str:
     return first if len(entries) == 1 else f"{first} .. {_interaction_id(entries[-1])} ({len(entries)} records)"
 
 
-def _round_trip(conn: Any, payload: bytes, replies: int) -> list[bytes]:
+def _round_trip(conn: Any, payload: bytes, replies: int) -> list[str]:
     """Send `payload` (`replies` packed commands) on `conn` (a sync redis-py connection) and read every reply
     (`resp.read_replies`); raises the first error reply, after all."""
     conn.send_packed_command([payload])
@@ -396,8 +404,8 @@ class Publisher(_PublisherCore):
             client = self._client()
             if self.wait_replicas:
                 ids = self._publish_replicated(client, entries)
-            elif isinstance(client, redis.Redis):  # one node: the packed, one-write round trip
-                ids = self._xadd_all(client, entries)
+            elif isinstance(client, redis.Redis):  # one node: the packed, one-write round trip, ids read as text
+                return self._xadd_all(client, entries)
             else:  # a cluster client routes each XADD to its slot's master
                 pipe = client.pipeline(transaction=False)
                 self._queue_xadds(pipe, entries)
@@ -428,7 +436,7 @@ class Publisher(_PublisherCore):
             raise
         return ids
 
-    def _xadd_all(self, client: redis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
+    def _xadd_all(self, client: redis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """The capped XADDs of `entries`, framed by `resp.XaddFrames` and sent in one socket write, then their
         replies, read by `resp.read_replies`: what a redis-py pipeline does, less its per-command Python
         (benchmarks/NOTES.md, rounds 1 and 5).
@@ -520,8 +528,8 @@ class AsyncPublisher(_PublisherCore):
             client = await self._client()
             if self.wait_replicas:
                 ids = await self._publish_replicated(client, entries)
-            elif isinstance(client, aioredis.Redis):  # one node: the packed, one-write round trip
-                ids = await self._xadd_all(client, entries)
+            elif isinstance(client, aioredis.Redis):  # one node: the packed, one-write round trip, ids as text
+                return await self._xadd_all(client, entries)
             else:  # a cluster client routes each XADD to its slot's master
                 pipe = client.pipeline(transaction=False)
                 self._queue_xadds(pipe, entries)
@@ -548,7 +556,7 @@ class AsyncPublisher(_PublisherCore):
             raise
         return ids
 
-    async def _xadd_all(self, client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[bytes]:
+    async def _xadd_all(self, client: aioredis.Redis, entries: Sequence[dict[bytes, bytes]]) -> list[str]:
         """`Publisher._xadd_all`'s round trip on an asyncio connection: one write, then every reply under one
         deadline (`resp.read_replies_async`); a lost connection retried once on a fresh one, an error reply raised after
         every reply is read."""
@@ -557,7 +565,7 @@ class AsyncPublisher(_PublisherCore):
         conn: Any = await pool.get_connection()  # type: ignore[no-untyped-call]  # redis-py asyncio: untyped
         timeout_s = self._timeout_s
 
-        async def round_trip() -> list[bytes]:
+        async def round_trip() -> list[str]:
             await conn.send_packed_command([payload])
             return await read_replies_async(conn, len(entries), timeout_s)
 

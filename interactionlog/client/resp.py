@@ -7,7 +7,8 @@ is made once per stream, and an entry costs one format and its bytes (0.5 us a r
 `pack_command`, benchmarks/NOTES.md). Any other entry (fields of another shape) is framed by `pack_command`.
 
 redis-py reads replies one call at a time, each with its own checks (1.9 us a reply against 0.9 here); here the
-socket is read in large chunks and hiredis hands out every reply they hold. Errors are redis-py's own: an error
+socket is read in large chunks and hiredis hands out every reply they hold, as text (entry ids, decoded as
+`replies.text` decodes a reply). Errors are redis-py's own: an error
 reply is the exception redis-py's parser would make of it (`ResponseError` and its subclasses), a timeout is
 `redis.exceptions.TimeoutError`, a closed or failed socket `redis.exceptions.ConnectionError`; then, and when
 the read is cancelled or interrupted, the connection is closed (as redis-py closes it), so that replies left on
@@ -80,8 +81,13 @@ class Replies:
     connection stays in step)."""
 
     def __init__(self, expected: int) -> None:
+        # Replies as text, as `replies.text` makes them (UTF-8, an invalid byte escaped): entry ids, ready to return.
         self._reader = hiredis.Reader(
-            protocolError=InvalidResponse, replyError=BaseParser.parse_error, notEnoughData=_NOT_ENOUGH_DATA
+            protocolError=InvalidResponse,
+            replyError=BaseParser.parse_error,
+            notEnoughData=_NOT_ENOUGH_DATA,
+            encoding="utf-8",
+            errors="backslashreplace",
         )
         self._missing = expected
         self.found: list[Any] = []
