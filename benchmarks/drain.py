@@ -79,8 +79,9 @@ def _tree(argv: Sequence[str]) -> Path:
     return WORKER_TREE if runs_package else REPO
 
 
-def _env(tree: Path = REPO) -> dict[str, str]:
-    # The caller's INTERACTIONLOG_* variables would silently change the settings under test.
+def checkout_env(tree: Path = REPO) -> dict[str, str]:
+    """The environment a contender from checkout `tree` runs in: `tree` first on PYTHONPATH, and none of the
+    caller's INTERACTIONLOG_* variables, which would silently change the settings under test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTERACTIONLOG_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), env.get("PYTHONPATH", "")]))
     return env
@@ -121,7 +122,7 @@ def _fresh_database(servers: Servers, slug: str) -> str:
         asyncio.run(migrate(url))
     else:  # the table the other checkout's worker was written for, by its own migrations
         argv = [sys.executable, "-m", "interactionlog", "migrate", "--database-url", url]
-        subprocess.run(argv, cwd=WORKER_TREE, env=_env(WORKER_TREE), check=True, capture_output=True)
+        subprocess.run(argv, cwd=WORKER_TREE, env=checkout_env(WORKER_TREE), check=True, capture_output=True)
     return url
 
 
@@ -186,8 +187,9 @@ def run_processes(
         started = time.monotonic()
         try:
             for argv in commands(target):
+                tree = _tree(argv)
                 processes.append(
-                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=_tree(argv), env=_env(_tree(argv)))
+                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=checkout_env(tree))
                 )
             while time.monotonic() - started < max_s:
                 for process in processes:

@@ -122,7 +122,7 @@ def count_publish(redis_url: str, tree: Path, sizes: Sequence[int], workdir: Pat
         out_file = workdir / f"publish-{size}.cachegrind"
         script = [sys.executable, "-c", _PUBLISH_SCRIPT, str(REPO / "benchmarks"), redis_url, str(size)]
         argv = [*valgrind_argv(out_file), *script, str(max(sizes))]
-        subprocess.run(argv, check=True, cwd=tree, env=drain._env(tree), capture_output=True)
+        subprocess.run(argv, check=True, cwd=tree, env=drain.checkout_env(tree), capture_output=True)
         totals[size] = instructions(out_file)
     return Count("publish", tree, per_record(totals), max(sizes) - min(sizes))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from .drain import REPO, Target, _env, _fresh_database, worker_commands
+from .drain import REPO, Target, _fresh_database, checkout_env, worker_commands
 from .records import prefill
 from .servers import cpu_seconds, start_servers
 
@@ -108,7 +108,7 @@ def main() -> None:
             client.xgroup_create(target.stream, target.group, id="0")
             build = worker_commands(servers, batch_size=args.batch_size, concurrency=args.concurrency)
             (argv,) = build(target)
-            worker = subprocess.Popen(argv, stderr=subprocess.DEVNULL, cwd=REPO, env=_env())
+            worker = subprocess.Popen(argv, stderr=subprocess.DEVNULL, cwd=REPO, env=checkout_env())
             time.sleep(1.0)  # let start-up finish, so the profile is the steady drain
             cpu_pg = cpu_seconds(servers.postgres_pid)
             spy_argv = [py_spy, "record", "--pid", str(worker.pid), "--rate", str(args.rate)]
