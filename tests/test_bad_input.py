@@ -545,8 +545,6 @@ def test_the_publish_helper_refuses_nesting_the_worker_cannot_read_and_says_so(d
         worker_reads = True
     except ValidationError:
         worker_reads = False
-    except RecursionError:  # json.dumps of the deepest
-        worker_reads = False
     if worker_reads:
         fields = encode_fields(value, DEFAULT_MAX_RECORD_BYTES)
         stored = decode_entry("1700000000000-0", fields, DEFAULT_MAX_RECORD_BYTES)
@@ -564,6 +562,22 @@ def test_the_publish_helper_refuses_nesting_the_worker_cannot_read_and_says_so(d
         encode_fields(value, DEFAULT_MAX_RECORD_BYTES)
     with pytest.raises(PublishError, match=r"field 'response' nests deeper"):
         encode_record(validate_record(value))
+
+
+@pytest.mark.parametrize("objects", [False, True], ids=["arrays", "objects"])
+def test_nesting_too_deep_for_the_json_writer_is_named_as_nesting_not_as_a_lone_surrogate(objects: bool) -> None:
+    """255 levels ending in an empty container: the model validates the Python values, and pydantic-core's JSON
+    writer stops ("Maximum serialization depth exceeded"). That error was reported as text that is not valid
+    Unicode; it is the nesting, and the message says so, on both paths from Python values."""
+    value: Any = {} if objects else []
+    for _ in range(254):
+        value = {"k": value} if objects else [value]
+    record = {"mcp_id": "a", "interaction_id": "deep", "response": value}
+    with pytest.raises(PublishError, match=r"field 'response' nests deeper than the worker's JSON parser reads"):
+        encode_fields(record, DEFAULT_MAX_RECORD_BYTES)
+    with pytest.raises(PublishError, match=r"field 'response' nests deeper") as raised:
+        encode_record(validate_record(record))
+    assert "Unicode" not in str(raised.value)
 
 
 texts = st.text(st.characters(exclude_categories=()), max_size=12)  # surrogates included
