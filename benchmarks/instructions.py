@@ -76,7 +76,7 @@ def per_record(totals: dict[int, int]) -> float:
 def count_worker(servers: Servers, filled: Prefilled, tree: Path, sizes: Sequence[int], workdir: Path) -> Count:
     """The default worker's instructions per row, from drains of each of `sizes` newest entries (two sizes)."""
     totals: dict[int, int] = {}
-    drain.WORKER_TREE = tree
+    previous, drain.WORKER_TREE = drain.WORKER_TREE, tree
     try:
         for size in sizes:
             out_file = workdir / f"worker-{size}.cachegrind"
@@ -93,7 +93,7 @@ def count_worker(servers: Servers, filled: Prefilled, tree: Path, sizes: Sequenc
                 raise RuntimeError(f"the worker under cachegrind stored {result.rows:,} of {size:,}: {result.note}")
             totals[size] = instructions(out_file)
     finally:
-        drain.WORKER_TREE = REPO
+        drain.WORKER_TREE = previous
     return Count("worker", tree, per_record(totals), max(sizes) - min(sizes))
 
 
