@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -23,6 +24,7 @@ from redis.crc import key_slot
 
 from interactionlog.client.publisher import Publisher
 from interactionlog.errors import PublishError
+from interactionlog.replies import text
 from interactionlog.shards import Layout
 from tests.gateway import INGEST, running_gateway
 from tests.pipeline import WorkerProcess, count_rows, migrate, record, stored_rows, wait_until
@@ -159,5 +161,39 @@ def no_pending(url: str, layout: Layout) -> bool:
     client = redis.RedisCluster.from_url(url)
     try:
         return all(int(client.xpending(shard.stream, "interactionlog")["pending"]) == 0 for shard in layout.all())
+    finally:
+        client.close()
+
+
+def test_a_cluster_dead_letters_each_bad_entry_once_in_its_shards_dead_letter_stream(
+    redis_cluster: RedisCluster, database_url: str, tmp_path: Path
+) -> None:
+    """6 shards over 3 masters, each holding 3 records the worker must dead-letter and 2 good ones: the settle's
+    WATCH, XLEN and MULTI/EXEC run on the slot's master, and every shard's dead-letter stream holds exactly its
+    own bad entries, once each, with nothing left pending."""
+    migrate(database_url)
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    bad: dict[str, list[str]] = {}
+    try:
+        for shard in Layout("interactions", SHARDS).all():
+            bad[shard.dead_letter_stream] = [
+                text(client.xadd(shard.stream, {"v": "1", "data": f'{{"mcp_id":"m","duration_ms":"slow-{index}"}}'}))
+                for index in range(3)
+            ]
+            for index in range(2):
+                client.xadd(
+                    shard.stream, {"v": "1", "data": f'{{"mcp_id":"m","interaction_id":"{shard.stream}-{index}"}}'}
+                )
+        worker = start_worker(redis_cluster.url, database_url, tmp_path)
+        try:
+            wait_until(lambda: count_rows(database_url) == 2 * SHARDS, timeout_s=60, what="the good records stored")
+            layout = Layout("interactions", SHARDS)
+            wait_until(lambda: no_pending(redis_cluster.url, layout), timeout_s=60, what="nothing pending")
+        finally:
+            worker.kill()
+        for dead_letter_stream, ids in bad.items():
+            letters = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(dead_letter_stream))
+            sources = [fields[b"source_id"].decode() for _, fields in letters]
+            assert sources == ids, dead_letter_stream
     finally:
         client.close()

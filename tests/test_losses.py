@@ -132,7 +132,13 @@ def test_the_dead_letter_stream_has_its_own_cap_and_counts_what_it_removes(
         wait_until(lambda: group_pending(client) == 0 and client.xinfo_groups(STREAM)[0]["lag"] == 0, what="drained")
         kept = int(client.xlen(DEAD_LETTERS))
         assert 100 <= kept < 300, "about the cap (whole macro nodes of 100 are trimmed)"
-        wait_until(lambda: metrics(port).get(own_sample("interactionlog_dead_letters_trimmed_total")) == 3000 - kept)
+        counted = own_sample("interactionlog_dead_letters_trimmed_total")
+        try:
+            wait_until(lambda: metrics(port).get(counted) == 3000 - kept, what=f"{3000 - kept} counted as trimmed")
+        except AssertionError as error:  # say what the worker saw: a flake here once left nothing to go on
+            expected = ('"dead_letters_trimmed"', '"entry_dead_lettered"', '"level": "info"', '"level": "debug"')
+            seen = [line for line in worker.log_text().splitlines() if not any(word in line for word in expected)]
+            raise AssertionError(f"{error}; counted {metrics(port).get(counted)}, worker said: {seen[-20:]}") from None
         said = events(worker, "dead_letters_trimmed")
         assert sum(line["count"] for line in said) == 3000 - kept
         assert {line["level"] for line in said} == {"error"}

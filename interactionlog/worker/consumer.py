@@ -28,7 +28,7 @@ from ..retry import Backoff, OutageLog, sleep_unless_stopped, until_done
 from .dead_letters import DeadLetter
 from .decode import StoredRow, decode_entries
 from .store import PersistResult, Store
-from .streams import ENTRY_FIELDS, ENTRY_ID, Entry, StreamGroup, total_size_bytes
+from .streams import ENTRY_FIELDS, ENTRY_ID, Entry, Settlement, StreamGroup, total_size_bytes
 
 log = structlog.get_logger(__name__)
 
@@ -314,21 +314,31 @@ class Consumer:
     async def _settle(self, ack_ids: list[str], dead: list[DeadLetter]) -> None:
         """Dead-letter and XACK, retrying through Redis outages and refusals (OOM, READONLY, ...) in place: the
         rows are committed, so a redelivery after a crash here is harmless (skipped as a duplicate), but giving
-        up early would only cause one, and count a delivery towards max_deliveries."""
-        trimmed = await until_done(
-            lambda: self.streams.settle(ack_ids, dead, self.name),
+        up early would only cause one, and count a delivery towards max_deliveries. Each retry does only what the
+        attempts before it did not (`streams.Settlement`): no dead letter is written twice."""
+        settlement = Settlement(ack_ids, dead)
+        await until_done(
+            lambda: self.streams.settle(settlement, self.name),
             failed=lambda error: self._failed(error, acks=len(ack_ids)),
             max_backoff_s=self.options.retry_max_backoff_s,
         )
         self.outages.succeeded("redis")
-        if trimmed:
-            self.metrics.dead_letters_trimmed.labels(**self.metrics.labels()).inc(trimmed)
+        if settlement.trimmed:
+            self.metrics.dead_letters_trimmed.labels(**self.metrics.labels()).inc(settlement.trimmed)
             log.error(
                 "dead_letters_trimmed",
-                count=trimmed,
+                count=settlement.trimmed,
                 dead_letter_stream=self.streams.dead_letter_stream,
                 hint="the dead-letter stream reached --dead-letter-maxlen and its oldest dead letters were removed "
                 "for good: replay or inspect dead letters sooner, or raise the cap",
+            )
+        if settlement.trim_uncounted:
+            log.error(
+                "dead_letters_trim_uncounted",
+                dead_letter_stream=self.streams.dead_letter_stream,
+                hint="a settle's reply was lost after Redis ran it, and with it how many old dead letters its "
+                "XTRIM removed: dead_letters_trimmed_total is short by that many; compare XINFO STREAM's "
+                "entries-added with the dead letters replayed and kept",
             )
 
     @staticmethod

@@ -24,7 +24,14 @@ import structlog
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AskError, ClusterError, MovedError, RedisClusterException, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -162,6 +169,23 @@ def _read_entries(flat: Sequence[tuple[bytes, Sequence[bytes] | None]]) -> list[
 
 # tuple.__new__ straight, skipping the named tuple's generated constructor (a Python frame per entry).
 _new_entry = cast(Callable[[type[Entry], tuple[str, dict[bytes, bytes]]], Entry], tuple.__new__)
+
+
+@dataclass
+class Settlement:
+    """Settling one batch (`StreamGroup.settle`), carried across attempts so a retry does only what is left.
+
+    `ack_ids` are the entries stored; `dead_letters` the entries to dead-letter (and acknowledge) still owed;
+    `uncertain` that the last attempt was sent and its reply lost; `trimmed` the old dead letters the cap removed;
+    `trim_uncounted` that an attempt whose reply was lost trimmed too, so `trimmed` is short by an unknown number.
+    """
+
+    ack_ids: Sequence[str]
+    dead_letters: list[DeadLetter]
+    uncertain: bool = False
+    trimmed: int = 0
+    trim_uncounted: bool = False
+    done: bool = False
 
 
 class StreamGroup:
@@ -320,27 +344,81 @@ class StreamGroup:
                 lambda: self.redis.xclaim(self.stream, self.group, consumer, 0, list(ids), justid=True)
             )
 
-    async def settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
-        """Dead-letter and acknowledge in one MULTI/EXEC, so an entry is never acked without its dead letter.
+    async def settle(self, settlement: Settlement, consumer: str) -> None:
+        """Dead-letter and acknowledge in one MULTI/EXEC, so an entry is never acked without its dead letter; one
+        attempt, recorded in `settlement` (raises TransientError; retry with the same `settlement`).
+
+        Two ways the worker could fail to see what an EXEC did are closed here:
+        - Inside EXEC, Redis runs a MULTI's other commands when one fails (the MULTI/EXEC documentation, "Errors
+          inside a transaction"): an XADD refused with WRONGTYPE, the dead-letter key overwritten with a string,
+          would leave its XACK done and its dead letter unwritten, lost if the worker stopped before someone fixed
+          the key. So the key is checked to be a stream (XLEN) first, and a WRONGTYPE stops the settle before
+          anything runs. Not under WATCH: every other worker's dead letter would abort the EXEC, and in a flood of
+          bad records settles could starve; what is left is a key replaced within the one round trip between the
+          two, and even then the retry writes the dead letters once the key is a stream again.
+        - A reply lost after Redis ran the EXEC (a dropped connection, a socket timeout) looks like one that never
+          arrived. The attempt after such a loss asks XPENDING which dead-lettered entries are still this
+          consumer's: an EXEC is all or nothing, so entries no longer pending were settled by it, and their dead
+          letters are not written again. How many old dead letters its XTRIM removed is then unknown
+          (`settlement.trim_uncounted`).
 
         With a dead-letter cap, the same MULTI trims the dead-letter stream to about that many entries (XTRIM
-        MAXLEN ~); returns how many old dead letters that removed, for the caller to count as lost.
+        MAXLEN ~); `settlement.trimmed` adds how many old dead letters that removed, for the caller to count.
         """
-        if not ack_ids and not dead_letters:
-            return 0
+        if settlement.done:
+            return
         try:
-            return await self._settle(ack_ids, dead_letters, consumer)
+            if settlement.uncertain and settlement.dead_letters:
+                held = await self._still_held(consumer, settlement.dead_letters)
+                if not held:  # the lost EXEC ran: its dead letters are written and its entries acknowledged
+                    settlement.trim_uncounted = settlement.trim_uncounted or self.dead_letter_maxlen is not None
+                settlement.dead_letters = held
+            settlement.uncertain = False
+            settlement.trimmed += await self._settle(settlement.ack_ids, settlement.dead_letters, consumer)
+            settlement.done = True
+        except RedisUnavailableError:
+            settlement.uncertain = True  # sent, perhaps run: the next attempt asks before writing again
+            await self._refresh_masters()
+            raise
         except TransientError:
-            if self.masters is not None:  # a failover may have moved the slot: learn where it lives now
-                await self.masters.refresh()
+            await self._refresh_masters()
             raise
 
-    async def _settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
+    async def _refresh_masters(self) -> None:
+        if self.masters is not None:  # a failover may have moved the slot: learn where it lives now
+            await self.masters.refresh()
+
+    def _master(self) -> aioredis.Redis:
+        """The client that runs a MULTI/EXEC on the stream's keys: on a cluster, a plain connection to the slot's
+        master (`clusters.NodeClients`)."""
         try:
-            # On a cluster, the MULTI runs on a plain connection to the slot's master (`clusters.NodeClients`).
-            client = self.masters.for_key(self.stream) if self.masters is not None else self.redis
+            return self.masters.for_key(self.stream) if self.masters is not None else self.redis
         except CLUSTER_FAILURES as error:
             raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
+
+    async def _still_held(self, consumer: str, dead_letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Those of `dead_letters` whose entries are still pending for `consumer` (XPENDING of each id alone: a
+        range could stop short at its count among the batch's other pending entries)."""
+
+        async def ask() -> list[Any]:
+            pipe = self._master().pipeline(transaction=False)
+            for letter in dead_letters:
+                pipe.xpending_range(self.stream, self.group, letter.entry.id, letter.entry.id, 1, consumer)
+            return await pipe.execute()
+
+        replies = await self._with_group(ask)
+        if replies is None:  # the group was recreated: every entry will be delivered again, and settled then
+            return []
+        return [letter for letter, rows in zip(dead_letters, replies, strict=True) if rows]
+
+    async def _settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
+        ids = [*ack_ids, *(letter.entry.id for letter in dead_letters)]
+        if not ids:
+            return 0
+        client = self._master()
+        keys = (self.stream, self.dead_letter_stream)
+        if dead_letters:  # WRONGTYPE here, before anything runs
+            await self._call(client.xlen(self.dead_letter_stream), keys=keys)
         pipe = client.pipeline(transaction=True)
         failed_at = datetime.now(UTC).isoformat()
         for letter in dead_letters:
@@ -351,10 +429,8 @@ class StreamGroup:
         trimming = bool(dead_letters) and self.dead_letter_maxlen is not None
         if trimming:
             pipe.xtrim(self.dead_letter_stream, maxlen=self.dead_letter_maxlen, approximate=True)
-        ids = [*ack_ids, *(letter.entry.id for letter in dead_letters)]
-        if ids:
-            pipe.xack(self.stream, self.group, *ids)
-        replies = await self._call(pipe.execute(), keys=(self.stream, self.dead_letter_stream))
+        pipe.xack(self.stream, self.group, *ids)
+        replies = await self._call(pipe.execute(), keys=keys)
         return int(replies[len(dead_letters)]) if trimming else 0
 
     async def _with_group(self, command: Callable[[], Awaitable[_T]]) -> _T | None:
