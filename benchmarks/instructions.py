@@ -1,6 +1,6 @@
 """Instructions per record, counted by valgrind's cachegrind: figures this shared VM's noise does not move.
 
-Run: python -m benchmarks.instructions [--records N] [--tree CHECKOUT ...] [--only worker,publish]
+Run: python -m benchmarks.instructions [--records N] [--tree CHECKOUT ...] [--only worker,publish] [--functions K]
 
 Why: the µs figures of `python -m benchmarks` move two- or threefold between days on this VM for the same code
 (benchmarks/NOTES.md, round 4), and ±30% within an hour, so a lever worth 10% cannot be told from noise by timing,
@@ -19,12 +19,16 @@ What is counted, each for this checkout and every `--tree` (a `git worktree` of 
   (pending claims, gauges) run more often under valgrind's slowdown and stay in the figure: an over-count.
 - publish: `Publisher.publish_many` of the suite's records as plain dicts, batches of 1000, onto a scratch stream,
   the same way (two N, the difference).
+
+`--functions K` lists each count's top K functions by instructions a record (`cg_diff` of the two runs, so again
+start-up cancels out): where the remaining instructions go, C extensions by name, Python code as the interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +56,26 @@ class Count:
     tree: Path
     per_record: float
     records: int  # the difference of the two runs' record counts the figure is taken over
+    out_files: tuple[Path, Path]  # cachegrind's files of the smaller and the larger run
+
+
+def by_function(count: Count, top: int) -> list[tuple[float, str]]:
+    """The `top` functions by instructions a record, with their share: `cg_diff` of the two runs (start-up and
+    shutdown cancel out, as in the total), read by `cg_annotate`. Python code shows as the interpreter's own
+    functions (`_PyEval_EvalFrameDefault`, ...); C extensions (msgspec, hiredis, pydantic-core, psycopg's C, libpq)
+    by name."""
+    small, large = count.out_files
+    diff = large.with_suffix(".diff")
+    with diff.open("w") as out:
+        subprocess.run(["cg_diff", str(small), str(large)], check=True, stdout=out)
+    listing = subprocess.run(["cg_annotate", "--auto=no", str(diff)], check=True, capture_output=True, text=True).stdout
+    rows: list[tuple[float, str]] = []
+    for line in listing.splitlines():
+        # A function line: "<Ir with commas> (<share>%)  <file>:<function>" (valgrind 3.19 and later).
+        match = re.match(r"^\s*(-?[\d,]+)\s+\(\s*-?[\d.]+%\)\s+(\S.*)$", line)
+        if match:
+            rows.append((int(match[1].replace(",", "")) / count.records, match[2]))
+    return sorted(rows, reverse=True)[:top]
 
 
 def valgrind_argv(out_file: Path) -> list[str]:
@@ -94,7 +118,8 @@ def count_worker(servers: Servers, filled: Prefilled, tree: Path, sizes: Sequenc
             totals[size] = instructions(out_file)
     finally:
         drain.WORKER_TREE = previous
-    return Count("worker", tree, per_record(totals), max(sizes) - min(sizes))
+    files = (workdir / f"worker-{min(sizes)}.cachegrind", workdir / f"worker-{max(sizes)}.cachegrind")
+    return Count("worker", tree, per_record(totals), max(sizes) - min(sizes), files)
 
 
 # Run by `count_publish` as a script, so that `interactionlog` comes from the tree on PYTHONPATH while the records
@@ -120,11 +145,16 @@ def count_publish(redis_url: str, tree: Path, sizes: Sequence[int], workdir: Pat
     totals: dict[int, int] = {}
     for size in sizes:
         out_file = workdir / f"publish-{size}.cachegrind"
-        script = [sys.executable, "-c", _PUBLISH_SCRIPT, str(REPO / "benchmarks"), redis_url, str(size)]
+        # From a file, not `-c`: cachegrind writes the command line into its file, where a newline breaks the format
+        # (cg_diff and cg_annotate then refuse it).
+        path = workdir / "publish_script.py"
+        path.write_text(_PUBLISH_SCRIPT)
+        script = [sys.executable, str(path), str(REPO / "benchmarks"), redis_url, str(size)]
         argv = [*valgrind_argv(out_file), *script, str(max(sizes))]
         subprocess.run(argv, check=True, cwd=tree, env=drain.checkout_env(tree), capture_output=True)
         totals[size] = instructions(out_file)
-    return Count("publish", tree, per_record(totals), max(sizes) - min(sizes))
+    files = (workdir / f"publish-{min(sizes)}.cachegrind", workdir / f"publish-{max(sizes)}.cachegrind")
+    return Count("publish", tree, per_record(totals), max(sizes) - min(sizes), files)
 
 
 @contextlib.contextmanager
@@ -142,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=20_000, help="the larger run's records [20000]")
     parser.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to count too")
     parser.add_argument("--only", default=",".join(PARTS), help=f"parts to count, of {','.join(PARTS)}")
+    parser.add_argument("--functions", type=int, default=0, help="also list the top N functions of each count")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -154,11 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for tree in trees:
             if filled is not None:
                 counts.append(count_worker(servers, filled, tree, sizes, workdir))
-                print(_line(counts[-1], counts), flush=True)
+                _report(counts[-1], counts, args.functions)
             if "publish" in only:
                 counts.append(count_publish(servers.redis_url, tree, sizes, workdir))
-                print(_line(counts[-1], counts), flush=True)
+                _report(counts[-1], counts, args.functions)
     return 0
+
+
+def _report(count: Count, counts: Sequence[Count], functions: int) -> None:
+    print(_line(count, counts), flush=True)
+    for instructions_a_record, function in by_function(count, functions) if functions else []:
+        print(f"  {instructions_a_record:10,.0f}  {instructions_a_record / count.per_record:6.1%}  {function}")
 
 
 def _line(count: Count, counts: Sequence[Count]) -> str:
