@@ -59,10 +59,16 @@ def test_quick_benchmark_prints_every_figure_and_target() -> None:
 def test_instruction_counts_run_end_to_end() -> None:
     """`python -m benchmarks.instructions` counts the worker's and publish_many's instructions per record (a small
     run: about a minute under valgrind); each figure is within what a record can plausibly cost, which a parse of
-    the wrong line or a run that counted nothing (a difference of two equal totals) would not be."""
-    out = _run("benchmarks.instructions", "--records", "2000", timeout_s=600)
-    lines = [line for line in out.splitlines() if "instructions a record over 1,800" in line]
+    the wrong line or a run that counted nothing (a difference of two equal totals) would not be; `--functions`
+    lists the same total first, then functions in falling order."""
+    out = _run("benchmarks.instructions", "--records", "2000", "--functions", "3", timeout_s=600)
+    every = out.splitlines()
+    lines = [line for line in every if "instructions a record over 1,800" in line]
     assert [line.split()[0] for line in lines] == ["worker", "publish"], out
     for line in lines:
         figure = float(line.split(": ", 1)[1].split()[0].replace(",", ""))
         assert 10_000 < figure < 2_000_000, line
+        # --functions 3: the totals of the two runs' difference (the same figure), then the two costliest functions.
+        totals, first, second = every[every.index(line) + 1 : every.index(line) + 4]
+        assert totals.split()[0] == f"{figure:,.0f}" and totals.endswith("PROGRAM TOTALS"), totals
+        assert float(first.split()[0].replace(",", "")) >= float(second.split()[0].replace(",", "")) > 0, out
