@@ -70,5 +70,6 @@ def test_instruction_counts_run_end_to_end() -> None:
         assert 10_000 < figure < 2_000_000, line
         # --functions 3: the totals of the two runs' difference (the same figure), then the two costliest functions.
         totals, first, second = every[every.index(line) + 1 : every.index(line) + 4]
-        assert totals.split()[0] == f"{figure:,.0f}" and totals.endswith("PROGRAM TOTALS"), totals
+        assert totals.split()[0] == f"{figure:,.0f}", totals
+        assert totals.endswith("PROGRAM TOTALS"), totals
         assert float(first.split()[0].replace(",", "")) >= float(second.split()[0].replace(",", "")) > 0, out
