@@ -1,6 +1,7 @@
-"""Settling a batch (dead letters and XACK in one MULTI/EXEC) whose outcome the worker does not see whole: a reply
-lost after Redis ran the EXEC, and a dead-letter key that stopped being a stream while the worker ran. Each entry
-gets exactly one dead letter, none is acknowledged without it, and a trim whose count was lost is said."""
+"""Commands whose outcome the sender does not see whole. Settling a batch (dead letters and XACK in one MULTI/EXEC):
+a reply lost after Redis ran the EXEC, and a dead-letter key that stopped being a stream while the worker ran; each
+entry gets exactly one dead letter, none is acknowledged without it, and a trim whose count was lost is said.
+Publishing: an XADD's reply lost after Redis added the entries; each record is stored once."""
 
 from __future__ import annotations
 
@@ -9,9 +10,22 @@ import signal
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import redis
 
-from .pipeline import WorkerProcess, count_rows, group_pending, migrate, running_worker, wait_until
+from interactionlog import BackgroundPublisher, Publisher
+
+from .gateway import INGEST, running_gateway
+from .pipeline import (
+    WorkerProcess,
+    count_rows,
+    group_pending,
+    migrate,
+    record,
+    running_worker,
+    stored_rows,
+    wait_until,
+)
 from .proxy import ReplyDroppingProxy, wait_for_drop
 from .servers import RedisServer
 
@@ -119,3 +133,76 @@ def test_a_dead_letter_key_that_stops_being_a_stream_acknowledges_nothing(
     client.delete(DEAD_LETTERS)
     with running_worker(redis_url, database_url, tmp_path):
         wait_until(lambda: dead_letter_sources(client) == [bad] and group_pending(client) == 0, what="dead-lettered")
+
+
+# --- the same fault on the publishing side ------------------------------------------------------------------------
+
+# An XADD as hiredis packs it: the command's name as the first bulk string of an array.
+XADD = b"$4\r\nXADD\r\n"
+
+
+def test_a_publish_whose_reply_is_lost_is_stored_once(
+    redis_server: RedisServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """`Publisher.publish` loses the reply to its XADD after Redis added the entry: its one retry on a fresh
+    connection adds the same record again (same interaction_id and timestamp), and the worker stores it once."""
+    migrate(database_url)
+    client = redis.Redis.from_url(redis_url)
+    with ReplyDroppingProxy(redis_server.port) as proxy:
+        publisher = Publisher.from_url(proxy.url, stream=STREAM)
+        try:
+            proxy.drop_reply_to(XADD)
+            publisher.publish(record(1))
+        finally:
+            publisher.close()
+        assert proxy.dropped == 1
+    assert client.xlen(STREAM) == 2, "the lost XADD ran, and the retry added the record again"
+    with running_worker(redis_url, database_url, tmp_path):
+        wait_until(lambda: drained(client), what="drained")
+    assert stored_rows(database_url) == [("weather", record(1)["interaction_id"])]
+
+
+def test_a_background_publish_whose_reply_is_lost_is_stored_once(
+    redis_server: RedisServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """`BackgroundPublisher`'s thread loses the reply to a batch of 20 XADDs after Redis added them: whatever it
+    does next (retry, spool and replay), every record is stored once."""
+    migrate(database_url)
+    client = redis.Redis.from_url(redis_url)
+    with ReplyDroppingProxy(redis_server.port) as proxy:
+        publisher = BackgroundPublisher.from_url(proxy.url, stream=STREAM, spool_dir=tmp_path / "spool")
+        try:
+            proxy.drop_reply_to(XADD)
+            ids = [publisher.publish(record(index)) for index in range(20)]
+            assert publisher.flush(timeout_s=30), "everything sent or spooled and replayed"
+        finally:
+            publisher.close()
+        assert proxy.dropped == 1
+    assert client.xlen(STREAM) > 20, "the lost XADDs ran, and were sent again"
+    with running_worker(redis_url, database_url, tmp_path):
+        wait_until(lambda: drained(client), what="drained")
+    assert sorted(stored_rows(database_url)) == sorted(("weather", interaction_id) for interaction_id in ids)
+
+
+def test_a_gateway_whose_xadd_reply_is_lost_stores_the_record_once(
+    redis_server: RedisServer, redis_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """The HTTP gateway loses the reply to its XADD after Redis added the record: whatever it answers, the client
+    sends the same record (same interaction_id) until it gets 202, and the worker stores it once."""
+    migrate(database_url)
+    client = redis.Redis.from_url(redis_url)
+    body = json.dumps({"mcp_id": "weather", "interaction_id": "lost-reply-1", "tool": "get_forecast"})
+    answers: list[int] = []
+    with (
+        ReplyDroppingProxy(redis_server.port) as proxy,
+        running_gateway(proxy.url, database_url, tmp_path, no_auth=True) as gateway,
+    ):
+        proxy.drop_reply_to(XADD)
+        while not answers or answers[-1] != 202:
+            assert len(answers) < 20, answers
+            answers.append(httpx.post(f"{gateway.http_url}{INGEST}", content=body, timeout=30).status_code)
+        assert proxy.dropped == 1
+    assert client.xlen(STREAM) >= 2, f"the lost XADD ran, and the record was added again (answers {answers})"
+    with running_worker(redis_url, database_url, tmp_path):
+        wait_until(lambda: drained(client), what="drained")
+    assert stored_rows(database_url) == [("weather", "lost-reply-1")]
