@@ -474,16 +474,27 @@ def ensure_readable(encoded: str, record: Interaction) -> None:
 
 
 def _nests_too_deeply(encoded: str) -> bool:
-    """Whether the worker's JSON parser (pydantic-core's, which `Interaction.model_validate_json` uses) refuses
-    `encoded` for its nesting. Only text with `MAX_FAST_BRACKETS` brackets or more can be refused; only that text
-    is parsed, by the same parser, so the limit is the worker's own (arrays and objects count apart)."""
-    if encoded.count("[") + encoded.count("{") < MAX_FAST_BRACKETS:
-        return False
+    """Whether the worker's JSON parser refuses `encoded` for its nesting (`parser_refusal`)."""
+    refusal = parser_refusal(encoded)
+    return refusal is not None and "recursion limit" in refusal
+
+
+def parser_refusal(encoded: str | bytes) -> str | None:
+    """Why the worker's JSON parser (pydantic-core's, which `Interaction.model_validate_json` uses) refuses
+    `encoded`, or None, when `encoded` holds `MAX_FAST_BRACKETS` brackets or more; None for any shorter text,
+    without parsing it: only so many brackets can nest as deep as that parser refuses (200 levels, arrays and
+    objects alike), so the limit is the worker's own. Those inside strings count too: they only cost a parse."""
+    if isinstance(encoded, str):
+        brackets = encoded.count("[") + encoded.count("{")
+    else:
+        brackets = encoded.count(b"[") + encoded.count(b"{")
+    if brackets < MAX_FAST_BRACKETS:
+        return None
     try:
         from_json(encoded)
     except ValueError as error:
-        return "recursion limit" in str(error)
-    return False
+        return str(error)
+    return None
 
 
 def _too_deep(record: Interaction) -> InvalidRecordError:

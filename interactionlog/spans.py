@@ -11,10 +11,11 @@ This path only ever says yes when the model would: it answers None (take the mod
 sure, so every refusal, its reason and its message still come from the model. Not sure means: msgspec refuses
 the record (wrong type, too long, null where the model wants a value, not JSON, NaN, ...); the bytes are not
 UTF-8; they hold an escape the model treats specially (U+0000, a surrogate: `\\u0000`, `\\ud800`), an integer
-longer than `record.MAX_INT_DIGITS` or more brackets than `record.MAX_FAST_BRACKETS` (pydantic-core's JSON parser
-refuses nesting 200 deep, msgspec later); `duration_ms` is not finite; `timestamp` is not in `_COMMON_TIMESTAMP`'s
-shape; `metadata` is not an object. The worker also leaves records without `interaction_id` or `timestamp` to the model
-path, which splices their defaults in.
+longer than `record.MAX_INT_DIGITS`, or `record.MAX_FAST_BRACKETS` brackets or more in a text pydantic-core's JSON
+parser refuses (it refuses nesting 200 deep, msgspec later; only such long texts are parsed to ask it);
+`duration_ms` is not finite; `timestamp` is not in `_COMMON_TIMESTAMP`'s shape; `metadata` is not an object. The
+worker also leaves records without `interaction_id` or `timestamp` to the model path, which splices their defaults
+in.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Annotated, cast
 
 import msgspec
 
-from .record import MAX_FAST_BRACKETS, MAX_INT_DIGITS, MAX_TIMESTAMP, MIN_TIMESTAMP
+from .record import MAX_FAST_BRACKETS, MAX_INT_DIGITS, MAX_TIMESTAMP, MIN_TIMESTAMP, parser_refusal
 from .rows import StoredRow
 from .scrub import DEFAULT_SCRUBBER, SCRUBBED_STAMP, payload_might_hold_secrets, scrub_stored_json
 
@@ -91,9 +92,12 @@ def holds_special_escape(data: bytes) -> bool:
 
 
 def nests_deeply(data: bytes) -> bool:
-    """Whether `data` (JSON) holds `MAX_FAST_BRACKETS` brackets or more, the bound under which it cannot nest as deep
-    as the model refuses (those inside strings counted too, which only declines a record for nothing)."""
-    return data.count(b"[") + data.count(b"{") >= MAX_FAST_BRACKETS
+    """Whether the worker's JSON parser may refuse `data` (JSON) for its nesting, so that the model must judge it:
+    it holds `MAX_FAST_BRACKETS` brackets or more and that parser refuses it (`record.parser_refusal`; for any
+    reason, as the fast path only says yes when sure). A long record that nests shallowly (a tool result listing
+    150 objects) stays on the fast path at the cost of that one parse, where the bound alone sent it, and on the
+    worker its whole chunk, down the model's path at several times the cost."""
+    return parser_refusal(data) is not None
 
 
 def needs_model(data: bytes) -> bool:
@@ -238,8 +242,7 @@ def _chunk_columns(datas: Sequence[bytes]) -> list[Columns] | None:
     if (
         (_BACKSLASH in joined and _SPECIAL_ESCAPE.search(joined))  # no match spans the newline between records
         or max(map(len, datas)) > MAX_INT_DIGITS  # only such a record can hold a too long integer
-        or max(map(add, map(bytes.count, datas, repeat(b"[")), map(bytes.count, datas, repeat(b"{"))))
-        >= MAX_FAST_BRACKETS
+        or _nest_too_deeply(datas)
     ):
         return None
     try:
@@ -247,6 +250,15 @@ def _chunk_columns(datas: Sequence[bytes]) -> list[Columns] | None:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     return columns if len(columns) == len(datas) else None
+
+
+def _nest_too_deeply(datas: Sequence[bytes]) -> bool:
+    """Whether any of `datas` `nests_deeply`, with the bracket bound counted in C loops over the chunk and only
+    the records over it parsed."""
+    brackets = list(map(add, map(bytes.count, datas, repeat(b"[")), map(bytes.count, datas, repeat(b"{"))))
+    if max(brackets) < MAX_FAST_BRACKETS:
+        return False
+    return any(nests_deeply(data) for data, count in zip(datas, brackets, strict=True) if count >= MAX_FAST_BRACKETS)
 
 
 def _might_hold_secrets(spans: Sequence[tuple[msgspec.Raw, ...]], positions: list[int]) -> list[int]:

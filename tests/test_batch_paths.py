@@ -190,3 +190,16 @@ def test_arguments_hiredis_refuses_raise_redis_pys_error() -> None:
     for bad in bad_values:
         with pytest.raises(DataError):
             packed.pack_command("SET", "k", bad)
+
+
+def test_a_long_shallow_record_keeps_its_chunk_on_the_batch_path() -> None:
+    """A record of over 300 brackets that nests 3 deep, among realistic ones: the chunk's rows are fast_row's,
+    none left to the model (before, the bracket bound sent the whole chunk one by one, and that record to the
+    model)."""
+    files = [{"name": f"f{index}.txt", "size": index} for index in range(200)]
+    long = json.dumps(
+        {"mcp_id": "m", "interaction_id": "long", "timestamp": "2024-05-01T10:00:00Z", "response": {"files": files}}
+    ).encode()
+    datas = [*REALISTIC[:100], long, *REALISTIC[100:200]]
+    assert_same_rows(datas)
+    assert None not in fast_rows(ids_for(datas), datas, scrub=True)

@@ -230,3 +230,57 @@ def test_nesting_deeper_than_the_model_allows_is_left_to_the_model() -> None:
     """Nesting the model refuses (about 250 deep) is never accepted by the fast path."""
     deep = b'{"mcp_id":"m","request":' + b"[" * 300 + b"]" * 300 + b"}"
     assert checked_columns(deep) is None
+
+
+def _nested(shape: str, depth: int) -> Any:
+    """A value `depth` levels deep: arrays, objects, or the two in turn."""
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if shape == "arrays" or (shape == "mixed" and level % 2) else {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["request", "response", "error", "metadata"])
+@pytest.mark.parametrize("shape", ["arrays", "objects", "mixed"])
+def test_nesting_around_the_parsers_limit_gets_the_models_verdict_on_both_fast_paths(field: str, shape: str) -> None:
+    """Depths either side of what the worker's JSON parser reads, in each payload field: the worker's fast path
+    stores exactly the model's row or declines what the model refuses; the publisher's `check_valid` accepts
+    exactly what the model path can publish. Records of 200 brackets or more that the parser reads take the fast
+    paths (before, the bracket bound alone sent every one to the model)."""
+    for depth in range(194, 204):
+        value = _nested(shape, depth)
+        if field == "metadata" and not isinstance(value, dict):
+            value = {"a": value}
+        record = {"mcp_id": "m", "interaction_id": "i", "timestamp": "2024-05-01T10:00:00Z", field: value}
+        data = json.dumps(record, separators=(",", ":")).encode()
+        model = model_or_reason(data, scrub=True)
+        fast = fast_row(ENTRY_ID, data, scrub=True)
+        if isinstance(model, str):  # refused: the parser's depth limit
+            assert model == "invalid_json", (depth, model)
+            assert fast is None, depth
+            assert check_valid(record) is None, depth
+        else:
+            assert fast == model, depth
+            assert check_valid(record) is not None, depth
+
+
+def test_a_long_record_that_nests_shallowly_takes_the_fast_paths() -> None:
+    """A tool result listing 150 objects (over 300 brackets, 3 levels deep) is stored by the worker's fast path as
+    the model stores it, alone and among realistic records in one chunk, and published by `encode_plain` as the
+    model's path publishes it."""
+    files = [{"name": f"f{index}.txt", "size": index, "tags": ["a", "b"]} for index in range(150)]
+    record = {
+        "mcp_id": "files",
+        "interaction_id": "long",
+        "timestamp": "2024-05-01T10:00:00Z",
+        "response": {"content": [{"type": "text", "text": "ok"}], "structuredContent": {"files": files}},
+    }
+    data = json.dumps(record, separators=(",", ":")).encode()
+    assert data.count(b"[") + data.count(b"{") > 300
+    fast = fast_row(ENTRY_ID, data, scrub=True)
+    assert fast is not None
+    assert fast == model_or_reason(data, scrub=True)
+    fast_entry = encode_plain(record, DEFAULT_MAX_RECORD_BYTES, strict=False)
+    assert fast_entry is not None
+    interaction, encoded = prepare_record(record, strict=False)
+    assert fast_entry == wire_fields(interaction, encoded, DEFAULT_MAX_RECORD_BYTES, exact=True)
