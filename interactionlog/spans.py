@@ -241,7 +241,7 @@ def _chunk_columns(datas: Sequence[bytes]) -> list[Columns] | None:
     joined = b"\n".join(datas)
     if (
         (_BACKSLASH in joined and _SPECIAL_ESCAPE.search(joined))  # no match spans the newline between records
-        or max(map(len, datas)) > MAX_INT_DIGITS  # only such a record can hold a too long integer
+        or _hold_long_integers(datas)
         or _nest_too_deeply(datas)
     ):
         return None
@@ -250,6 +250,15 @@ def _chunk_columns(datas: Sequence[bytes]) -> list[Columns] | None:
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     return columns if len(columns) == len(datas) else None
+
+
+def _hold_long_integers(datas: Sequence[bytes]) -> bool:
+    """Whether any of `datas` holds an integer longer than `MAX_INT_DIGITS`: searched for in the records long enough
+    to hold one only. Declining the chunk for any such record's length alone sent every chunk holding a 5 KB record
+    (a common tool result) one record at a time."""
+    if max(map(len, datas)) <= MAX_INT_DIGITS:
+        return False
+    return any(_LONG_DIGITS.search(data) for data in datas if len(data) > MAX_INT_DIGITS)
 
 
 def _nest_too_deeply(datas: Sequence[bytes]) -> bool:
