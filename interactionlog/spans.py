@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
 from operator import add, attrgetter
 from typing import Annotated, cast
 
@@ -182,92 +183,178 @@ _METADATA = attrgetter("metadata")
 def fast_rows(entry_ids: Sequence[str], datas: Sequence[bytes], *, scrub: bool) -> list[StoredRow | None]:
     """`fast_row` of each (entry id, data) pair, the same answers, for a batch: each check runs once over a chunk
     of records (C loops: msgspec's `decode_lines`, `map` of C functions), where `fast_row` pays Python's per-call
-    costs a dozen times per record. A chunk holding anything the batch checks are not sure of goes through
-    `fast_row` one record at a time. `datas` are bytes within max_record_bytes, as for `fast_row`."""
+    costs a dozen times per record. A record any check is not sure of is answered by `fast_row` alone, and the
+    rest of its chunk together still. `datas` are bytes within max_record_bytes, as for `fast_row`."""
     rows: list[StoredRow | None] = []
     for start in range(0, len(datas), FAST_CHUNK):
-        ids, chunk = entry_ids[start : start + FAST_CHUNK], datas[start : start + FAST_CHUNK]
-        sure = _chunk_rows(ids, chunk, scrub)
-        rows += sure if sure is not None else [fast_row(*pair, scrub=scrub) for pair in zip(ids, chunk, strict=True)]
+        rows += _chunk_rows(entry_ids[start : start + FAST_CHUNK], datas[start : start + FAST_CHUNK], scrub)[0]
     return rows
 
 
-def _chunk_rows(entry_ids: Sequence[str], datas: Sequence[bytes], scrub: bool) -> list[StoredRow | None] | None:
-    """Every record's row (the checks of `checked_columns` and `fast_row`, each over the whole chunk), or None when
-    any record needs a closer look."""
-    columns = _chunk_columns(datas)
-    if columns is None:
-        return None
+# How many records of a chunk msgspec may refuse one after another before the chunk goes one record at a time.
+_DECODE_RETRIES = 4
+# Stands in for a record's timestamp once another check has sent the record to `fast_row`, so that the chunk's
+# later checks, which run over every record, pass over it.
+_SOME_TIMESTAMP = "2000-01-01T00:00:00Z"
+
+
+def _chunk_rows(
+    entry_ids: Sequence[str], datas: Sequence[bytes], scrub: bool
+) -> tuple[list[StoredRow | None], set[int]]:
+    """`fast_row`'s answer for each record of a chunk, and the positions of those `fast_row` answered alone.
+
+    The checks of `checked_columns` and `fast_row` each run once over the chunk; a record one of them is not sure
+    of is answered by `fast_row`, the others together. Before, one such record (a raw XADD without
+    `interaction_id`, a `\\ud83d` escape, a long tool result) sent its whole chunk one record at a time."""
+    alone = _screened(datas)
+    kept = [index for index in range(len(datas)) if index not in alone] if alone else list(range(len(datas)))
+    columns: list[Columns] | None = None
+    for _ in range(_DECODE_RETRIES):
+        columns, culprit = _decoded(datas if not alone else [datas[index] for index in kept])
+        if columns is not None or culprit is None:
+            break
+        alone.add(kept.pop(culprit))  # refused by msgspec: its own decode says why, or declines
+        if not kept:
+            break
+    rows: list[StoredRow | None] = [None] * len(datas)
+    if columns is not None and kept:
+        kept_ids = [entry_ids[index] for index in kept]
+        kept_datas = [datas[index] for index in kept]
+        kept_rows, unsure = _rows(kept_ids, kept_datas, columns, scrub)
+        for position, row in zip(kept, kept_rows, strict=True):
+            rows[position] = row
+        alone.update(kept[index] for index in unsure)
+    else:
+        alone = set(range(len(datas)))
+    for position in alone:
+        rows[position] = fast_row(entry_ids[position], datas[position], scrub=scrub)
+    return rows, alone
+
+
+def _rows(
+    entry_ids: list[str], datas: list[bytes], columns: list[Columns], scrub: bool
+) -> tuple[list[StoredRow], set[int]]:
+    """The rows of records msgspec decoded together (`columns`), after the checks `fast_row` makes after decoding,
+    each over them all; and the positions of the records one of them is not sure of, whose rows are to be
+    ignored (built from stand-ins, for `fast_row` to answer)."""
+    unsure: set[int] = set()
     interaction_ids = list(map(_INTERACTION_ID, columns))
     timestamp_texts = list(map(_TIMESTAMP, columns))
     if msgspec.UNSET in interaction_ids or msgspec.UNSET in timestamp_texts:
-        return None
+        unsure |= {
+            index
+            for index, (interaction_id, text) in enumerate(zip(interaction_ids, timestamp_texts, strict=True))
+            if interaction_id is msgspec.UNSET or text is msgspec.UNSET
+        }
+        timestamp_texts = _standing_in(timestamp_texts, unsure)
     # Before fromisoformat, which reads more shapes (a date alone, no offset: naive, not comparable below).
-    if None in map(_COMMON_TIMESTAMP.fullmatch, timestamp_texts):
-        return None
-    metadata = list(map(bytes, map(_METADATA, columns)))
-    objects = sum(map(bytes.startswith, metadata, repeat(_OPEN)))
+    shapes = list(map(_COMMON_TIMESTAMP.fullmatch, timestamp_texts))
+    if None in shapes:
+        unsure |= {index for index, shape in enumerate(shapes) if shape is None}
+        timestamp_texts = _standing_in(timestamp_texts, unsure)
     try:
         timestamps = list(map(_from_isoformat, timestamp_texts))
+    except (ValueError, OverflowError):
+        read = [_timestamp_or_none(text) for text in timestamp_texts]
+        unsure |= {index for index, timestamp in enumerate(read) if timestamp is None}
+        timestamps = [_SOME_DATETIME if timestamp is None else timestamp for timestamp in read]
+    if min(timestamps) < MIN_TIMESTAMP or max(timestamps) > MAX_TIMESTAMP:
+        unsure |= {index for index, at in enumerate(timestamps) if not MIN_TIMESTAMP <= at <= MAX_TIMESTAMP}
+    durations = list(map(_DURATION_MS, columns))
+    if not math.isfinite(sum(filter(None, durations))):  # inf or nan somewhere (or a sum too large): which ones
+        unsure |= {index for index, value in enumerate(durations) if value is not None and not math.isfinite(value)}
+    metadata = list(map(bytes, map(_METADATA, columns)))
+    objects = sum(map(bytes.startswith, metadata, repeat(_OPEN)))
+    if objects + metadata.count(b"") + metadata.count(_NULL) != len(datas):  # the model wants an object
+        unsure |= {index for index, text in enumerate(metadata) if text not in (b"", _NULL) and text[:1] != _OPEN}
+    try:
         texts = list(map(bytes.decode, datas))
-        sure = (
-            min(timestamps) >= MIN_TIMESTAMP
-            and max(timestamps) <= MAX_TIMESTAMP
-            and math.isfinite(sum(filter(None, map(_DURATION_MS, columns))))  # inf or nan: say which, one by one
-            and objects + metadata.count(b"") + metadata.count(_NULL) == len(datas)  # the model wants an object
-        )
-    except (ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
-        return None
-    if not sure:
-        return None
+    except UnicodeDecodeError:
+        texts = [data.decode(errors="replace") for data in datas]
+        unsure |= {index for index, data in enumerate(datas) if not _is_utf8(data)}
     if scrub:
         spans = list(map(_PAYLOAD_SPANS, columns))
         stamped = list(map(bytes.__contains__, metadata, repeat(SCRUBBED_STAMP)))  # scrubbed by its publisher
-        for position in _might_hold_secrets(spans, [index for index, done in enumerate(stamped) if not done]):
+        asked = [index for index, done in enumerate(stamped) if not done and index not in unsure]
+        for position in _might_hold_secrets(spans, asked):
             texts[position] = scrub_stored_json(texts[position])
     fields = (_MCP_ID, _INTERACTION_ID, _TIMESTAMP, _METHOD, _TOOL, _SESSION_ID, _IS_ERROR, _DURATION_MS, _TRACE_ID)
     values = [list(map(field, columns)) for field in fields]
     values[1], values[2] = interaction_ids, timestamps
-    return list(map(_new_row, repeat(StoredRow), zip(*values, texts, entry_ids, strict=True)))
+    return list(map(_new_row, repeat(StoredRow), zip(*values, texts, entry_ids, strict=True))), unsure
 
 
-def _chunk_columns(datas: Sequence[bytes]) -> list[Columns] | None:
-    """`checked_columns` of each record, from one `decode_lines` of them all, or None unless every record passes."""
+_SOME_DATETIME = datetime.fromisoformat(_SOME_TIMESTAMP)
+
+
+def _standing_in(texts: list[str], unsure: set[int]) -> list[str]:
+    """`texts` with those at `unsure` positions replaced by `_SOME_TIMESTAMP`."""
+    return [_SOME_TIMESTAMP if index in unsure else text for index, text in enumerate(texts)]
+
+
+def _timestamp_or_none(text: str) -> datetime | None:
+    try:
+        return _from_isoformat(text)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _screened(datas: Sequence[bytes]) -> set[int]:
+    """The positions of records `fast_row` must answer alone, found from their bytes before any decoding: not one
+    JSON object from `{` to `}` (no other alignment of `decode_lines`'s values is then possible, see `_decoded`), an
+    escape the model treats specially, an integer longer than `MAX_INT_DIGITS`, nesting the parser may refuse.
+    Each check runs over the chunk in C first, and record by record only when it finds something."""
+    alone: set[int] = set()
+    if not (all(map(bytes.startswith, datas, repeat(_OPEN))) and all(map(bytes.endswith, datas, repeat(_CLOSE)))):
+        alone |= {index for index, data in enumerate(datas) if not (data[:1] == _OPEN and data[-1:] == _CLOSE)}
+    joined = b"\n".join(datas)  # no match spans the newline between records
+    if _BACKSLASH in joined and _SPECIAL_ESCAPE.search(joined):
+        alone |= {index for index, data in enumerate(datas) if holds_special_escape(data)}
+    if max(map(len, datas)) > MAX_INT_DIGITS:
+        alone |= {index for index, data in enumerate(datas) if len(data) > MAX_INT_DIGITS and _LONG_DIGITS.search(data)}
+    brackets = list(map(add, map(bytes.count, datas, repeat(b"[")), map(bytes.count, datas, repeat(b"{"))))
+    if max(brackets) >= MAX_FAST_BRACKETS:
+        alone |= {
+            index
+            for index, (data, count) in enumerate(zip(datas, brackets, strict=True))
+            if count >= MAX_FAST_BRACKETS and nests_deeply(data)
+        }
+    return alone
+
+
+def _decoded(datas: Sequence[bytes]) -> tuple[list[Columns] | None, int | None]:
+    """`checked_columns`'s decoding of each record (`datas`: each one JSON object from `{` to `}`, passed by
+    `_screened`), from one `decode_lines` of them all; or None, and the position of the record msgspec refused when
+    its error names one (None when it does not, or the values did not line up with the records)."""
     # One JSON value per line for decode_lines, which reads whitespace-separated values: with every record
     # opening with `{` and closing with `}`, no value can span two records (`}` then `{` is no JSON inside a
     # value, and a raw newline none inside a string), so as many values as records are the records, one each.
-    if not (all(map(bytes.startswith, datas, repeat(_OPEN))) and all(map(bytes.endswith, datas, repeat(_CLOSE)))):
-        return None
-    joined = b"\n".join(datas)
-    if (
-        (_BACKSLASH in joined and _SPECIAL_ESCAPE.search(joined))  # no match spans the newline between records
-        or _hold_long_integers(datas)
-        or _nest_too_deeply(datas)
-    ):
-        return None
     try:
-        columns = _DECODER.decode_lines(joined)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    return columns if len(columns) == len(datas) else None
+        columns = _DECODER.decode_lines(b"\n".join(datas))
+    except msgspec.ValidationError as error:  # "... - at `$[3].duration_ms`": the fourth record
+        found = _LINE.search(str(error))
+        position = int(found[1]) if found else None
+        return None, position if position is not None and position < len(datas) else None
+    except msgspec.DecodeError as error:  # "JSON is malformed: ... (byte 1234)": the record holding that byte
+        found = _BYTE.search(str(error))
+        if found is None:  # "Invalid UTF-8 encoded string" says no offset: the first record that is not UTF-8
+            return None, next((index for index, data in enumerate(datas) if not _is_utf8(data)), None)
+        ends = list(accumulate(len(data) + 1 for data in datas))
+        position = bisect_right(ends, int(found[1]))
+        return None, position if position < len(datas) else None
+    return (columns, None) if len(columns) == len(datas) else (None, None)
 
 
-def _hold_long_integers(datas: Sequence[bytes]) -> bool:
-    """Whether any of `datas` holds an integer longer than `MAX_INT_DIGITS`: searched for in the records long enough
-    to hold one only. Declining the chunk for any such record's length alone sent every chunk holding a 5 KB record
-    (a common tool result) one record at a time."""
-    if max(map(len, datas)) <= MAX_INT_DIGITS:
-        return False
-    return any(_LONG_DIGITS.search(data) for data in datas if len(data) > MAX_INT_DIGITS)
-
-
-def _nest_too_deeply(datas: Sequence[bytes]) -> bool:
-    """Whether any of `datas` `nests_deeply`, with the bracket bound counted in C loops over the chunk and only
-    the records over it parsed."""
-    brackets = list(map(add, map(bytes.count, datas, repeat(b"[")), map(bytes.count, datas, repeat(b"{"))))
-    if max(brackets) < MAX_FAST_BRACKETS:
-        return False
-    return any(nests_deeply(data) for data, count in zip(datas, brackets, strict=True) if count >= MAX_FAST_BRACKETS)
+_LINE = re.compile(r"at `\$\[(\d+)\]")
+_BYTE = re.compile(r"\(byte (\d+)\)")
 
 
 def _might_hold_secrets(spans: Sequence[tuple[msgspec.Raw, ...]], positions: list[int]) -> list[int]:

@@ -84,6 +84,46 @@ def test_an_odd_record_among_realistic_ones_changes_no_other_row(odd: bytes) -> 
         assert_same_rows(datas)
 
 
+# One record each check of the batch path is not sure of (before decoding, msgspec's refusal with a position or a
+# byte offset, after decoding), each answered by fast_row alone: it leaves every one of them to the model.
+ALONE = [
+    b'{"mcp_id":"m","timestamp":"2024-05-01T10:00:00Z"}',  # no interaction_id: the model's defaults
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","duration_ms":"slow"}',  # msgspec: $[i]
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z",}',  # malformed: (byte n)
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","metadata":[1]}',
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","duration_ms":1e999}',
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","tool":"caf\xe9"}',  # msgspec: no offset
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","tool":"\\ud83d\\ude00"}',
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","request":'
+    + b"[" * 300
+    + b"]" * 300
+    + b"}",
+    b'{"mcp_id":"m","interaction_id":"a","timestamp":"2024-05-01T10:00:00Z","request":' + b"7" * 4301 + b"}",
+    *ODD_TIMES,
+]
+
+
+@pytest.mark.parametrize("odd", ALONE, ids=range(len(ALONE)))
+def test_a_record_the_batch_is_not_sure_of_is_answered_alone_and_the_rest_together(odd: bytes) -> None:
+    """Among realistic records, the odd one is the only record of its chunk fast_row answers alone, and every row
+    is fast_row's; before, it sent its whole chunk one record at a time."""
+    assert fast_row("1-0", odd, scrub=True) is None, "the model's to judge"
+    for position in (0, 7, FAST_CHUNK - 1):
+        datas = [*REALISTIC[:position], odd, *REALISTIC[position : FAST_CHUNK - 1]]
+        assert _chunk_rows(ids_for(datas), datas, True)[1] == {position}
+        assert_same_rows(datas)
+
+
+def test_several_records_refused_by_msgspec_are_answered_alone_one_after_another() -> None:
+    """Records msgspec refuses at three places in one chunk: each is found by its position in msgspec's error,
+    and the chunk's other records are still answered together."""
+    datas = list(REALISTIC[:FAST_CHUNK])
+    for position in (3, 90, 200):
+        datas[position] = ALONE[1]
+    assert _chunk_rows(ids_for(datas), datas, True)[1] == {3, 90, 200}
+    assert_same_rows(datas)
+
+
 def test_a_record_of_two_values_and_an_empty_one_do_not_shift_the_rows() -> None:
     """Two values in one record and none in another add up to as many values as records: the rows after them
     must still be their own records', not their neighbours'."""
@@ -202,14 +242,14 @@ def test_a_long_shallow_record_keeps_its_chunk_on_the_batch_path() -> None:
     ).encode()
     datas = [*REALISTIC[:100], long, *REALISTIC[100:200]]
     assert_same_rows(datas)
-    # The per-record fallback gives the same rows, more slowly: only the chunk's own answer tells the two apart.
-    assert _chunk_rows(ids_for(datas), datas, True) is not None
+    # Answered alone or together, the rows are the same: only the chunk's own account tells the two apart.
+    assert _chunk_rows(ids_for(datas), datas, True)[1] == set()
 
 
 def test_a_record_longer_than_the_longest_integer_keeps_its_chunk_on_the_batch_path() -> None:
     """A 6 KB record (longer than MAX_INT_DIGITS, so it could hold an integer the model refuses, but holds none)
-    among realistic ones: the chunk is answered whole; with a 4,301-digit integer in it, the chunk is declined and
-    each record gets fast_row's answer (that one the model's)."""
+    among realistic ones: the chunk is answered together; with a 4,301-digit integer in it, that record alone is
+    answered by fast_row (which leaves it to the model), the others still together."""
     text = "word " * 1200
     plain = json.dumps(
         {"mcp_id": "m", "interaction_id": "long", "timestamp": "2024-05-01T10:00:00Z", "response": {"text": text}}
@@ -217,9 +257,9 @@ def test_a_record_longer_than_the_longest_integer_keeps_its_chunk_on_the_batch_p
     assert len(plain) > MAX_INT_DIGITS
     datas = [*REALISTIC[:100], plain, *REALISTIC[100:200]]
     assert_same_rows(datas)
-    assert _chunk_rows(ids_for(datas), datas, True) is not None
+    assert _chunk_rows(ids_for(datas), datas, True)[1] == set()
     huge = plain.replace(b'"response"', b'"request":{"n":' + b"7" * (MAX_INT_DIGITS + 1) + b'},"response"')
     datas = [*REALISTIC[:100], huge, *REALISTIC[100:200]]
-    assert _chunk_rows(ids_for(datas), datas, True) is None
+    assert _chunk_rows(ids_for(datas), datas, True)[1] == {100}
     assert_same_rows(datas)
     assert fast_row("1700000000000-100", huge, scrub=True) is None
