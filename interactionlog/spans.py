@@ -98,7 +98,8 @@ def nests_deeply(data: bytes) -> bool:
     reason, as the fast path only says yes when sure). A long record that nests shallowly (a tool result listing
     150 objects) stays on the fast path at the cost of that one parse, where the bound alone sent it, and on the
     worker its whole chunk, down the model's path at several times the cost."""
-    return parser_refusal(data) is not None
+    # The bound first, here: the common answer without the second call (this runs for every record published).
+    return data.count(b"[") + data.count(b"{") >= MAX_FAST_BRACKETS and parser_refusal(data) is not None
 
 
 def needs_model(data: bytes) -> bool:
@@ -206,33 +207,48 @@ def _chunk_rows(
     The checks of `checked_columns` and `fast_row` each run once over the chunk; a record one of them is not sure
     of is answered by `fast_row`, the others together. Before, one such record (a raw XADD without
     `interaction_id`, a `\\ud83d` escape, a long tool result) sent its whole chunk one record at a time."""
-    alone = _screened(datas)
-    kept = [index for index in range(len(datas)) if index not in alone] if alone else list(range(len(datas)))
+    joined = b"\n".join(datas)
+    alone = _screened(datas, joined)
+    # The records decoded together, as positions in the chunk; in the common case the chunk's own lists, uncopied.
+    kept: Sequence[int] = range(len(datas))
+    kept_ids, kept_datas = entry_ids, datas
+    if alone:
+        kept, kept_ids, kept_datas, joined = _without(alone, entry_ids, datas)
     columns: list[Columns] | None = None
     for _ in range(_DECODE_RETRIES):
-        columns, culprit = _decoded(datas if not alone else [datas[index] for index in kept])
-        if columns is not None or culprit is None:
-            break
-        alone.add(kept.pop(culprit))  # refused by msgspec: its own decode says why, or declines
         if not kept:
             break
-    rows: list[StoredRow | None] = [None] * len(datas)
-    if columns is not None and kept:
-        kept_ids = [entry_ids[index] for index in kept]
-        kept_datas = [datas[index] for index in kept]
-        kept_rows, unsure = _rows(kept_ids, kept_datas, columns, scrub)
-        for position, row in zip(kept, kept_rows, strict=True):
-            rows[position] = row
+        columns, culprit = _decoded(kept_datas, joined)
+        if columns is not None or culprit is None:
+            break
+        alone.add(kept[culprit])  # refused by msgspec: its own decode says why, or declines
+        kept, kept_ids, kept_datas, joined = _without(alone, entry_ids, datas)
+    answers: list[StoredRow | None] = [None] * len(datas)
+    if columns is not None:
+        rows, unsure = _rows(kept_ids, kept_datas, columns, scrub)
+        if not alone and not unsure:
+            return cast(list[StoredRow | None], rows), alone
+        for position, row in zip(kept, rows, strict=True):
+            answers[position] = row
         alone.update(kept[index] for index in unsure)
     else:
         alone = set(range(len(datas)))
     for position in alone:
-        rows[position] = fast_row(entry_ids[position], datas[position], scrub=scrub)
-    return rows, alone
+        answers[position] = fast_row(entry_ids[position], datas[position], scrub=scrub)
+    return answers, alone
+
+
+def _without(
+    alone: set[int], entry_ids: Sequence[str], datas: Sequence[bytes]
+) -> tuple[list[int], list[str], list[bytes], bytes]:
+    """The positions, entry ids and records of a chunk but those `alone`, and the records joined for decoding."""
+    kept = [index for index in range(len(datas)) if index not in alone]
+    kept_datas = [datas[index] for index in kept]
+    return kept, [entry_ids[index] for index in kept], kept_datas, b"\n".join(kept_datas)
 
 
 def _rows(
-    entry_ids: list[str], datas: list[bytes], columns: list[Columns], scrub: bool
+    entry_ids: Sequence[str], datas: Sequence[bytes], columns: list[Columns], scrub: bool
 ) -> tuple[list[StoredRow], set[int]]:
     """The rows of records msgspec decoded together (`columns`), after the checks `fast_row` makes after decoding,
     each over them all; and the positions of the records one of them is not sure of, whose rows are to be
@@ -248,9 +264,9 @@ def _rows(
         }
         timestamp_texts = _standing_in(timestamp_texts, unsure)
     # Before fromisoformat, which reads more shapes (a date alone, no offset: naive, not comparable below).
-    shapes = list(map(_COMMON_TIMESTAMP.fullmatch, timestamp_texts))
-    if None in shapes:
-        unsure |= {index for index, shape in enumerate(shapes) if shape is None}
+    # Streamed, not kept: a list of 256 match objects would bring the garbage collector's next pass forward.
+    if None in map(_COMMON_TIMESTAMP.fullmatch, timestamp_texts):
+        unsure |= {index for index, text in enumerate(timestamp_texts) if _COMMON_TIMESTAMP.fullmatch(text) is None}
         timestamp_texts = _standing_in(timestamp_texts, unsure)
     try:
         timestamps = list(map(_from_isoformat, timestamp_texts))
@@ -260,8 +276,8 @@ def _rows(
         timestamps = [_SOME_DATETIME if timestamp is None else timestamp for timestamp in read]
     if min(timestamps) < MIN_TIMESTAMP or max(timestamps) > MAX_TIMESTAMP:
         unsure |= {index for index, at in enumerate(timestamps) if not MIN_TIMESTAMP <= at <= MAX_TIMESTAMP}
-    durations = list(map(_DURATION_MS, columns))
-    if not math.isfinite(sum(filter(None, durations))):  # inf or nan somewhere (or a sum too large): which ones
+    if not math.isfinite(sum(filter(None, map(_DURATION_MS, columns)))):  # inf or nan (or a sum too large): which
+        durations = map(_DURATION_MS, columns)
         unsure |= {index for index, value in enumerate(durations) if value is not None and not math.isfinite(value)}
     metadata = list(map(bytes, map(_METADATA, columns)))
     objects = sum(map(bytes.startswith, metadata, repeat(_OPEN)))
@@ -307,7 +323,7 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _screened(datas: Sequence[bytes]) -> set[int]:
+def _screened(datas: Sequence[bytes], joined: bytes) -> set[int]:
     """The positions of records `fast_row` must answer alone, found from their bytes before any decoding: not one
     JSON object from `{` to `}` (no other alignment of `decode_lines`'s values is then possible, see `_decoded`), an
     escape the model treats specially, an integer longer than `MAX_INT_DIGITS`, nesting the parser may refuse.
@@ -315,8 +331,7 @@ def _screened(datas: Sequence[bytes]) -> set[int]:
     alone: set[int] = set()
     if not (all(map(bytes.startswith, datas, repeat(_OPEN))) and all(map(bytes.endswith, datas, repeat(_CLOSE)))):
         alone |= {index for index, data in enumerate(datas) if not (data[:1] == _OPEN and data[-1:] == _CLOSE)}
-    joined = b"\n".join(datas)  # no match spans the newline between records
-    if _BACKSLASH in joined and _SPECIAL_ESCAPE.search(joined):
+    if _BACKSLASH in joined and _SPECIAL_ESCAPE.search(joined):  # `joined`: the records, a newline between
         alone |= {index for index, data in enumerate(datas) if holds_special_escape(data)}
     if max(map(len, datas)) > MAX_INT_DIGITS:
         alone |= {index for index, data in enumerate(datas) if len(data) > MAX_INT_DIGITS and _LONG_DIGITS.search(data)}
@@ -330,15 +345,16 @@ def _screened(datas: Sequence[bytes]) -> set[int]:
     return alone
 
 
-def _decoded(datas: Sequence[bytes]) -> tuple[list[Columns] | None, int | None]:
+def _decoded(datas: Sequence[bytes], joined: bytes) -> tuple[list[Columns] | None, int | None]:
     """`checked_columns`'s decoding of each record (`datas`: each one JSON object from `{` to `}`, passed by
-    `_screened`), from one `decode_lines` of them all; or None, and the position of the record msgspec refused when
-    its error names one (None when it does not, or the values did not line up with the records)."""
+    `_screened`), from one `decode_lines` of `joined` (them, a newline between); or None, and the position of the
+    record msgspec refused when its error names one (None when it does not, or the values did not line up with the
+    records)."""
     # One JSON value per line for decode_lines, which reads whitespace-separated values: with every record
     # opening with `{` and closing with `}`, no value can span two records (`}` then `{` is no JSON inside a
     # value, and a raw newline none inside a string), so as many values as records are the records, one each.
     try:
-        columns = _DECODER.decode_lines(b"\n".join(datas))
+        columns = _DECODER.decode_lines(joined)
     except msgspec.ValidationError as error:  # "... - at `$[3].duration_ms`": the fourth record
         found = _LINE.search(str(error))
         position = int(found[1]) if found else None
