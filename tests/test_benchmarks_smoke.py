@@ -73,3 +73,13 @@ def test_instruction_counts_run_end_to_end() -> None:
         assert totals.split()[0] == f"{figure:,.0f}", totals
         assert totals.endswith("PROGRAM TOTALS"), totals
         assert float(first.split()[0].replace(",", "")) >= float(second.split()[0].replace(",", "")) > 0, out
+
+
+def test_mixed_batches_time_every_kind_of_odd_record() -> None:
+    """`benchmarks/mixed_batches.py` decodes its batches (each row checked there) and prints a figure for each
+    kind of odd record, from this checkout."""
+    lines = _run("benchmarks.mixed_batches", timeout_s=300).splitlines()
+    assert lines[0] == f"interactionlog from {REPO}", lines
+    kinds = [line.split("one in 100 ", 1)[1].rsplit(" ", 5)[0].strip() for line in lines[1:]]
+    assert kinds == ["none", "no interaction_id", "6 KB tool result", "150-object tool result"], lines
+    assert all(float(line.split()[-5]) > 0 for line in lines[1:]), lines
