@@ -23,6 +23,7 @@ from interactionlog.metrics import observe_ages
 from interactionlog.record import MAX_INT_DIGITS, entry_fields
 from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
 from interactionlog.spans import FAST_CHUNK, _chunk_rows, fast_row, fast_rows
+from interactionlog.worker import decode as decode_module
 from interactionlog.worker.decode import decode_entries, decode_entry
 from interactionlog.worker.streams import _packing_with_hiredis
 from tests.test_bad_input import CATALOGUE, NON_FINITE
@@ -183,6 +184,39 @@ def test_decode_entries_answers_as_decode_entry_for_every_catalogued_entry(scrub
         position: answer for position, answer in enumerate(expected) if isinstance(answer, dict)
     }
     assert errors, "the catalogue holds entries no worker stores"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [{b"v": b"2", b"data": REALISTIC[0]}, {b"data": REALISTIC[0]}, {b"v": b"1", b"data": b"{" + b" " * 2000 + b"}"}],
+    ids=["a newer wire version", "no version", "over the cap"],
+)
+def test_an_entry_outside_the_wire_format_or_the_cap_leaves_the_rest_of_its_batch_on_the_batch_path(
+    odd: dict[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One such entry among 300 realistic ones gets decode_entry's refusal, and the other 300 still go through
+    fast_rows together (before, the whole batch went one entry at a time), with the same rows."""
+    given: list[int] = []
+    original = fast_rows
+
+    def counting(entry_ids: Any, datas: Any, *, scrub: bool) -> Any:
+        given.append(len(datas))
+        return original(entry_ids, datas, scrub=scrub)
+
+    monkeypatch.setattr(decode_module, "fast_rows", counting)
+    fields = [entry_fields(data, exact=True) for data in REALISTIC[:300]]
+    fields.insert(150, odd)
+    ids = ids_for([b""] * len(fields))
+    rows, errors = decode_entries(ids, fields, 1000)
+    assert given == [300]
+    assert rows == [
+        decode_entry(entry_id, entry, 1000) for entry_id, entry in zip(ids, fields, strict=True) if entry is not odd
+    ]
+    [(position, error)] = errors.items()
+    assert position == 150
+    with pytest.raises(PermanentEntryError) as expected:
+        decode_entry(ids[150], odd, 1000)
+    assert (error.reason, str(error)) == (expected.value.reason, str(expected.value))
 
 
 def test_observing_ages_per_batch_fills_the_histogram_as_observing_each() -> None:

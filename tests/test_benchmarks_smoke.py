@@ -81,5 +81,11 @@ def test_mixed_batches_time_every_kind_of_odd_record() -> None:
     lines = _run("benchmarks.mixed_batches", timeout_s=300).splitlines()
     assert lines[0] == f"interactionlog from {REPO}", lines
     kinds = [line.split("one in 100 ", 1)[1].rsplit(" ", 5)[0].strip() for line in lines[1:]]
-    assert kinds == ["none", "no interaction_id", "6 KB tool result", "150-object tool result"], lines
+    assert kinds == [
+        "none",
+        "no interaction_id",
+        "6 KB tool result",
+        "150-object tool result",
+        "a wire version 2 entry",
+    ], lines
     assert all(float(line.split()[-5]) > 0 for line in lines[1:]), lines

@@ -8,7 +8,7 @@ in `data` as sent; `data` is the publisher's JSON text, with only those defaults
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from itertools import repeat
 from typing import cast
 
@@ -96,19 +96,35 @@ def decode_entries(
     """`decode_entry` of each entry (`entry_ids[i]`, `fields[i]`), with the same answers: the rows of the entries
     that decode, in order, and the error of each one that does not, by its position.
 
-    A batch of entries in the wire format, each within max_record_bytes, takes `spans.fast_rows`, which does each
-    check once over many records; every entry it is not sure of, and every entry of a batch holding one outside
-    the wire format or the cap, takes `decode_entry`.
+    The entries in the wire format and within max_record_bytes take `spans.fast_rows` together, which does each
+    check once over many records; those it is not sure of take the model's path (`model_row`), and the others
+    `decode_entry` each (which says why they cannot be stored). Before, one entry outside the wire format or the
+    cap (a newer publisher's version, an oversize record) sent its whole batch one entry at a time.
     """
     datas = list(map(dict.get, fields, repeat(DATA_FIELD)))
     versions = list(map(dict.get, fields, repeat(VERSION_FIELD)))
-    fast: list[StoredRow | None] = [None] * len(datas)
-    if None not in datas and versions.count(WIRE_VERSION) == len(versions):
-        present = cast(list[bytes], datas)  # no None: checked
-        if max(map(len, present), default=0) <= max_record_bytes:
-            fast = fast_rows(entry_ids, present, scrub=scrub)
-            if None not in fast:
-                return cast(list[StoredRow], fast), {}
+    eligible: Container[int]
+    if (
+        None not in datas
+        and versions.count(WIRE_VERSION) == len(versions)
+        and max(map(len, cast(list[bytes], datas)), default=0) <= max_record_bytes
+    ):
+        fast = fast_rows(entry_ids, cast(list[bytes], datas), scrub=scrub)
+        if None not in fast:
+            return cast(list[StoredRow], fast), {}
+        eligible = range(len(datas))
+    else:
+        chosen = [
+            position
+            for position, (data, version) in enumerate(zip(datas, versions, strict=True))
+            if data is not None and version == WIRE_VERSION and len(data) <= max_record_bytes
+        ]
+        fast = [None] * len(datas)
+        if chosen:
+            answers = fast_rows([entry_ids[i] for i in chosen], [cast(bytes, datas[i]) for i in chosen], scrub=scrub)
+            for position, row in zip(chosen, answers, strict=True):
+                fast[position] = row
+        eligible = set(chosen)
     rows: list[StoredRow] = []
     errors: dict[int, PermanentEntryError] = {}
     for position, (entry_id, entry_fields, row) in enumerate(zip(entry_ids, fields, fast, strict=True)):
@@ -116,9 +132,13 @@ def decode_entries(
             rows.append(row)
             continue
         try:
-            rows.append(
-                decode_entry(entry_id, entry_fields, max_record_bytes, scrub=scrub, identity_prefix=identity_prefix)
-            )
+            if position in eligible:  # fast_rows has said what fast_row would: the model decides
+                data = entry_fields[DATA_FIELD]
+                rows.append(model_row(entry_id, data, max_record_bytes, scrub=scrub, identity_prefix=identity_prefix))
+            else:  # outside the wire format or the cap: decode_entry says why
+                rows.append(
+                    decode_entry(entry_id, entry_fields, max_record_bytes, scrub=scrub, identity_prefix=identity_prefix)
+                )
         except PermanentEntryError as error:
             errors[position] = error
     return rows, errors
