@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from benchmarks.records import encode, records
 from interactionlog.client.plain import check_valid, encode_plain
 from interactionlog.errors import InvalidRecordError, PermanentEntryError
+from interactionlog.gateway import admission
 from interactionlog.record import has_exact_identity, prepare_record, wire_fields
 from interactionlog.scrub import DEFAULT_SCRUBBER, might_hold_secrets, payload_might_hold_secrets
 from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
@@ -284,3 +285,40 @@ def test_a_long_record_that_nests_shallowly_takes_the_fast_paths() -> None:
     assert fast_entry is not None
     interaction, encoded = prepare_record(record, strict=False)
     assert fast_entry == wire_fields(interaction, encoded, DEFAULT_MAX_RECORD_BYTES, exact=True)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(RECORDS, st.sampled_from([None, "m", "other"]), st.booleans())
+def test_the_gateways_admit_what_the_model_admits_with_the_same_words(
+    record: dict[str, Any], token_mcp_id: str | None, envelope: bool
+) -> None:
+    """`gateway.admission.admit` takes the worker's fast path first: for any record, with or without a token's
+    mcp_id and a gRPC envelope, its answer (entry fields and interaction_id, or reason and message) is the one the
+    model's path alone gives (the fast path switched off)."""
+    try:
+        data = json.dumps({"interaction_id": "fixed", "timestamp": "2024-05-01T10:00:00Z", **record}).encode()
+    except (TypeError, ValueError):
+        return
+    fields = {"mcp_id": "m", "interaction_id": "fixed"} if envelope else None
+    answer = admission.admit(data, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, mcp_id=token_mcp_id, envelope=fields)
+    fast_path = admission.fast_row  # type: ignore[attr-defined]  # the module's import, switched off below
+    admission.fast_row = lambda *args, **kwargs: None  # type: ignore[attr-defined]
+    try:
+        model = admission.admit(data, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, mcp_id=token_mcp_id, envelope=fields)
+    finally:
+        admission.fast_row = fast_path  # type: ignore[attr-defined]
+    if isinstance(answer, admission.Refused) and isinstance(model, admission.Refused):
+        # A record whose ids the gateway cannot read (a lone surrogate) is refused under a fresh UUID each time.
+        assert (answer.error_type, answer.message) == (model.error_type, model.message)
+    else:
+        assert answer == model
+
+
+def test_the_gateways_admit_the_suites_records_on_the_fast_path() -> None:
+    """The benchmark's records, as a gateway receives them: each admitted without the model (a third of its cost)."""
+    for data in map(encode, records(50)):
+        fast = fast_row("0-0", data, scrub=False)
+        assert fast is not None
+        admitted = admission.admit(data, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, mcp_id=fast.mcp_id)
+        assert isinstance(admitted, admission.Admitted)
+        assert admitted.interaction_id == fast.interaction_id
