@@ -370,7 +370,9 @@ class StreamGroup:
         try:
             if settlement.uncertain and settlement.dead_letters:
                 held = await self._still_held(consumer, settlement.dead_letters)
-                if not held:  # the lost EXEC ran: its dead letters are written and its entries acknowledged
+                if held is None:  # the group was recreated: every entry will be delivered again, and settled then
+                    held = []
+                elif not held:  # the lost EXEC ran: its dead letters are written and its entries acknowledged
                     settlement.trim_uncounted = settlement.trim_uncounted or self.dead_letter_maxlen is not None
                 settlement.dead_letters = held
             settlement.uncertain = False
@@ -396,9 +398,10 @@ class StreamGroup:
         except CLUSTER_FAILURES as error:
             raise RedisUnavailableError(f"Redis Cluster cannot serve the stream's slot yet: {error}") from error
 
-    async def _still_held(self, consumer: str, dead_letters: list[DeadLetter]) -> list[DeadLetter]:
+    async def _still_held(self, consumer: str, dead_letters: list[DeadLetter]) -> list[DeadLetter] | None:
         """Those of `dead_letters` whose entries are still pending for `consumer` (XPENDING of each id alone: a
-        range could stop short at its count among the batch's other pending entries)."""
+        range could stop short at its count among the batch's other pending entries); None when the group had
+        vanished and was recreated."""
 
         async def ask() -> list[Any]:
             pipe = self._master().pipeline(transaction=False)
@@ -407,8 +410,8 @@ class StreamGroup:
             return await pipe.execute()
 
         replies = await self._with_group(ask)
-        if replies is None:  # the group was recreated: every entry will be delivered again, and settled then
-            return []
+        if replies is None:
+            return None
         return [letter for letter, rows in zip(dead_letters, replies, strict=True) if rows]
 
     async def _settle(self, ack_ids: Sequence[str], dead_letters: Sequence[DeadLetter], consumer: str) -> int:
