@@ -8,6 +8,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from interactionlog.scrub import DEFAULT_SCRUBBER, Scrubber, looks_like_card, scrub_stored_json
 
@@ -117,3 +119,24 @@ def test_the_worker_pass_leaves_alone_a_record_its_publisher_scrubbed() -> None:
     assert scrub_stored_json(stamped) is stamped
     unstamped = '{"mcp_id":"m","request":{"token":"public-token"}}'
     assert json.loads(scrub_stored_json(unstamped))["request"] == {"token": "[redacted:key]"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(DEFAULT_SCRUBBER.anchor_bytes + Scrubber(extra_keys=("x_ray",)).anchor_bytes),
+            st.binary(max_size=12),
+            st.sampled_from([b"pas", b"toke", b"aut", b"://"[:2], b"eyj"[:2], b"sk", b"-", b"_"]),
+        ),
+        max_size=12,
+    )
+)
+def test_the_anchor_automaton_answers_whether_any_anchor_occurs(pieces: list[bytes]) -> None:
+    """`holds_anchor` is the pre-check's whole say on key words and pattern anchors: it must find an anchor
+    wherever one occurs (a miss would store a secret), including where matches overlap or one anchor starts
+    inside another's prefix, and answer no only for text holding none."""
+    lowered = b"".join(pieces).lower()
+    for scrubber in (DEFAULT_SCRUBBER, Scrubber(extra_keys=("x_ray",))):
+        expected = any(anchor in lowered for anchor in scrubber.anchor_bytes)
+        assert scrubber.holds_anchor(lowered) is expected

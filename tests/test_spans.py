@@ -25,7 +25,7 @@ from interactionlog.gateway import admission
 from interactionlog.record import has_exact_identity, prepare_record, wire_fields
 from interactionlog.scrub import DEFAULT_SCRUBBER, might_hold_secrets, payload_might_hold_secrets
 from interactionlog.settings import DEFAULT_MAX_RECORD_BYTES
-from interactionlog.spans import checked_columns, fast_row
+from interactionlog.spans import _bracket_counts, checked_columns, fast_row
 from interactionlog.worker.decode import model_row
 from tests.test_bad_input import CATALOGUE, NON_FINITE
 
@@ -322,3 +322,12 @@ def test_the_gateways_admit_the_suites_records_on_the_fast_path() -> None:
         admitted = admission.admit(data, max_record_bytes=DEFAULT_MAX_RECORD_BYTES, mcp_id=fast.mcp_id)
         assert isinstance(admitted, admission.Admitted)
         assert admitted.interaction_id == fast.interaction_id
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda noise: b"{" + noise + b"}"), min_size=1, max_size=30))
+def test_a_chunks_bracket_counts_are_each_records_own(datas: list[bytes]) -> None:
+    """The nesting bound counts each record's brackets from one pass over the chunk; a record's count must be its
+    own, also when a record holds raw newlines (JSON whitespace), which split the chunk's pass elsewhere."""
+    expected = [data.count(b"[") + data.count(b"{") for data in datas]
+    assert _bracket_counts(datas, b"\n".join(datas)) == expected
